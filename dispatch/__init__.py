@@ -1,0 +1,8 @@
+"""The shared decision path: snapshot types, candidates, features, joint-action assembly.
+
+numpy only (plus scipy for the min-cost assignment), so the simulator, the service and the
+training code all import the same code without pulling torch or grpc.
+"""
+
+SCHEMA_VERSION = 1
+"""Version of the snapshot/feature contract; bumped whenever feature meaning or order changes."""

@@ -1,0 +1,164 @@
+"""Joint-action assembly: per-agent scores over K candidates (+ wait) into a conflict-free action.
+
+Rules (part of a policy's contract, recorded in its manifest):
+- ``greedy``: take (agent, candidate) pairs in descending score; a pair is taken when its agent is
+  still free, none of its orders is taken, and it scores above the agent's ``wait``.
+- ``assignment``: maximise the summed gain over ``wait`` with a min-cost assignment (scipy);
+  overlapping bundles are resolved by dropping the weaker of two conflicting pairs and re-solving.
+- ``sequential``: agents act one after another in a given order, each choosing its best remaining
+  candidate (or sampling it); the log-probability of every choice, conditioned on the choices before
+  it, is returned, which is what the behaviour log and InSPO's sequential update need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from dispatch.candidates import CandidateSet
+from dispatch.snapshot import Assignment, FloatArray, IntArray, JointAction
+
+RULES = ("greedy", "assignment", "sequential")
+WAIT = -1
+
+
+@dataclass(frozen=True)
+class Assembled:
+    """A joint action plus each agent's choice (slot index, or WAIT) and its log-probability."""
+
+    action: JointAction
+    choice: IntArray
+    logp: FloatArray
+
+
+def _to_action(cands: CandidateSet, choice: IntArray) -> JointAction:
+    out = []
+    for i, c in enumerate(choice):
+        if c != WAIT:
+            b = int(cands.bundle[i, c])
+            out.append(Assignment(int(cands.agents[i]), cands.bundles.members(b)))
+    return JointAction(tuple(out))
+
+
+def _bundle_orders(cands: CandidateSet, b: int) -> tuple[int, ...]:
+    return cands.bundles.members(b)
+
+
+def greedy(cands: CandidateSet, scores: FloatArray) -> Assembled:
+    """Global greedy by descending score; ``scores`` is (agents, K+1) with wait last."""
+    n, k = cands.bundle.shape
+    choice = np.full(n, WAIT, dtype=np.int64)
+    gain = scores[:, :k] - scores[:, k : k + 1]
+    gain = np.where(cands.mask, gain, -np.inf)
+    flat = np.argsort(-gain, axis=None, kind="stable")
+    used_orders: set[int] = set()
+    done = np.zeros(n, dtype=bool)
+    for f in flat:
+        i, c = divmod(int(f), k)
+        if gain[i, c] <= 0 or not np.isfinite(gain[i, c]):
+            break
+        if done[i]:
+            continue
+        members = _bundle_orders(cands, int(cands.bundle[i, c]))
+        if used_orders.intersection(members):
+            continue
+        used_orders.update(members)
+        choice[i] = c
+        done[i] = True
+    return Assembled(_to_action(cands, choice), choice, np.zeros(n))
+
+
+def assignment(cands: CandidateSet, scores: FloatArray, max_rounds: int = 20) -> Assembled:
+    """Maximum total gain over ``wait`` (linear assignment), conflicts between bundles resolved."""
+    n, k = cands.bundle.shape
+    choice = np.full(n, WAIT, dtype=np.int64)
+    if n == 0 or k == 0:
+        return Assembled(JointAction(), choice, np.zeros(n))
+    gain = scores[:, :k] - scores[:, k : k + 1]
+    gain = np.where(cands.mask & np.isfinite(gain), gain, -np.inf)
+    # Columns are distinct bundles; an agent's gain for a bundle outside its top-K is -inf.
+    cols = np.unique(cands.bundle[cands.mask])
+    if cols.size == 0:
+        return Assembled(JointAction(), choice, np.zeros(n))
+    col_of = {int(b): j for j, b in enumerate(cols)}
+    mat = np.full((n, cols.size), -np.inf)
+    slot = np.full((n, cols.size), -1, dtype=np.int64)
+    for i in range(n):
+        for c in np.flatnonzero(cands.mask[i]):
+            j = col_of[int(cands.bundle[i, c])]
+            if gain[i, c] > mat[i, j]:
+                mat[i, j] = gain[i, c]
+                slot[i, j] = c
+    banned = np.zeros(cols.size, dtype=bool)
+    members = [set(_bundle_orders(cands, int(b))) for b in cols]
+    for _ in range(max_rounds):
+        m = np.where(banned[None, :] | ~(mat > 0), 0.0, mat)
+        # The wait option is implicit: a zero-gain pair is the same as waiting.
+        rows, cs = linear_sum_assignment(m, maximize=True)
+        picked = [(int(r), int(c)) for r, c in zip(rows, cs, strict=True) if m[r, c] > 0]
+        conflict = None
+        owner: dict[int, tuple[int, int]] = {}
+        for r, c in picked:
+            for o in members[c]:
+                if o in owner:
+                    r2, c2 = owner[o]
+                    conflict = c if m[r, c] < m[r2, c2] else c2
+                    break
+                owner[o] = (r, c)
+            if conflict is not None:
+                break
+        if conflict is None:
+            for r, c in picked:
+                choice[r] = slot[r, c]
+            return Assembled(_to_action(cands, choice), choice, np.zeros(n))
+        banned[conflict] = True
+    # Still conflicting after max_rounds: fall back to the greedy rule, which is always feasible.
+    return greedy(cands, scores)
+
+
+def sequential(
+    cands: CandidateSet,
+    logits: FloatArray,
+    order: IntArray | None = None,
+    rng: np.random.Generator | None = None,
+) -> Assembled:
+    """Agents choose one after another (``order``), masking candidates already taken.
+
+    With ``rng`` each agent samples from the softmax of its remaining logits (wait always allowed);
+    without, it takes the argmax. ``logp[i]`` is log P(choice_i | choices of agents before i).
+    """
+    n, k = cands.bundle.shape
+    choice = np.full(n, WAIT, dtype=np.int64)
+    logp = np.zeros(n)
+    used: set[int] = set()
+    if order is None:
+        order = np.arange(n)
+    for i in order:
+        i = int(i)
+        row = np.full(k + 1, -np.inf)
+        for c in np.flatnonzero(cands.mask[i]):
+            if not used.intersection(_bundle_orders(cands, int(cands.bundle[i, c]))):
+                row[c] = logits[i, c]
+        row[k] = logits[i, k]
+        z = row - row.max()
+        p = np.exp(z)
+        p /= p.sum()
+        c = int(rng.choice(k + 1, p=p)) if rng is not None else int(np.argmax(row))
+        logp[i] = float(np.log(p[c]))
+        if c < k:
+            choice[i] = c
+            used.update(_bundle_orders(cands, int(cands.bundle[i, c])))
+    return Assembled(_to_action(cands, choice), choice, logp)
+
+
+def assemble(cands: CandidateSet, scores: FloatArray, rule: str = "greedy") -> Assembled:
+    """Dispatch to the named deterministic rule."""
+    if rule == "greedy":
+        return greedy(cands, scores)
+    if rule == "assignment":
+        return assignment(cands, scores)
+    if rule == "sequential":
+        return sequential(cands, scores)
+    raise ValueError(f"unknown conflict rule {rule!r}; expected one of {RULES}")

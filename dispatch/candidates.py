@@ -1,0 +1,85 @@
+"""The candidate generator: top-K candidate assignments per available courier.
+
+Every consumer (heuristics, log writing, training, the service) builds its action space here, so a
+courier's K candidates mean the same thing everywhere. Candidates are ranked per courier by the
+earliest pickup instant they allow, ties broken by the travel time to the restaurant, then by the
+larger bundle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dispatch.routes import Bundles, RouteTimes, make_bundles, route_times
+from dispatch.snapshot import BoolArray, IntArray, Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateConfig:
+    """How candidates are built; part of a policy's contract (recorded in every model manifest)."""
+
+    k: int = 16
+    max_bundle_size: int = 2
+    max_ready_gap: int = 15
+
+
+@dataclass(frozen=True)
+class CandidateSet:
+    """Per-agent candidate bundles: ``bundle[i, k]`` indexes ``bundles`` (or -1 where masked)."""
+
+    agents: IntArray
+    bundles: Bundles
+    bundle: IntArray
+    mask: BoolArray
+    times: RouteTimes
+
+    @property
+    def n_agents(self) -> int:
+        """Number of agents (available couriers) holding candidates."""
+        return int(self.agents.shape[0])
+
+    @property
+    def k(self) -> int:
+        """Candidate slots per agent (the padded width)."""
+        return int(self.bundle.shape[1])
+
+    def take(self, values: np.ndarray) -> np.ndarray:
+        """Gather an (agents, bundles) array at the candidate slots, shape (agents, K)."""
+        safe = np.where(self.mask, self.bundle, 0)
+        if values.shape[1] == 0:
+            return np.zeros(self.bundle.shape, dtype=values.dtype)
+        return np.take_along_axis(values, safe, axis=1)
+
+
+def generate(
+    snapshot: Snapshot,
+    config: CandidateConfig = CandidateConfig(),
+    agents: IntArray | None = None,
+    bundles: Bundles | None = None,
+) -> CandidateSet:
+    """Top-K feasible candidate bundles for each agent (default: every available courier)."""
+    if agents is None:
+        agents = np.flatnonzero(snapshot.available()).astype(np.int64)
+    if bundles is None:
+        bundles = make_bundles(snapshot, max_size=config.max_bundle_size, max_ready_gap=config.max_ready_gap)
+    times = route_times(snapshot, agents, bundles)
+    n, b = times.pickup.shape
+    k = min(config.k, b) if config.k > 0 else b
+    if n == 0 or b == 0:
+        empty = np.zeros((n, max(k, 0)), dtype=np.int64)
+        return CandidateSet(agents, bundles, empty - 1, empty.astype(bool), times)
+    # Lexicographic key: pickup, then travel, then larger bundle first; infeasible last.
+    big = np.int64(1 << 40)
+    key = (times.pickup * 4096 + times.travel_to_restaurant) * 8 - bundles.size[None, :]
+    key = np.where(times.feasible, key, big)
+    if k < b:
+        part = np.argpartition(key, k - 1, axis=1)[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(b), (n, b)).copy()
+    order = np.argsort(np.take_along_axis(key, part, axis=1), axis=1, kind="stable")
+    chosen = np.take_along_axis(part, order, axis=1)
+    mask = np.take_along_axis(times.feasible, chosen, axis=1)
+    chosen = np.where(mask, chosen, -1)
+    return CandidateSet(agents, bundles, chosen, mask, times)

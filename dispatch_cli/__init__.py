@@ -1,0 +1,1 @@
+"""The ``dispatch`` command line: one entry point, subcommands registered by each package."""
