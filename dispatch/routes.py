@@ -69,39 +69,33 @@ def make_bundles(
     orders: IntArray | None = None,
     max_size: int = 2,
     max_ready_gap: int = 15,
-    groups: list[tuple[int, ...]] | None = None,
 ) -> Bundles:
     """Singles for every open order plus same-restaurant bundles up to ``max_size``.
 
     Bundles join orders whose ready times lie within ``max_ready_gap`` minutes; each bundle's drop-off
-    sequence minimises the summed drop-off offsets. ``groups`` (order-index tuples) replaces the
-    generated set with exactly the given groups, each sequenced the same way.
+    sequence minimises the summed drop-off offsets.
     """
     if orders is None:
         orders = np.arange(snapshot.n_orders, dtype=np.int64)
-    candidates: list[tuple[int, ...]]
-    if groups is not None:
-        candidates = [tuple(g) for g in groups]
-    else:
-        candidates = [(int(o),) for o in orders]
-        if max_size >= 2 and len(orders):
-            by_rest: dict[int, list[int]] = {}
-            for o in orders:
-                by_rest.setdefault(int(snapshot.order_restaurant[o]), []).append(int(o))
-            for members in by_rest.values():
-                if len(members) < 2:
-                    continue
-                members.sort(key=lambda o: int(snapshot.order_ready[o]))
-                for k in range(2, min(max_size, len(members)) + 1):
-                    for combo in itertools.combinations(members, k):
-                        ready = snapshot.order_ready[list(combo)]
-                        if int(ready.max() - ready.min()) <= max_ready_gap:
-                            candidates.append(combo)
-    return _sequence(snapshot, candidates)
+    candidates: list[tuple[int, ...]] = [(int(o),) for o in orders]
+    if max_size >= 2 and len(orders):
+        by_rest: dict[int, list[int]] = {}
+        for o in orders:
+            by_rest.setdefault(int(snapshot.order_restaurant[o]), []).append(int(o))
+        for members in by_rest.values():
+            if len(members) < 2:
+                continue
+            members.sort(key=lambda o: int(snapshot.order_ready[o]))
+            for k in range(2, min(max_size, len(members)) + 1):
+                for combo in itertools.combinations(members, k):
+                    ready = snapshot.order_ready[list(combo)]
+                    if int(ready.max() - ready.min()) <= max_ready_gap:
+                        candidates.append(combo)
+    return sequence_bundles(snapshot, candidates, reorder=True)
 
 
-def _sequence(snapshot: Snapshot, groups: list[tuple[int, ...]]) -> Bundles:
-    """Choose each group's best drop-off sequence and tabulate its timing offsets."""
+def sequence_bundles(snapshot: Snapshot, groups: list[tuple[int, ...]], reorder: bool = False) -> Bundles:
+    """Tabulate the timing of each group; with ``reorder`` pick its best drop-off sequence first."""
     n = len(groups)
     width = max((len(g) for g in groups), default=1)
     orders = np.full((n, width), -1, dtype=np.int64)
@@ -111,7 +105,7 @@ def _sequence(snapshot: Snapshot, groups: list[tuple[int, ...]]) -> Bundles:
     last_xy = np.zeros((n, 2), dtype=np.float64)
     for b, group in enumerate(groups):
         best: tuple[int, tuple[int, ...], list[int], int] | None = None
-        perms = [group] if len(group) == 1 else itertools.permutations(group)
+        perms = itertools.permutations(group) if reorder and len(group) > 1 else [group]
         for seq in perms:
             offsets, free_off = _sequence_offsets(snapshot, tuple(seq))
             cost = sum(offsets)

@@ -1,0 +1,183 @@
+"""``reyes``: a re-implementation of the Reyes et al. (2018) rolling-horizon MDRP heuristic.
+
+Each epoch at time t (``shared/reference/mdrp-results.md``):
+
+1. Pool U: open orders ready by ``t + lookahead``; couriers D: those free by ``t + lookahead``.
+2. Target bundle size Z = ceil(|U| / |D|), at least 1.
+3. Per restaurant, its pooled orders (by ready time) are inserted one by one into
+   ``ceil(|U_r| / Z)`` routes at the cheapest position; route cost = travel minutes + β × the summed
+   drop-off delays after pickup. Past Z orders a route takes an order only if that lowers its minutes
+   per order. Orders whose ready times differ by more than ``max_ready_gap`` are not bundled.
+   One remove-and-reinsert pass follows.
+4. Priority groups: I = a bundle with an order that can no longer meet the click-to-door target;
+   II = one that can no longer be picked up at its ready time; III = the rest.
+5. One linear assignment over (couriers in D) × bundles maximises the groups lexicographically (I,
+   then II, then III, by large score offsets) and then the value
+   ``w × N_s / (last drop-off − time d is free) − θ × (pickup − ready)``.
+6. Commitment. The published heuristic may send a courier towards a restaurant before committing a
+   bundle; our engine never diverts a courier, so the second stage becomes: commit a pair only if its
+   courier is idle now and postponing one epoch would delay the pickup past the bundle's ready time
+   (or any order has been ready for more than ``force_after`` minutes). Other pairs (busy couriers,
+   early bundles) only reserve for this epoch; their orders return to the pool.
+
+The assignment goes through the shared decision path: bundles become the candidate set
+(:func:`dispatch.candidates.generate`), values become scores, and :func:`dispatch.assemble.assignment`
+turns them into a conflict-free joint action.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from dispatch import assemble
+from dispatch.candidates import CandidateConfig, generate
+from dispatch.policy import Decision
+from dispatch.routes import sequence_bundles
+from dispatch.snapshot import Assignment, JointAction, Snapshot, travel_minutes
+
+GROUP_BONUS = (1e6, 1e3, 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class ReyesParams:
+    """Tunable parameters (tuned on instance seeds 0–5 only; see docs/results.md)."""
+
+    lookahead: int = 10
+    theta: float = 0.5
+    beta: float = 0.5
+    throughput_weight: float = 5.0
+    force_after: int = 20
+    max_ready_gap: int = 10
+    interval: int = 2
+
+
+class ReyesPolicy:
+    """The rolling-horizon bundling + assignment + commitment heuristic."""
+
+    name = "reyes"
+
+    def __init__(self, params: ReyesParams | None = None, **overrides: float) -> None:
+        base = params or ReyesParams()
+        if overrides:
+            fields = {k: type(getattr(base, k))(v) for k, v in overrides.items()}
+            base = ReyesParams(**{**{f: getattr(base, f) for f in base.__slots__}, **fields})
+        self.params = base
+
+    def reset(self, seed: int) -> None:
+        """Deterministic: nothing to seed."""
+
+    # -- step 3: bundling ----------------------------------------------------------------------
+    def _route_cost(self, snap: Snapshot, seq: list[int]) -> float:
+        p = snap.params
+        r = snap.restaurant_xy[snap.order_restaurant[seq[0]]]
+        prev, clock, delay = r, 0, 0
+        for o in seq:
+            here = snap.order_xy[o]
+            clock += int(travel_minutes(here[0] - prev[0], here[1] - prev[1], p.meters_per_minute))
+            clock += p.dropoff_service
+            delay += clock
+            prev = here
+        return clock + self.params.beta * delay
+
+    def _bundle_restaurant(self, snap: Snapshot, orders: list[int], z: int) -> list[list[int]]:
+        routes: list[list[int]] = [[] for _ in range(max(1, math.ceil(len(orders) / z)))]
+        gap = self.params.max_ready_gap
+
+        def best_insertion(o: int) -> tuple[float, int, int]:
+            best = (math.inf, -1, -1)
+            for ri, route in enumerate(routes):
+                if route:
+                    ready = snap.order_ready[[*route, o]]
+                    if int(ready.max() - ready.min()) > gap:
+                        continue
+                old = self._route_cost(snap, route) if route else 0.0
+                for pos in range(len(route) + 1):
+                    seq = [*route[:pos], o, *route[pos:]]
+                    new = self._route_cost(snap, seq)
+                    if len(route) >= z and route and new / len(seq) >= old / len(route):
+                        continue
+                    if new - old < best[0]:
+                        best = (new - old, ri, pos)
+            return best
+
+        for o in sorted(orders, key=lambda i: int(snap.order_ready[i])):
+            _, ri, pos = best_insertion(o)
+            if ri < 0:
+                routes.append([o])
+            else:
+                routes[ri].insert(pos, o)
+        # One remove-and-reinsert pass.
+        for o in sorted(orders, key=lambda i: int(snap.order_ready[i])):
+            for route in routes:
+                if o in route:
+                    route.remove(o)
+                    break
+            _, ri, pos = best_insertion(o)
+            if ri < 0:
+                routes.append([o])
+            else:
+                routes[ri].insert(pos, o)
+        return [r for r in routes if r]
+
+    def decide(self, snapshot: Snapshot) -> Decision:
+        """Bundle, prioritise, assign, then commit the pairs that should not wait."""
+        prm, snap, t = self.params, snapshot, snapshot.time
+        p = snap.params
+        pool = np.flatnonzero(snap.order_ready <= t + prm.lookahead)
+        horizon_free = np.maximum(snap.courier_free_at, snap.courier_on_time)
+        couriers = np.flatnonzero((horizon_free <= t + prm.lookahead) & (snap.courier_off_time > t))
+        if pool.size == 0 or couriers.size == 0:
+            return Decision(JointAction())
+        z = max(1, math.ceil(pool.size / couriers.size))
+        by_rest: dict[int, list[int]] = {}
+        for o in pool:
+            by_rest.setdefault(int(snap.order_restaurant[o]), []).append(int(o))
+        groups: list[tuple[int, ...]] = []
+        for orders in by_rest.values():
+            groups.extend(tuple(r) for r in self._bundle_restaurant(snap, orders, z))
+        bundles = sequence_bundles(snap, groups)
+        cands = generate(snap, CandidateConfig(k=0), agents=couriers, bundles=bundles)
+        if cands.k == 0:
+            return Decision(JointAction())
+        times = cands.times
+        # Priority group of each bundle (step 4), from its earliest possible pickup.
+        earliest_arrival = (times.start + times.travel_to_restaurant + p.half_pickup).min(axis=0)
+        earliest_pickup = np.maximum(bundles.ready, t + p.half_pickup)
+        safe = np.where(bundles.orders >= 0, bundles.orders, 0)
+        best_ctd = np.where(
+            bundles.orders >= 0,
+            earliest_pickup[:, None] + bundles.dropoff_offset - snap.order_placement[safe],
+            0,
+        ).max(axis=1)
+        group = np.where(best_ctd > p.target_ctd, 0, np.where(earliest_arrival > bundles.ready, 1, 2))
+        # Value (step 5).
+        busy_for = np.maximum(times.last_dropoff - times.start, 1)
+        value = prm.throughput_weight * bundles.size[None, :] / busy_for - prm.theta * np.maximum(
+            times.pickup - bundles.ready[None, :], 0
+        ) / 10.0
+        value = value + np.asarray(GROUP_BONUS)[group][None, :] + 1.0
+        scores = np.zeros((cands.n_agents, cands.k + 1))
+        scores[:, : cands.k] = np.where(cands.mask, cands.take(value), -np.inf)
+        planned = assemble.assignment(cands, scores)
+        # Commitment (step 6).
+        available = snap.available()
+        kept = []
+        choice = np.full(cands.n_agents, assemble.WAIT, dtype=np.int64)
+        for i, c in enumerate(planned.choice):
+            if c == assemble.WAIT:
+                continue
+            d = int(cands.agents[i])
+            if not available[d]:
+                continue
+            b = int(cands.bundle[i, c])
+            arrival = t + int(times.travel_to_restaurant[i, b]) + p.half_pickup
+            late_if_postponed = arrival + prm.interval > bundles.ready[b]
+            members = bundles.members(b)
+            forced = bool((t - snap.order_ready[list(members)] > prm.force_after).any())
+            if late_if_postponed or forced:
+                kept.append(Assignment(d, members))
+                choice[i] = c
+        return Decision(JointAction(tuple(kept)), cands, choice, np.zeros(cands.n_agents))
