@@ -1,0 +1,126 @@
+"""``dispatch simulate`` and ``dispatch check``: run heuristics over instances, verify solutions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    """Add the simulator's subcommands to the ``dispatch`` parser."""
+    p = sub.add_parser(
+        "simulate",
+        help="simulate instances under heuristic policies and print MDRP metrics",
+        description=(
+            "Simulate MDRP days under one or more policies. Instances are public names "
+            "(0o100t100s1p100), folders in the MDRP format, or synthetic:SEED. With several policies "
+            "the metrics are printed side by side. Solution files go to OUT/<instance>/<policy>/."
+        ),
+    )
+    p.add_argument("--instance", action="append", default=[], metavar="NAME|PATH|synthetic:SEED",
+                   help="an instance (repeatable)")
+    p.add_argument("--instances", action="append", default=[], metavar="GLOB",
+                   help="public instances by pattern, e.g. '0*', 'seed0/*', '*o50*' (repeatable)")
+    p.add_argument("--policy", action="append", default=[], metavar="NAME[,NAME]",
+                   help="heuristic(s): random, nearest, assignment, reyes (default: all four)")
+    p.add_argument("--out", type=Path, help="write the three MDRP solution files per instance and policy here")
+    p.add_argument("--jobs", type=int, default=0, help="worker processes (default: usable cores)")
+    p.add_argument("--interval", type=int, default=2, help="minutes between decision epochs (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of stochastic policies (default 0)")
+    p.add_argument("--json", type=Path, help="also write every run's metrics to this JSON file")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(handler=simulate)
+
+    c = sub.add_parser(
+        "check",
+        help="verify MDRP solution files against an instance and recompute their metrics",
+        description="Independent feasibility check of the three MDRP solution files (eight rules) "
+        "and recomputation of every metric from the files alone.",
+    )
+    c.add_argument("--instance", required=True, metavar="NAME|PATH|synthetic:SEED")
+    c.add_argument("--solution", required=True, type=Path, help="folder holding the three solution files")
+    c.set_defaults(handler=check)
+
+
+def _policies(values: list[str]) -> list[str]:
+    from simulator.heuristics import NAMES
+
+    names = [n.strip() for v in values for n in v.split(",") if n.strip()] or list(NAMES)
+    for n in names:
+        if n not in NAMES:
+            raise SystemExit(f"dispatch simulate: --policy {n!r} is not a heuristic ({', '.join(NAMES)})")
+    return names
+
+
+def simulate(args: argparse.Namespace) -> int:
+    """Run every instance × policy and print their metrics."""
+    from simulator.batch import Task, run_many
+    from simulator.engine import SimConfig
+    from simulator.instance import InstanceError
+    from simulator.report import mean_metrics, text_table
+    from simulator.sources import expand
+
+    if args.interval < 1:
+        print("dispatch simulate: --interval must be at least 1", file=sys.stderr)
+        return 2
+    policies = _policies(args.policy)
+    try:
+        instances = list(args.instance) + expand(args.instances)
+    except InstanceError as exc:
+        print(f"dispatch simulate: {exc}", file=sys.stderr)
+        return 2
+    if not instances:
+        instances = ["0o100t100s1p100"]
+    cfg = SimConfig(dispatch_interval=args.interval)
+    tasks = [
+        Task(i, p, seed=args.seed, config=cfg,
+             out=str(args.out / Path(i).name.replace(":", "-") / p) if args.out else None)
+        for i in instances for p in policies
+    ]
+    try:
+        results = run_many(tasks, jobs=args.jobs or None, progress=not args.no_progress and len(tasks) > 1)
+    except InstanceError as exc:
+        print(f"dispatch simulate: {exc}", file=sys.stderr)
+        return 2
+    if len(instances) <= 4:
+        for name in dict.fromkeys(r.instance_name for r in results):
+            rows = [r for r in results if r.instance_name == name]
+            print(f"\n{name}")
+            print(text_table([r.task.policy for r in rows], [r.metrics for r in rows]))
+    if len(instances) > 1:
+        print(f"\nmean over {len(instances)} instances")
+        print(text_table(policies, [mean_metrics([r.metrics for r in results if r.task.policy == p])
+                                    for p in policies]))
+    if args.json:
+        payload = [{"instance": r.instance_name, "policy": r.task.policy, "seconds": r.seconds,
+                    "metrics": r.metrics} for r in results]
+        args.json.write_text(json.dumps(payload, indent=1))
+    if args.out:
+        print(f"\nsolution files under {args.out}/<instance>/<policy>/")
+    return 0
+
+
+def check(args: argparse.Namespace) -> int:
+    """Verify one solution folder; exit 1 when any rule is broken."""
+    from simulator.checker import check_solution
+    from simulator.instance import InstanceError
+    from simulator.report import text_table
+    from simulator.solution import SolutionError
+    from simulator.sources import load_spec
+
+    try:
+        inst = load_spec(args.instance)
+        report = check_solution(inst, args.solution)
+    except (InstanceError, SolutionError) as exc:
+        print(f"dispatch check: {exc}", file=sys.stderr)
+        return 2
+    for v in report.violations[:50]:
+        print(f"VIOLATION {v}")
+    if len(report.violations) > 50:
+        print(f"... and {len(report.violations) - 50} more")
+    print(text_table([inst.name], [report.metrics], label_title="instance"))
+    print("feasible" if report.feasible else f"infeasible: {len(report.violations)} violation(s)")
+    return 0 if report.feasible else 1
