@@ -86,11 +86,11 @@ def assignment(cands: CandidateSet, scores: FloatArray, max_rounds: int = 20) ->
     mat = np.full((n, cols.size), -np.inf)
     slot = np.full((n, cols.size), -1, dtype=np.int64)
     for i in range(n):
-        for c in np.flatnonzero(cands.mask[i]):
-            j = col_of[int(cands.bundle[i, c])]
-            if gain[i, c] > mat[i, j]:
-                mat[i, j] = gain[i, c]
-                slot[i, j] = c
+        for s in np.flatnonzero(cands.mask[i]):
+            j = col_of[int(cands.bundle[i, s])]
+            if gain[i, s] > mat[i, j]:
+                mat[i, j] = gain[i, s]
+                slot[i, j] = s
     banned = np.zeros(cols.size, dtype=bool)
     members = [set(_bundle_orders(cands, int(b))) for b in cols]
     for _ in range(max_rounds):
@@ -138,9 +138,9 @@ def sequential(
     for i in order:
         i = int(i)
         row = np.full(k + 1, -np.inf)
-        for c in np.flatnonzero(cands.mask[i]):
-            if not used.intersection(_bundle_orders(cands, int(cands.bundle[i, c]))):
-                row[c] = logits[i, c]
+        for s in np.flatnonzero(cands.mask[i]):
+            if not used.intersection(_bundle_orders(cands, int(cands.bundle[i, s]))):
+                row[s] = logits[i, s]
         row[k] = logits[i, k]
         z = row - row.max()
         p = np.exp(z)

@@ -74,10 +74,7 @@ def generate(
     big = np.int64(1 << 40)
     key = (times.pickup * 4096 + times.travel_to_restaurant) * 8 - bundles.size[None, :]
     key = np.where(times.feasible, key, big)
-    if k < b:
-        part = np.argpartition(key, k - 1, axis=1)[:, :k]
-    else:
-        part = np.broadcast_to(np.arange(b), (n, b)).copy()
+    part = np.argpartition(key, k - 1, axis=1)[:, :k] if k < b else np.tile(np.arange(b), (n, 1))
     order = np.argsort(np.take_along_axis(key, part, axis=1), axis=1, kind="stable")
     chosen = np.take_along_axis(part, order, axis=1)
     mask = np.take_along_axis(times.feasible, chosen, axis=1)

@@ -84,8 +84,11 @@ def encode(snapshot: Snapshot, cands: CandidateSet) -> Encoded:
         travel = tm.travel_to_restaurant.astype(np.float64)
         arrival = tm.start + travel + p.half_pickup
         route = np.maximum(tm.free_at - t, 1).astype(np.float64)
-        slack = np.where(valid[None], snapshot.order_placement[safe][None] + p.target_ctd
-                         - (pickup[:, :, None] + b.dropoff_offset[None]), np.inf).min(axis=2)
+        slack = np.where(
+            valid[None],
+            snapshot.order_placement[safe][None] + p.target_ctd - (pickup[:, :, None] + b.dropoff_offset[None]),
+            np.inf,
+        ).min(axis=2)
         # Coordination context: how many agents hold the bundle and how far behind the best one this is.
         held = np.zeros(b.n)
         np.add.at(held, cands.bundle[cands.mask], 1)

@@ -156,8 +156,9 @@ def route_times(snapshot: Snapshot, couriers: IntArray, bundles: Bundles) -> Rou
     """
     p = snapshot.params
     start = np.maximum(snapshot.courier_free_at[couriers], snapshot.time)[:, None]
-    travel = travel_matrix(snapshot.courier_xy[couriers], snapshot.restaurant_xy[bundles.restaurant],
-                           p.meters_per_minute)
+    travel = travel_matrix(
+        snapshot.courier_xy[couriers], snapshot.restaurant_xy[bundles.restaurant], p.meters_per_minute
+    )
     pickup = np.maximum(bundles.ready[None, :], start + travel + p.half_pickup)
     drop = pickup[:, :, None] + bundles.dropoff_offset[None, :, :]
     safe = np.where(bundles.orders >= 0, bundles.orders, 0)

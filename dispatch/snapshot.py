@@ -75,7 +75,7 @@ class Snapshot:
     order_xy: FloatArray
     order_placement: IntArray
     order_ready: IntArray
-    _order_index: dict[str, int] = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
+    _order_index: dict[str, int] | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_couriers(self) -> int:
@@ -94,10 +94,12 @@ class Snapshot:
 
     def order_index(self, order_id: str) -> int:
         """Index of an open order by id; KeyError names the id when it is not open."""
-        if self._order_index is None:
-            object.__setattr__(self, "_order_index", {o: i for i, o in enumerate(self.order_ids)})
+        index = self._order_index
+        if index is None:
+            index = {o: i for i, o in enumerate(self.order_ids)}
+            object.__setattr__(self, "_order_index", index)
         try:
-            return self._order_index[order_id]
+            return index[order_id]
         except KeyError:
             raise KeyError(f"order {order_id!r} is not an open order at t={self.time}") from None
 
@@ -152,8 +154,7 @@ class JointAction:
     def to_ids(self, snapshot: Snapshot) -> dict[str, tuple[str, ...]]:
         """The joint action as {courier id: (order ids in drop-off sequence)}."""
         return {
-            snapshot.courier_ids[a.courier]: tuple(snapshot.order_ids[o] for o in a.orders)
-            for a in self.assignments
+            snapshot.courier_ids[a.courier]: tuple(snapshot.order_ids[o] for o in a.orders) for a in self.assignments
         }
 
     @staticmethod

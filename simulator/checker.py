@@ -116,13 +116,17 @@ def check_solution(inst: Instance, folder: str | Path) -> CheckReport:
             bad(f"{where}: bundle spans restaurants {sorted(rests)}")
             continue
         if pk > inst.courier_off[d] or pk < inst.courier_on[d]:
-            bad(f"{where}: pickup at {pk} outside courier {c}'s shift "
-                f"{inst.courier_on[d]}-{inst.courier_off[d]} (rule 3)")
+            bad(
+                f"{where}: pickup at {pk} outside courier {c}'s shift "
+                f"{inst.courier_on[d]}-{inst.courier_off[d]} (rule 3)"
+            )
         drops = [int(dropoff[oidx[o]]) for o in orders]
         for k in range(1, len(drops)):
             if drops[k] - drops[k - 1] < p.dropoff_service:
-                bad(f"{where}: drop-offs of {orders[k - 1]} and {orders[k]} are less than "
-                    f"{p.dropoff_service} min apart or out of sequence (rule 5)")
+                bad(
+                    f"{where}: drop-offs of {orders[k - 1]} and {orders[k]} are less than "
+                    f"{p.dropoff_service} min apart or out of sequence (rule 5)"
+                )
         itinerary.setdefault(d, []).append((at, rests.pop(), list(orders), line))
         bundle_courier.append(d)
         bundle_size.append(len(orders))
@@ -142,9 +146,9 @@ def check_solution(inst: Instance, folder: str | Path) -> CheckReport:
     for d, plan in itinerary.items():
         plan.sort()
         expected: list[tuple[str, str | None, int]] = []
-        for _, rest, orders, aline in plan:
+        for _, rest, bundle, aline in plan:
             expected.append((rest, None, aline))
-            expected.extend((o, o, aline) for o in orders)
+            expected.extend((o, o, aline) for o in bundle)
         mv = moves.get(d, [])
         cid = inst.courier_ids[d]
         if len(mv) != len(expected):
@@ -156,7 +160,10 @@ def check_solution(inst: Instance, folder: str | Path) -> CheckReport:
             if origin != label:
                 bad(f"{where}: courier {cid} departs from {origin}, but is at {label} (rule 6)")
             if dest != want:
-                bad(f"{where}: courier {cid} goes to {dest}, its assignment ({ASSIGNMENTS}:{aline}) needs {want} (rule 6)")
+                bad(
+                    f"{where}: courier {cid} goes to {dest}, "
+                    f"its assignment ({ASSIGNMENTS}:{aline}) needs {want} (rule 6)"
+                )
                 break
             if dep < free_at:
                 bad(f"{where}: courier {cid} departs at {dep}, before it is free at {free_at} (rule 7)")

@@ -20,12 +20,23 @@ def register(sub: Any) -> None:
             "the metrics are printed side by side. Solution files go to OUT/<instance>/<policy>/."
         ),
     )
-    p.add_argument("--instance", action="append", default=[], metavar="NAME|PATH|synthetic:SEED",
-                   help="an instance (repeatable)")
-    p.add_argument("--instances", action="append", default=[], metavar="GLOB",
-                   help="public instances by pattern, e.g. '0*', 'seed0/*', '*o50*' (repeatable)")
-    p.add_argument("--policy", action="append", default=[], metavar="NAME[,NAME]",
-                   help="heuristic(s): random, nearest, assignment, reyes (default: all four)")
+    p.add_argument(
+        "--instance", action="append", default=[], metavar="NAME|PATH|synthetic:SEED", help="an instance (repeatable)"
+    )
+    p.add_argument(
+        "--instances",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="public instances by pattern, e.g. '0*', 'seed0/*', '*o50*' (repeatable)",
+    )
+    p.add_argument(
+        "--policy",
+        action="append",
+        default=[],
+        metavar="NAME[,NAME]",
+        help="heuristic(s): random, nearest, assignment, reyes (default: all four)",
+    )
     p.add_argument("--out", type=Path, help="write the three MDRP solution files per instance and policy here")
     p.add_argument("--jobs", type=int, default=0, help="worker processes (default: usable cores)")
     p.add_argument("--interval", type=int, default=2, help="minutes between decision epochs (default 2)")
@@ -76,9 +87,15 @@ def simulate(args: argparse.Namespace) -> int:
         instances = ["0o100t100s1p100"]
     cfg = SimConfig(dispatch_interval=args.interval)
     tasks = [
-        Task(i, p, seed=args.seed, config=cfg,
-             out=str(args.out / Path(i).name.replace(":", "-") / p) if args.out else None)
-        for i in instances for p in policies
+        Task(
+            i,
+            p,
+            seed=args.seed,
+            config=cfg,
+            out=str(args.out / Path(i).name.replace(":", "-") / p) if args.out else None,
+        )
+        for i in instances
+        for p in policies
     ]
     try:
         results = run_many(tasks, jobs=args.jobs or None, progress=not args.no_progress and len(tasks) > 1)
@@ -92,11 +109,14 @@ def simulate(args: argparse.Namespace) -> int:
             print(text_table([r.task.policy for r in rows], [r.metrics for r in rows]))
     if len(instances) > 1:
         print(f"\nmean over {len(instances)} instances")
-        print(text_table(policies, [mean_metrics([r.metrics for r in results if r.task.policy == p])
-                                    for p in policies]))
+        print(
+            text_table(policies, [mean_metrics([r.metrics for r in results if r.task.policy == p]) for p in policies])
+        )
     if args.json:
-        payload = [{"instance": r.instance_name, "policy": r.task.policy, "seconds": r.seconds,
-                    "metrics": r.metrics} for r in results]
+        payload = [
+            {"instance": r.instance_name, "policy": r.task.policy, "seconds": r.seconds, "metrics": r.metrics}
+            for r in results
+        ]
         args.json.write_text(json.dumps(payload, indent=1))
     if args.out:
         print(f"\nsolution files under {args.out}/<instance>/<policy>/")

@@ -187,9 +187,7 @@ class Engine:
             self._execute(snap, a.courier, a.orders, bundle, times, comp)
         self.time += self.config.dispatch_interval
         newly = (
-            (self.records.order_courier < 0)
-            & ~self.expired
-            & (self.instance.order_placement + p.max_ctd < self.time)
+            (self.records.order_courier < 0) & ~self.expired & (self.instance.order_placement + p.max_ctd < self.time)
         )
         comp["expired"] = float(newly.sum())
         self.expired |= newly

@@ -129,7 +129,9 @@ def _ids(path: Path, rows: list[tuple[int, list[str]]], name: str) -> tuple[str,
         if not f[0]:
             raise InstanceError(f"{path}: line {line}: field {name!r}: empty id")
         if f[0] in seen:
-            raise InstanceError(f"{path}: line {line}: field {name!r}: duplicate id {f[0]!r} (first on line {seen[f[0]]})")
+            raise InstanceError(
+                f"{path}: line {line}: field {name!r}: duplicate id {f[0]!r} (first on line {seen[f[0]]})"
+            )
         seen[f[0]] = line
     return tuple(f[0] for _, f in rows)
 
@@ -165,8 +167,12 @@ def load(name_or_path: str | Path) -> Instance:
     rrows = _read_table(rf, RESTAURANT_COLUMNS)
     rids = _ids(rf, rrows, "restaurant")
     rxy = np.array(
-        [[_number(rf, ln, c, v, integer=False, minimum=None) for c, v in zip(("x", "y"), f[1:3], strict=True)]
-         for ln, f in rrows], dtype=np.float64).reshape(-1, 2)
+        [
+            [_number(rf, ln, c, v, integer=False, minimum=None) for c, v in zip(("x", "y"), f[1:3], strict=True)]
+            for ln, f in rrows
+        ],
+        dtype=np.float64,
+    ).reshape(-1, 2)
     rindex = {r: i for i, r in enumerate(rids)}
 
     of = folder / "orders.txt"
@@ -174,14 +180,20 @@ def load(name_or_path: str | Path) -> Instance:
     oids = _ids(of, orows, "order")
     oxy, oplace, orest, oready = [], [], [], []
     for ln, f in orows:
-        oxy.append([_number(of, ln, "x", f[1], integer=False, minimum=None),
-                    _number(of, ln, "y", f[2], integer=False, minimum=None)])
+        oxy.append(
+            [
+                _number(of, ln, "x", f[1], integer=False, minimum=None),
+                _number(of, ln, "y", f[2], integer=False, minimum=None),
+            ]
+        )
         place = _number(of, ln, "placement_time", f[3], integer=True, minimum=0)
         if f[4] not in rindex:
             raise InstanceError(f"{of}: line {ln}: field 'restaurant': unknown restaurant {f[4]!r}")
         ready = _number(of, ln, "ready_time", f[5], integer=True, minimum=0)
         if ready < place:
-            raise InstanceError(f"{of}: line {ln}: field 'ready_time': {int(ready)} is before placement_time {int(place)}")
+            raise InstanceError(
+                f"{of}: line {ln}: field 'ready_time': {int(ready)} is before placement_time {int(place)}"
+            )
         oplace.append(place)
         orest.append(rindex[f[4]])
         oready.append(ready)
@@ -191,8 +203,12 @@ def load(name_or_path: str | Path) -> Instance:
     cids = _ids(cf, crows, "courier")
     cxy, con, coff = [], [], []
     for ln, f in crows:
-        cxy.append([_number(cf, ln, "x", f[1], integer=False, minimum=None),
-                    _number(cf, ln, "y", f[2], integer=False, minimum=None)])
+        cxy.append(
+            [
+                _number(cf, ln, "x", f[1], integer=False, minimum=None),
+                _number(cf, ln, "y", f[2], integer=False, minimum=None),
+            ]
+        )
         on = _number(cf, ln, "on_time", f[3], integer=True, minimum=0)
         off = _number(cf, ln, "off_time", f[4], integer=True, minimum=0)
         if off <= on:
@@ -232,17 +248,34 @@ def save(inst: Instance, folder: str | Path) -> Path:
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     p = inst.params
-    _write_atomic(out / "instance_parameters.txt", "\t".join(PARAM_COLUMNS) + "\n" + "\t".join(
-        _fmt(v) for v in (p.meters_per_minute, p.pickup_service, p.dropoff_service, p.target_ctd, p.max_ctd,
-                          p.pay_per_order, p.guaranteed_pay_per_hour)) + "\n")
+    _write_atomic(
+        out / "instance_parameters.txt",
+        "\t".join(PARAM_COLUMNS)
+        + "\n"
+        + "\t".join(
+            _fmt(v)
+            for v in (
+                p.meters_per_minute,
+                p.pickup_service,
+                p.dropoff_service,
+                p.target_ctd,
+                p.max_ctd,
+                p.pay_per_order,
+                p.guaranteed_pay_per_hour,
+            )
+        )
+        + "\n",
+    )
     lines = ["\t".join(RESTAURANT_COLUMNS)]
     lines += [f"{r}\t{_fmt(x)}\t{_fmt(y)}" for r, (x, y) in zip(inst.restaurant_ids, inst.restaurant_xy, strict=True)]
     _write_atomic(out / "restaurants.txt", "\n".join(lines) + "\n")
     lines = ["\t".join(ORDER_COLUMNS)]
     for i, o in enumerate(inst.order_ids):
         x, y = inst.order_xy[i]
-        lines.append(f"{o}\t{_fmt(x)}\t{_fmt(y)}\t{int(inst.order_placement[i])}\t"
-                     f"{inst.restaurant_ids[inst.order_restaurant[i]]}\t{int(inst.order_ready[i])}")
+        lines.append(
+            f"{o}\t{_fmt(x)}\t{_fmt(y)}\t{int(inst.order_placement[i])}\t"
+            f"{inst.restaurant_ids[inst.order_restaurant[i]]}\t{int(inst.order_ready[i])}"
+        )
     _write_atomic(out / "orders.txt", "\n".join(lines) + "\n")
     lines = ["\t".join(COURIER_COLUMNS)]
     for i, c in enumerate(inst.courier_ids):

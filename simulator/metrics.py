@@ -32,8 +32,7 @@ DISTRIBUTIONS = (
     "pay",
     "bundle_size",
 )
-HEADLINE = ("orders", "delivered", "undelivered_pct", "on_time_pct", "total_pay", "cost_per_order",
-            "guaranteed_share")
+HEADLINE = ("orders", "delivered", "undelivered_pct", "on_time_pct", "total_pay", "cost_per_order", "guaranteed_share")
 
 
 def summarise(values: np.ndarray) -> dict[str, float]:
@@ -42,8 +41,15 @@ def summarise(values: np.ndarray) -> dict[str, float]:
     if v.size == 0:
         return dict.fromkeys(STATS, float("nan"))
     p10, med, p90 = np.percentile(v, [10, 50, 90])
-    return {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "p10": float(p10),
-            "median": float(med), "p90": float(p90), "max": float(v.max())}
+    return {
+        "mean": float(v.mean()),
+        "std": float(v.std()),
+        "min": float(v.min()),
+        "p10": float(p10),
+        "median": float(med),
+        "p90": float(p90),
+        "max": float(v.max()),
+    }
 
 
 @dataclass(frozen=True)
@@ -102,3 +108,18 @@ def compute(instance: Instance, out: Outcome) -> dict[str, float]:
         for stat, v in summarise(values).items():
             m[f"{name}_{stat}"] = v
     return m
+
+
+def floor_ctd(instance: Instance) -> np.ndarray:
+    """Per-order click-to-door floor: preparation + direct travel restaurant→customer + service halves.
+
+    No dispatcher can deliver an order sooner (a courier waiting at the restaurant at ready time);
+    an order whose floor exceeds the maximum click-to-door cannot be delivered at all.
+    """
+    p = instance.params
+    rxy = instance.restaurant_xy[instance.order_restaurant]
+    d = instance.order_xy - rxy
+    travel = np.ceil(np.hypot(d[:, 0], d[:, 1]) / p.meters_per_minute).astype(np.int64)
+    return (
+        (instance.order_ready - instance.order_placement) + (p.pickup_service - p.half_pickup) + travel + p.half_dropoff
+    )

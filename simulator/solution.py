@@ -94,8 +94,15 @@ def read(folder: str | Path) -> SolutionFiles:
         for n, f in _rows(pa, 4)
     ]
     orders = [
-        (n, f[0], _int(po, n, "placement_time", f[1]), _int(po, n, "ready_time", f[2]),
-         _int(po, n, "pickup_time", f[3]), _int(po, n, "dropoff_time", f[4]), f[5])
+        (
+            n,
+            f[0],
+            _int(po, n, "placement_time", f[1]),
+            _int(po, n, "ready_time", f[2]),
+            _int(po, n, "pickup_time", f[3]),
+            _int(po, n, "dropoff_time", f[4]),
+            f[5],
+        )
         for n, f in _rows(po, 6)
     ]
     moves = [(n, f[0], _int(pc, n, "departure_time", f[1]), f[2], f[3]) for n, f in _rows(pc, 4)]

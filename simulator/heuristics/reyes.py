@@ -10,8 +10,10 @@ Each epoch at time t (``shared/reference/mdrp-results.md``):
    per order. Orders whose ready times differ by more than ``max_ready_gap`` are not bundled.
    One remove-and-reinsert pass follows.
 4. Priority groups: I = a bundle with an order that can no longer meet the click-to-door target;
-   II = one that can no longer be picked up at its ready time; III = the rest.
-5. One linear assignment over (couriers in D) × bundles maximises the groups lexicographically (I,
+   II = one that can no longer be picked up at its ready time; III = the rest. We add a group 0
+   ahead of them: bundles holding an order that even the earliest courier would deliver within
+   ``expiry_margin`` minutes of the maximum click-to-door (lost unless served now).
+5. One linear assignment over (couriers in D) × bundles maximises the groups lexicographically (0, I,
    then II, then III, by large score offsets) and then the value
    ``w × N_s / (last drop-off − time d is free) − θ × (pickup − ready)``.
 6. Commitment. The published heuristic may send a courier towards a restaurant before committing a
@@ -38,7 +40,7 @@ from dispatch.policy import Decision
 from dispatch.routes import sequence_bundles
 from dispatch.snapshot import Assignment, JointAction, Snapshot, travel_minutes
 
-GROUP_BONUS = (1e6, 1e3, 0.0)
+GROUP_BONUS = (1e9, 1e6, 1e3, 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,7 @@ class ReyesParams:
     force_after: int = 20
     max_ready_gap: int = 10
     interval: int = 2
+    expiry_margin: int = 10
 
 
 class ReyesPolicy:
@@ -152,12 +155,23 @@ class ReyesPolicy:
             earliest_pickup[:, None] + bundles.dropoff_offset - snap.order_placement[safe],
             0,
         ).max(axis=1)
-        group = np.where(best_ctd > p.target_ctd, 0, np.where(earliest_arrival > bundles.ready, 1, 2))
+        # Group 0 (our addition): an order that would be lost unless served soon comes first.
+        best_ctd_any = np.where(
+            bundles.orders >= 0,
+            np.maximum(bundles.ready, earliest_arrival)[:, None] + bundles.dropoff_offset - snap.order_placement[safe],
+            0,
+        ).max(axis=1)
+        group = np.where(
+            best_ctd_any > p.max_ctd - prm.expiry_margin,
+            0,
+            np.where(best_ctd > p.target_ctd, 1, np.where(earliest_arrival > bundles.ready, 2, 3)),
+        )
         # Value (step 5).
         busy_for = np.maximum(times.last_dropoff - times.start, 1)
-        value = prm.throughput_weight * bundles.size[None, :] / busy_for - prm.theta * np.maximum(
-            times.pickup - bundles.ready[None, :], 0
-        ) / 10.0
+        value = (
+            prm.throughput_weight * bundles.size[None, :] / busy_for
+            - prm.theta * np.maximum(times.pickup - bundles.ready[None, :], 0) / 10.0
+        )
         value = value + np.asarray(GROUP_BONUS)[group][None, :] + 1.0
         scores = np.zeros((cands.n_agents, cands.k + 1))
         scores[:, : cands.k] = np.where(cands.mask, cands.take(value), -np.inf)

@@ -1,0 +1,47 @@
+"""``make demo``: the main job end to end on an embedded default, in minutes on 2 CPU cores.
+
+Steps so far: simulate one public MDRP day under every heuristic, print their metrics side by side,
+write the MDRP solution files and verify each with the independent checker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from dispatch_cli.main import main as dispatch
+
+DEFAULT_INSTANCE = "0o100t100s1p100"
+
+
+def step(title: str) -> None:
+    """Print a step banner."""
+    print(f"\n=== {title}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo pipeline; returns non-zero at the first failing step."""
+    ap = argparse.ArgumentParser(prog="python -m dispatch_cli.demo", description=__doc__)
+    ap.add_argument("--out", type=Path, default=Path("demo-out"), help="where artefacts go (default demo-out/)")
+    ap.add_argument("--instance", default=DEFAULT_INSTANCE, help=f"MDRP day to use (default {DEFAULT_INSTANCE})")
+    args = ap.parse_args(argv)
+    started = time.perf_counter()
+    sim = args.out / "simulate"
+    step(f"1. simulate {args.instance} under every heuristic")
+    rc = dispatch(["simulate", "--instance", args.instance, "--out", str(sim), "--no-progress"])
+    if rc:
+        return rc
+    step("2. verify every solution with the independent checker")
+    for folder in sorted((sim / args.instance).iterdir()):
+        print(f"-- {folder.name}", flush=True)
+        rc = dispatch(["check", "--instance", args.instance, "--solution", str(folder)])
+        if rc:
+            return rc
+    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; artefacts under {args.out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
