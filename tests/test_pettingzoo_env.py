@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from pettingzoo.test import parallel_api_test, parallel_seed_test
 
-from dispatch.candidates import CandidateConfig
-from dispatch.features import AGENT_FEATURES, CANDIDATE_FEATURES
+from dispatch.candidates import CandidateConfig, generate
+from dispatch.features import AGENT_FEATURES, CANDIDATE_FEATURES, encode
 from dispatch.snapshot import JointAction
 from simulator import metrics, solution
 from simulator.checker import check_solution
@@ -118,18 +118,28 @@ def test_agents_are_the_snapshot_couriers_and_masks_are_right() -> None:
         assert env.agents == expected
         assert not gone.intersection(env.agents)
         avail = dict(zip(snap.courier_ids, snap.available(), strict=True))
+        # Available couriers see exactly the shared encoder's tensors, padded to K slots.
+        cands = generate(snap, env.candidate_config)
+        enc = encode(snap, cands)
+        for r, c in enumerate(cands.agents):
+            want = np.zeros((K, len(CANDIDATE_FEATURES)), dtype=np.float32)
+            want[: cands.k] = enc.cand[r]
+            assert np.array_equal(obs[snap.courier_ids[c]], np.concatenate([enc.agent[r], want.ravel()]))
         for a in env.agents:
             mask = infos[a]["action_mask"]
             assert mask.dtype == np.int8 and mask.shape == (K + 1,) and mask[K] == 1
             assert infos[a]["available"] == bool(avail[a])
             assert obs[a] in env.observation_space(a)
+            i = inst.courier_ids.index(a)
+            # Every courier, available or not, carries its own agent features.
+            assert obs[a][AGENT_FEATURES.index("minutes_to_off_time/60")] == pytest.approx(
+                (inst.courier_off[i] - t) / 60.0)
             cand = obs[a][len(AGENT_FEATURES):].reshape(K, len(CANDIDATE_FEATURES))
             # Masked slots carry no features; a feasible slot always has a positive bundle size.
             assert not cand[mask[:K] == 0].any()
             assert (cand[mask[:K] == 1, CANDIDATE_FEATURES.index("bundle_size")] >= 1).all()
             if not avail[a]:
                 assert mask[:K].sum() == 0, f"unavailable courier {a} has a candidate at t={t}"
-                i = inst.courier_ids.index(a)
                 if inst.courier_on[i] > t:
                     seen_pending += 1
                 else:
@@ -178,29 +188,29 @@ def test_illegal_action_raises_naming_the_courier_and_changes_nothing() -> None:
 
 def test_conflicting_choices_go_to_the_earliest_pickup() -> None:
     env = make()
-    _, infos = env.reset()
+    env.reset()
+    # Find a bundle held by several couriers whose earliest pickup is not the first courier in
+    # instance order, so the rule is told apart from "first agent wins".
     while True:
+        assert env.agents, "no epoch with a telling conflict"
         holders: dict[tuple[str, ...], list[tuple[int, int, str, int]]] = {}
         for a in env.agents:
             for slot, c in enumerate(env.candidates(a)):
                 if c is not None:
                     holders.setdefault(c[0], []).append((c[1], env.possible_agents.index(a), a, slot))
-        shared = [(b, h) for b, h in holders.items() if len(h) >= 2]
-        if shared:
+        telling = [(b, h) for b, h in holders.items() if len(h) >= 2 and min(h)[1] != min(x[1] for x in h)]
+        if telling:
             break
-        _, _, _, _, infos = env.step({})
-    bundle, hold = shared[0]
-    winner = min(hold)
-    actions = {a: slot for _, _, a, slot in hold}
-    snap = env.engine.snapshot() if env.engine is not None else None
-    assert snap is not None
-    _, _, _, _, infos = env.step(actions)
+        env.step({})
+    bundle, hold = telling[0]
+    winner = min(hold)[2]
+    assert env.engine is not None
+    snap = env.engine.snapshot()
+    _, _, _, _, infos = env.step({a: slot for _, _, a, slot in hold})
     given = env.last_action.to_ids(snap)
-    assert given[winner[2]] == bundle
-    for _, _, a, _ in hold:
-        if a != winner[2]:
-            assert a not in given and infos[a]["lost_conflict"]
-    assert not infos[winner[2]]["lost_conflict"]
+    assert given == {winner: bundle}
+    assert not infos[winner]["lost_conflict"]
+    assert all(infos[a]["lost_conflict"] for _, _, a, _ in hold if a != winner)
 
 
 def play(env: DispatchParallelEnv, seed: int) -> tuple[list[Any], list[float], list[JointAction]]:
@@ -247,18 +257,37 @@ def test_full_episode_terminates_with_sane_metrics_and_engine_rewards(tmp_path: 
     assert (engine.records.order_courier == env.engine.records.order_courier).all()
 
 
-def test_epochs_without_couriers_are_skipped_and_their_reward_kept() -> None:
-    # Couriers start 40 minutes late: the first epochs have nobody to act and orders may expire.
-    inst = truncated(60, courier_delay=40)
+def with_shifts(inst: Instance, on: np.ndarray, off: np.ndarray) -> Instance:
+    """``inst`` with the given courier shifts."""
+    return dataclasses.replace(inst, courier_on=on.astype(np.int64), courier_off=off.astype(np.int64))
+
+
+@pytest.mark.parametrize("gap", ["at_start", "mid_day"])
+def test_epochs_without_couriers_are_skipped_and_their_reward_kept(gap: str) -> None:
+    # Nobody can act for over max_ctd minutes, so orders expire in the skipped epochs (reward < 0).
+    inst = truncated(60)
+    start = int(inst.order_placement.min())
+    n = inst.n_couriers
+    if gap == "at_start":
+        on = np.full(n, start + 110)
+    else:
+        on = np.where(np.arange(n) < n // 2, start - 10, start + 120)
+    off = np.where(on < start, start + 10, start + 300)
+    inst = with_shifts(inst, on, off)
     env = make(inst)
     env.reset(seed=0)
-    assert env.agents and len(env.last_outcomes) > 0
+    assert env.agents
+    assert (len(env.last_outcomes) > 0) == (gap == "at_start")
     _, rewards, joint = play(env, seed=0)
     engine = Engine(inst)
-    engine_rewards = [engine.step(a).reward for a in joint]
-    assert engine.done
+    engine_rewards, skipped_reward = [], 0.0
+    for action in joint:
+        nobody = engine.snapshot().n_couriers == 0
+        engine_rewards.append(engine.step(action).reward)
+        skipped_reward += engine_rewards[-1] if nobody else 0.0
+    assert engine.done and len(joint) > len(rewards)
+    assert skipped_reward < 0
     assert sum(rewards) == pytest.approx(sum(engine_rewards))
-    assert len(joint) > len(rewards)
 
 
 def test_same_seed_and_actions_give_the_same_trajectory() -> None:
