@@ -87,9 +87,15 @@ class IllegalActionError(ValueError):
 
 
 class DispatchParallelEnv(ParallelEnv[AgentID, ObsArray, int]):
-    """Couriers of one MDRP day as PettingZoo parallel agents (see the module docstring)."""
+    """Couriers of one MDRP day as PettingZoo parallel agents (see the module docstring).
 
-    metadata: dict[str, Any] = {  # noqa: RUF012 - PettingZoo declares it as a plain class attribute
+    After each :meth:`reset`/:meth:`step`, ``engine`` is the live :class:`Engine` (its ``records`` feed
+    :func:`simulator.run.outcome`), ``last_action`` the conflict-free joint action executed and
+    ``last_outcomes`` the engine outcomes of the epochs advanced (the first is the stepped epoch, the
+    rest skipped empty ones; after reset only skipped ones). ``wait_action`` is K.
+    """
+
+    metadata: dict[str, Any] = {  # noqa: RUF012 - the base class declares it a plain attribute
         "name": "mdrp_dispatch_v0",
         "render_modes": [],
         "is_parallelizable": True,
@@ -151,7 +157,7 @@ class DispatchParallelEnv(ParallelEnv[AgentID, ObsArray, int]):
     def reset(
         self, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[AgentID, ObsArray], dict[AgentID, dict[str, Any]]]:
-        """Start the day over; ``seed`` seeds the action spaces (the engine itself is deterministic)."""
+        """Start the day over; ``seed`` seeds the action spaces (the engine is deterministic)."""
         if seed is not None:
             for i, a in enumerate(self.possible_agents):
                 self._action_spaces[a].seed(seed + i)
@@ -187,7 +193,8 @@ class DispatchParallelEnv(ParallelEnv[AgentID, ObsArray, int]):
         now = set(self.agents)
         done = engine.done
         # Dict keys: the couriers that acted plus those that just joined, as PettingZoo expects.
-        keys = before + [a for a in self.agents if a not in set(before)]
+        prev = set(before)
+        keys = before + [a for a in self.agents if a not in prev]
         keys.sort(key=self._agent_index.__getitem__)
         zero = np.zeros(self.obs_dim, dtype=np.float32)
         obs = {a: self._obs[self._row[a]].copy() if a in now else zero.copy() for a in keys}
