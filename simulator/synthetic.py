@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,26 +53,27 @@ class SyntheticConfig:
     n_hubs: int = 4
     hub_spread_m: float = 2_000.0
     # Lognormal sigma of restaurant popularity: a few restaurants take many orders.
-    popularity_sigma: float = 1.1
+    popularity_sigma: float = 1.05
     # Drop-off distance from the restaurant: Weibull with this scale and shape, capped (a Weibull
     # fits both tails of the public distances better than a gamma does).
     dropoff_scale_m: float = 2_600.0
     dropoff_shape: float = 1.6
     dropoff_max_m: float = 10_000.0
-    # Preparation (ready - placement): gamma with this mean and shape, times a per-restaurant
-    # lognormal factor of mean 1 (some kitchens are slower than others).
-    prep_mean_min: float = 20.0
-    prep_shape: float = 3.0
-    restaurant_prep_sigma: float = 0.2
+    # Preparation (ready - placement): Weibull with this scale and shape (like the drop-off
+    # distance, it matches both tails of the public times), times a per-restaurant lognormal
+    # factor of mean 1 (some kitchens are slower than others).
+    prep_scale_min: float = 22.0
+    prep_shape: float = 1.7
+    restaurant_prep_sigma: float = 0.15
     # Couriers: total shift hours per order, shift lengths drawn from these choices, starts on a
     # grid, placed to follow demand ``courier_lag_min`` minutes after placement (about the ready time).
-    courier_hours_per_order: float = 0.55
+    courier_hours_per_order: float = 0.53
     shift_lengths_min: tuple[int, ...] = (60, 90, 120, 150, 180, 240)
-    shift_length_weights: tuple[float, ...] = (0.02, 0.08, 0.13, 0.04, 0.36, 0.37)
+    shift_length_weights: tuple[float, ...] = (0.03, 0.1, 0.12, 0.04, 0.34, 0.37)
     shift_start_step_min: int = 15
     courier_lag_min: int = 20
     # Couriers come on duty near a restaurant: Weibull distance with this scale and shape.
-    courier_offset_scale_m: float = 1_500.0
+    courier_offset_scale_m: float = 2_000.0
     courier_offset_shape: float = 1.2
     # Travel and service parameters (the values of the public instances with original travel times).
     meters_per_minute: float = 320.0
@@ -102,7 +103,7 @@ class SyntheticConfig:
             "dropoff_scale_m",
             "dropoff_shape",
             "dropoff_max_m",
-            "prep_mean_min",
+            "prep_scale_min",
             "prep_shape",
             "courier_hours_per_order",
             "courier_offset_scale_m",
@@ -141,7 +142,7 @@ def rng_for(seed: int, purpose: str) -> np.random.Generator:
 def _restaurants(cfg: SyntheticConfig, rng: np.random.Generator) -> FloatArray:
     """Restaurant coordinates: normal clusters around hubs in the central part of the city."""
     size = cfg.city_size_m
-    hubs = rng.uniform(0.25 * size, 0.75 * size, size=(cfg.n_hubs, 2))
+    hubs = rng.uniform(0.3 * size, 0.7 * size, size=(cfg.n_hubs, 2))
     # Unequal hubs: one downtown-like cluster usually dominates.
     share = rng.dirichlet(np.full(cfg.n_hubs, 1.5))
     hub_of = rng.choice(cfg.n_hubs, size=cfg.n_restaurants, p=share)
@@ -170,7 +171,7 @@ def _preparation(cfg: SyntheticConfig, rest: IntArray, rng: np.random.Generator)
     """Whole preparation minutes (ready - placement) of each order, >= 0."""
     s = cfg.restaurant_prep_sigma
     kitchen = rng.lognormal(-0.5 * s * s, s, size=cfg.n_restaurants)
-    prep = rng.gamma(cfg.prep_shape, cfg.prep_mean_min / cfg.prep_shape, size=len(rest)) * kitchen[rest]
+    prep = cfg.prep_scale_min * rng.weibull(cfg.prep_shape, size=len(rest)) * kitchen[rest]
     return np.maximum(np.round(prep), 0).astype(np.int64)
 
 
@@ -357,31 +358,35 @@ def calibration_table(public: Sample, synthetic: Sample) -> str:
         out.append(f"| {key} | " + " | ".join(f"{v:.3g}" if abs(v) < 10 else f"{v:.0f}" for v in vals) + " |")
     out += [
         "",
-        "| hour | orders % public median | orders % synthetic median"
-        " | shift starts % public median | shift starts % synthetic median |",
+        "| hour | orders % public (min / median / max) | orders % synthetic median"
+        " | shift starts % public (min / median / max) | shift starts % synthetic median |",
         "|---:|---:|---:|---:|---:|",
     ]
     for h in range(STAT_HOURS):
-        vals = [
-            np.median(public.order_hours[:, h]),
-            np.median(synthetic.order_hours[:, h]),
-            np.median(public.start_hours[:, h]),
-            np.median(synthetic.start_hours[:, h]),
-        ]
-        out.append(f"| {h} | " + " | ".join(f"{100 * v:.1f}" for v in vals) + " |")
+        po, so = 100 * public.order_hours[:, h], 100 * synthetic.order_hours[:, h]
+        ps, ss = 100 * public.start_hours[:, h], 100 * synthetic.start_hours[:, h]
+        out.append(
+            f"| {h} | {po.min():.1f} / {np.median(po):.1f} / {po.max():.1f} | {np.median(so):.1f}"
+            f" | {ps.min():.1f} / {np.median(ps):.1f} / {ps.max():.1f} | {np.median(ss):.1f} |"
+        )
     return "\n".join(out)
 
 
 def calibrate(pattern: str = "*", days: int = 20, config: SyntheticConfig | None = None) -> str:
     """Measure the public instances matching ``pattern`` and ``days`` synthetic days; the table."""
+    if days < 1:
+        raise ValueError(f"days must be >= 1, got {days}")
     names = list_instances(pattern)
     if not names:
         raise ValueError(f"no public instance matches {pattern!r}")
     public = measure([load(n) for n in names])
     cfg = config or SyntheticConfig()
     synthetic = measure([generate(cfg, seed) for seed in range(days)])
+    # meters_per_minute is two-valued by design (t100 / t75), so its median alone misleads.
+    speeds = ", ".join(f"{v:g}" for v in np.unique(public.stats["meters_per_minute"]))
     head = (
-        f"public: {len(names)} instances matching {pattern!r}; synthetic: {days} days (seeds 0..{days - 1})"
+        f"public: {len(names)} instances matching {pattern!r} (meters_per_minute values: {speeds}); "
+        f"synthetic: {days} days (seeds 0..{days - 1})"
     )
     return head + "\n\n" + calibration_table(public, synthetic)
 
@@ -391,6 +396,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m simulator.synthetic",
         description="Seeded synthetic MDRP days calibrated on the public Grubhub instances.",
+        epilog="examples:\n"
+        "  python -m simulator.synthetic --calibrate            # public vs 20 synthetic days\n"
+        "  python -m simulator.synthetic --write out --seed 3   # writes out/synthetic-3/*.txt\n"
+        "Other programs load the same day with the instance spec synthetic:3.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--calibrate",
@@ -416,6 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.calibrate and args.write is None:
         p.error("nothing to do: give --calibrate and/or --write DIR")
+    if args.seed < 0 or args.days < 1:
+        p.error("--seed must be >= 0 and --days >= 1")
     cfg = SyntheticConfig() if args.orders is None else SyntheticConfig(orders_per_day=args.orders)
     if args.calibrate:
         print(calibrate(args.pattern, args.days, cfg))
@@ -427,11 +439,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{inst.n_couriers} couriers)"
         )
     return 0
-
-
-def config_fields() -> list[str]:
-    """Names of the knobs of SyntheticConfig, in declaration order."""
-    return [f.name for f in fields(SyntheticConfig)]
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from simulator.run import run_episode
 from simulator.sources import load_spec
 from simulator.synthetic import (
     SyntheticConfig,
+    calibrate,
     calibration_table,
     day_stats,
     generate,
@@ -110,7 +112,7 @@ def test_distributions_match_the_knobs() -> None:
     cfg = SyntheticConfig()
     days = [generate(cfg, seed) for seed in range(3)]
     prep = np.concatenate([d.order_ready - d.order_placement for d in days])
-    assert abs(prep.mean() - cfg.prep_mean_min) < 1.0
+    assert abs(prep.mean() - cfg.prep_scale_min * math.gamma(1.0 + 1.0 / cfg.prep_shape)) < 1.0
     dist = np.concatenate([np.hypot(*(d.order_xy - d.restaurant_xy[d.order_restaurant]).T) for d in days])
     weibull_median = cfg.dropoff_scale_m * np.log(2.0) ** (1.0 / cfg.dropoff_shape)
     assert abs(np.median(dist) / weibull_median - 1.0) < 0.06
@@ -185,3 +187,12 @@ def test_day_stats_and_calibration_table() -> None:
     table = calibration_table(sample, sample)
     for key in s:
         assert f"| {key} |" in table
+
+
+def test_calibrate_measures_public_and_synthetic_days() -> None:
+    text = calibrate("0o100t100s1p100", days=2, config=SMALL)
+    assert "public: 1 instances" in text and "synthetic: 2 days" in text
+    # The one public day's order count is min, median and max of its column.
+    assert "| orders | 505 | 505 | 505 |" in text
+    with pytest.raises(ValueError, match="no public instance"):
+        calibrate("no-such-instance*", days=1)
