@@ -94,8 +94,14 @@ class SyntheticConfig:
             raise ValueError("n_restaurants and n_hubs must be >= 1")
         if len(self.shift_lengths_min) != len(self.shift_length_weights) or not self.shift_lengths_min:
             raise ValueError("shift_lengths_min and shift_length_weights must be non-empty, of equal length")
-        if min(self.shift_lengths_min) < 1 or min(self.shift_length_weights) < 0:
-            raise ValueError("shift lengths must be >= 1 minute and their weights non-negative")
+        if (
+            min(self.shift_lengths_min) < 1
+            or min(self.shift_length_weights) < 0
+            or sum(self.shift_length_weights) <= 0
+        ):
+            raise ValueError(
+                "shift lengths must be >= 1 minute, their weights non-negative with a positive sum"
+            )
         if self.shift_start_step_min < 1 or self.courier_lag_min < 0:
             raise ValueError("shift_start_step_min must be >= 1 and courier_lag_min >= 0")
         positive = (

@@ -152,6 +152,8 @@ def test_bad_config_and_seed_are_rejected() -> None:
         SyntheticConfig(orders_per_day=0)
     with pytest.raises(ValueError, match="shift_lengths_min"):
         SyntheticConfig(shift_lengths_min=(120,), shift_length_weights=(0.5, 0.5))
+    with pytest.raises(ValueError, match="weights"):
+        SyntheticConfig(shift_length_weights=(0.0,) * 6)
     with pytest.raises(ValueError, match="hourly_profile"):
         SyntheticConfig(hourly_profile=())
     with pytest.raises(ValueError, match="seed"):
