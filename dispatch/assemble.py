@@ -162,3 +162,40 @@ def assemble(cands: CandidateSet, scores: FloatArray, rule: str = "greedy") -> A
     if rule == "sequential":
         return sequential(cands, scores)
     raise ValueError(f"unknown conflict rule {rule!r}; expected one of {RULES}")
+
+
+def sequential_mixture(
+    cands: CandidateSet,
+    target: IntArray,
+    epsilon: float,
+    order: IntArray,
+    rng: np.random.Generator | None,
+) -> Assembled:
+    """An ε-mixture around a target joint action, sampled agent by agent in ``order``.
+
+    Agent i's legal actions are its unmasked candidates whose orders are still free, plus wait. Its
+    target is ``target[i]`` if still legal, else wait. It takes the target with probability
+    ``1 - ε`` and otherwise a uniformly random legal action, so
+    ``P(a) = (1 - ε)·[a = target] + ε / |legal|`` exactly; ``logp`` logs it. Without ``rng`` it
+    returns the target itself (greedy mode).
+    """
+    n = cands.n_agents
+    choice = np.full(n, WAIT, dtype=np.int64)
+    logp = np.zeros(n)
+    used: set[int] = set()
+    for i in order:
+        i = int(i)
+        legal = [
+            int(s)
+            for s in np.flatnonzero(cands.mask[i])
+            if not used.intersection(_bundle_orders(cands, int(cands.bundle[i, s])))
+        ]
+        legal.append(WAIT)
+        goal = int(target[i]) if int(target[i]) in legal else WAIT
+        explore = rng is not None and epsilon > 0 and rng.random() < epsilon
+        c = legal[int(rng.integers(len(legal)))] if explore and rng is not None else goal
+        logp[i] = float(np.log((1 - epsilon) * (c == goal) + epsilon / len(legal)))
+        choice[i] = c
+        if c != WAIT:
+            used.update(_bundle_orders(cands, int(cands.bundle[i, c])))
+    return Assembled(_to_action(cands, choice), choice, logp)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dispatch.routes import Bundles, RouteTimes, make_bundles, route_times
+from dispatch.routes import Bundles, RouteTimes, make_bundles, route_times, sequence_bundles
 from dispatch.snapshot import BoolArray, IntArray, Snapshot
 
 
@@ -80,3 +80,36 @@ def generate(
     mask = np.take_along_axis(times.feasible, chosen, axis=1)
     chosen = np.where(mask, chosen, -1)
     return CandidateSet(agents, bundles, chosen, mask, times)
+
+
+def with_bundles(
+    snapshot: Snapshot, groups: list[tuple[int, ...]], config: CandidateConfig
+) -> tuple[Bundles, IntArray]:
+    """The standard bundles plus the given drop-off sequences (deduplicated); returns their rows too."""
+    base = make_bundles(snapshot, max_size=config.max_bundle_size, max_ready_gap=config.max_ready_gap)
+    seqs = [base.members(b) for b in range(base.n)]
+    row_of = {s: i for i, s in enumerate(seqs)}
+    rows = []
+    for g in groups:
+        if g not in row_of:
+            row_of[g] = len(seqs)
+            seqs.append(g)
+        rows.append(row_of[g])
+    return sequence_bundles(snapshot, seqs), np.array(rows, dtype=np.int64)
+
+
+def force(cands: CandidateSet, agent_row: int, bundle: int) -> int:
+    """Make ``bundle`` one of agent ``agent_row``'s candidates (replacing its last slot); returns the slot.
+
+    Used when logging a behaviour policy whose choice lies outside the agent's top-K, so every logged
+    action is a slot of the logged candidate list.
+    """
+    row = cands.bundle[agent_row]
+    hit = np.flatnonzero(row == bundle)
+    if hit.size:
+        return int(hit[0])
+    free = np.flatnonzero(~cands.mask[agent_row])
+    slot = int(free[0]) if free.size else cands.k - 1
+    row[slot] = bundle
+    cands.mask[agent_row, slot] = bool(cands.times.feasible[agent_row, bundle])
+    return slot

@@ -14,13 +14,15 @@ class Decision:
     """A joint action, plus (when the policy works over candidates) each agent's choice and log-prob.
 
     ``choice[i]`` is agent i's candidate slot or -1 for wait; ``logp[i]`` the log-probability the
-    policy gave that choice (0 for a deterministic policy).
+    policy gave that choice (0 for a deterministic policy), conditioned on the choices of the agents
+    before it in ``order`` (the sequence in which agents chose; None when they chose jointly).
     """
 
     action: JointAction
     candidates: CandidateSet | None = None
     choice: IntArray | None = None
     logp: FloatArray | None = None
+    order: IntArray | None = None
 
 
 class Policy(Protocol):

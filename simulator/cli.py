@@ -55,6 +55,44 @@ def register(sub: Any) -> None:
     c.add_argument("--solution", required=True, type=Path, help="folder holding the three solution files")
     c.set_defaults(handler=check)
 
+    logs = sub.add_parser(
+        "logs",
+        help="offline logs of dispatch decisions: generate, card",
+        description="Generate and describe offline log datasets (Parquet + manifest).",
+    )
+    lsub = logs.add_subparsers(dest="logs_command", metavar="ACTION", required=True)
+    g = lsub.add_parser(
+        "generate",
+        help="simulate days under a behaviour recipe and log every decision",
+        description="Simulate days × instances under a behaviour recipe (reyes-soft, assignment-soft, "
+        "nearest-noisy, random, or mixed) and write a versioned Parquet log dataset. Parallel across "
+        "processes; a killed run resumes where it stopped when rerun with the same arguments.",
+    )
+    g.add_argument("--recipe", default="mixed", help="behaviour recipe (default mixed)")
+    g.add_argument(
+        "--instances",
+        action="append",
+        default=[],
+        metavar="SPEC|GLOB",
+        help="instances: names, globs ('seed0/*'), paths, synthetic:SEED or synthetic:A-B (repeatable)",
+    )
+    g.add_argument("--days", type=int, default=1, help="days logged per instance (default 1)")
+    g.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
+    g.add_argument("--interval", type=int, default=2, help="minutes between decision epochs (default 2)")
+    g.add_argument("--k", type=int, default=16, help="candidates per courier (default 16)")
+    g.add_argument("--out", type=Path, required=True, help="dataset folder (created, or resumed)")
+    g.add_argument("--jobs", type=int, default=0, help="worker processes (default: usable cores)")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    g.set_defaults(handler=logs_generate)
+    cd = lsub.add_parser(
+        "card",
+        help="write and print a dataset's card (CARD.md + returns.png)",
+        description="Compute a dataset card: how it was made, sizes, return distribution, "
+        "per-recipe MDRP metrics, action entropy and coverage.",
+    )
+    cd.add_argument("folder", type=Path, help="dataset folder")
+    cd.set_defaults(handler=logs_card)
+
 
 def _policies(values: list[str]) -> list[str]:
     from simulator.heuristics import NAMES
@@ -144,3 +182,55 @@ def check(args: argparse.Namespace) -> int:
     print(text_table([inst.name], [report.metrics], label_title="instance"))
     print("feasible" if report.feasible else f"infeasible: {len(report.violations)} violation(s)")
     return 0 if report.feasible else 1
+
+
+def logs_generate(args: argparse.Namespace) -> int:
+    """Generate (or resume) a log dataset."""
+    from dispatch.candidates import CandidateConfig
+    from simulator.batch import default_jobs
+    from simulator.behaviour import RECIPE_NAMES
+    from simulator.engine import SimConfig
+    from simulator.instance import InstanceError
+    from simulator.logs.dataset import LogError
+    from simulator.logs.generate import generate
+    from simulator.sources import expand
+
+    if args.recipe not in RECIPE_NAMES:
+        print(
+            f"dispatch logs generate: --recipe {args.recipe!r} is not one of {', '.join(RECIPE_NAMES)}", file=sys.stderr
+        )
+        return 2
+    if args.days < 1 or args.interval < 1 or args.k < 1:
+        print("dispatch logs generate: --days, --interval and --k must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        instances = expand(args.instances or ["0o50t75s2p100"])
+        man = generate(
+            args.out,
+            args.recipe,
+            instances,
+            args.days,
+            args.seed,
+            sim=SimConfig(dispatch_interval=args.interval),
+            cands=CandidateConfig(k=args.k),
+            jobs=args.jobs or default_jobs(),
+            progress=not args.no_progress,
+        )
+    except (InstanceError, LogError) as exc:
+        print(f"dispatch logs generate: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(man['episodes'])} day(s) logged in {args.out}")
+    return 0
+
+
+def logs_card(args: argparse.Namespace) -> int:
+    """Print (and write) a dataset card."""
+    from simulator.logs.card import make_card
+    from simulator.logs.dataset import LogError
+
+    try:
+        print(make_card(args.folder))
+    except LogError as exc:
+        print(f"dispatch logs card: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -291,3 +291,25 @@ def list_instances(pattern: str = "*") -> list[str]:
 
     names = sorted(p.name for p in default_data_dir().iterdir() if (p / "orders.txt").is_file())
     return [n for n in names if fnmatch.fnmatch(n, pattern)]
+
+
+def content_hash(inst: Instance) -> str:
+    """SHA-256 of an instance's content (ids, coordinates, times, parameters), independent of its name."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(repr(inst.params).encode())
+    for ids in (inst.restaurant_ids, inst.order_ids, inst.courier_ids):
+        h.update("\x1f".join(ids).encode())
+    for arr in (
+        inst.restaurant_xy,
+        inst.order_xy,
+        inst.order_placement,
+        inst.order_restaurant,
+        inst.order_ready,
+        inst.courier_xy,
+        inst.courier_on,
+        inst.courier_off,
+    ):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()

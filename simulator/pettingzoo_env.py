@@ -133,9 +133,7 @@ class DispatchParallelEnv(ParallelEnv[AgentID, ObsArray, int]):
         self._agent_index = {a: i for i, a in enumerate(self.possible_agents)}
         # One space object per courier: PettingZoo seeds (and checks the identity of) each agent's space.
         box = gymnasium.spaces.Box
-        self._observation_spaces = {
-            a: box(-np.inf, np.inf, (self.obs_dim,), np.float32) for a in self.possible_agents
-        }
+        self._observation_spaces = {a: box(-np.inf, np.inf, (self.obs_dim,), np.float32) for a in self.possible_agents}
         self._action_spaces = {a: gymnasium.spaces.Discrete(self.k + 1) for a in self.possible_agents}
         self.observation_spaces = self._observation_spaces
         self.action_spaces = self._action_spaces
@@ -317,8 +315,13 @@ class DispatchParallelEnv(ParallelEnv[AgentID, ObsArray, int]):
         if others.size:
             # encode() only covers the candidate set's agents; a zero-width set gives the agent features
             # of the unavailable couriers with the same code, and encode() never reads ``times`` then.
-            empty = CandidateSet(others.astype(np.int64), cands.bundles, np.zeros((others.size, 0), np.int64),
-                                 np.zeros((others.size, 0), bool), cands.times)
+            empty = CandidateSet(
+                others.astype(np.int64),
+                cands.bundles,
+                np.zeros((others.size, 0), np.int64),
+                np.zeros((others.size, 0), bool),
+                cands.times,
+            )
             obs[others, :a_feat] = encode(snap, empty).agent
         self._snap, self._cands, self._enc = snap, cands, enc
         self._obs, self._mask, self._avail, self._cand_row = obs, mask, avail, cand_row
@@ -335,8 +338,7 @@ class DispatchParallelEnv(ParallelEnv[AgentID, ObsArray, int]):
         else:
             mask = self._mask[row].copy()
             available = bool(self._avail[row])
-        return {"action_mask": mask, "available": available, "lost_conflict": lost_conflict,
-                "illegal": illegal}
+        return {"action_mask": mask, "available": available, "lost_conflict": lost_conflict, "illegal": illegal}
 
     def _joint_action(self, actions: dict[AgentID, int]) -> tuple[JointAction, set[AgentID], set[AgentID]]:
         """Validate the choices and resolve conflicts (earliest pickup first, ties by courier order)."""
@@ -382,4 +384,3 @@ class DispatchParallelEnv(ParallelEnv[AgentID, ObsArray, int]):
 
     def _time(self) -> int:
         return self._snap.time if self._snap is not None else -1
-

@@ -28,6 +28,13 @@ def expand(patterns: list[str]) -> list[str]:
     out: list[str] = []
     names = inst_mod.list_instances()
     for pat in patterns:
+        if pat.startswith("synthetic:") and "-" in pat[len("synthetic:") :]:
+            lo, hi = pat[len("synthetic:") :].split("-", 1)
+            try:
+                out.extend(f"synthetic:{s}" for s in range(int(lo), int(hi) + 1))
+            except ValueError:
+                raise InstanceError(f"instance range {pat!r}: expected synthetic:A-B with integers") from None
+            continue
         if pat.startswith("seed") and "/" in pat:
             # 'seed3/*' selects every variant of base day 3.
             seed, rest = pat[4:].split("/", 1)

@@ -94,14 +94,8 @@ class SyntheticConfig:
             raise ValueError("n_restaurants and n_hubs must be >= 1")
         if len(self.shift_lengths_min) != len(self.shift_length_weights) or not self.shift_lengths_min:
             raise ValueError("shift_lengths_min and shift_length_weights must be non-empty, of equal length")
-        if (
-            min(self.shift_lengths_min) < 1
-            or min(self.shift_length_weights) < 0
-            or sum(self.shift_length_weights) <= 0
-        ):
-            raise ValueError(
-                "shift lengths must be >= 1 minute, their weights non-negative with a positive sum"
-            )
+        if min(self.shift_lengths_min) < 1 or min(self.shift_length_weights) < 0 or sum(self.shift_length_weights) <= 0:
+            raise ValueError("shift lengths must be >= 1 minute, their weights non-negative with a positive sum")
         if self.shift_start_step_min < 1 or self.courier_lag_min < 0:
             raise ValueError("shift_start_step_min must be >= 1 and courier_lag_min >= 0")
         positive = (
@@ -354,8 +348,7 @@ def measure(instances: Sequence[Instance]) -> Sample:
 def calibration_table(public: Sample, synthetic: Sample) -> str:
     """Markdown tables: min / median / max of each statistic, public next to synthetic."""
     out = [
-        "| statistic | public min | public median | public max | synthetic min | synthetic median"
-        " | synthetic max |",
+        "| statistic | public min | public median | public max | synthetic min | synthetic median | synthetic max |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for key, pub in public.stats.items():
@@ -413,12 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="print public vs synthetic statistics (min / median / max) as markdown tables",
     )
-    p.add_argument(
-        "--pattern", default="*", help="glob over public instance names for --calibrate (default '*')"
-    )
-    p.add_argument(
-        "--days", type=int, default=20, help="synthetic days (seeds 0..N-1) for --calibrate (default 20)"
-    )
+    p.add_argument("--pattern", default="*", help="glob over public instance names for --calibrate (default '*')")
+    p.add_argument("--days", type=int, default=20, help="synthetic days (seeds 0..N-1) for --calibrate (default 20)")
     p.add_argument(
         "--write",
         metavar="DIR",
@@ -426,9 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="write the day of --seed in the MDRP text format to DIR/synthetic-SEED",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the day to --write (default 0)")
-    p.add_argument(
-        "--orders", type=int, help=f"override orders_per_day (default {SyntheticConfig.orders_per_day})"
-    )
+    p.add_argument("--orders", type=int, help=f"override orders_per_day (default {SyntheticConfig.orders_per_day})")
     args = p.parse_args(argv)
     if not args.calibrate and args.write is None:
         p.error("nothing to do: give --calibrate and/or --write DIR")

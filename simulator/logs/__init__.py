@@ -1,0 +1,1 @@
+"""Offline logs of dispatch decisions: a versioned Parquet format, generation, cards, training view."""
