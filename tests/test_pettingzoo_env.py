@@ -59,8 +59,9 @@ def make(instance: Instance | str = NAME, **kw: Any) -> DispatchParallelEnv:
     return DispatchParallelEnv(instance, candidate_config=CandidateConfig(k=K), **kw)
 
 
-def random_actions(env: DispatchParallelEnv, infos: dict[str, dict[str, Any]], rng: np.random.Generator,
-                   p_wait: float = 0.3) -> dict[str, int]:
+def random_actions(
+    env: DispatchParallelEnv, infos: dict[str, dict[str, Any]], rng: np.random.Generator, p_wait: float = 0.3
+) -> dict[str, int]:
     """A legal random choice per live courier: wait with ``p_wait``, else a uniform legal slot."""
     out = {}
     for a in env.agents:
@@ -113,8 +114,9 @@ def test_agents_are_the_snapshot_couriers_and_masks_are_right() -> None:
         assert env.engine is not None
         snap = env.engine.snapshot()
         t = snap.time
-        expected = [c for i, c in enumerate(inst.courier_ids)
-                    if inst.courier_on[i] <= t + lookahead and inst.courier_off[i] > t]
+        expected = [
+            c for i, c in enumerate(inst.courier_ids) if inst.courier_on[i] <= t + lookahead and inst.courier_off[i] > t
+        ]
         assert env.agents == expected
         assert not gone.intersection(env.agents)
         avail = dict(zip(snap.courier_ids, snap.available(), strict=True))
@@ -133,8 +135,9 @@ def test_agents_are_the_snapshot_couriers_and_masks_are_right() -> None:
             i = inst.courier_ids.index(a)
             # Every courier, available or not, carries its own agent features.
             assert obs[a][AGENT_FEATURES.index("minutes_to_off_time/60")] == pytest.approx(
-                (inst.courier_off[i] - t) / 60.0)
-            cand = obs[a][len(AGENT_FEATURES):].reshape(K, len(CANDIDATE_FEATURES))
+                (inst.courier_off[i] - t) / 60.0
+            )
+            cand = obs[a][len(AGENT_FEATURES) :].reshape(K, len(CANDIDATE_FEATURES))
             # Masked slots carry no features; a feasible slot always has a positive bundle size.
             assert not cand[mask[:K] == 0].any()
             assert (cand[mask[:K] == 1, CANDIDATE_FEATURES.index("bundle_size")] >= 1).all()
