@@ -173,7 +173,7 @@ def test_newer_schema_is_rejected(dataset: Path, tmp_path: Path) -> None:
     man = json.loads((copy / MANIFEST).read_text())
     man["schema_version"] = 99
     (copy / MANIFEST).write_text(json.dumps(man))
-    with pytest.raises(LogError, match="version 99.*Upgrade"):
+    with pytest.raises(LogError, match=r"version 99.*Upgrade"):
         LogDataset(copy)
 
 

@@ -271,10 +271,7 @@ def test_epochs_without_couriers_are_skipped_and_their_reward_kept(gap: str) -> 
     inst = truncated(60)
     start = int(inst.order_placement.min())
     n = inst.n_couriers
-    if gap == "at_start":
-        on = np.full(n, start + 110)
-    else:
-        on = np.where(np.arange(n) < n // 2, start - 10, start + 120)
+    on = np.full(n, start + 110) if gap == "at_start" else np.where(np.arange(n) < n // 2, start - 10, start + 120)
     off = np.where(on < start, start + 10, start + 300)
     inst = with_shifts(inst, on, off)
     env = make(inst)
