@@ -19,8 +19,9 @@ Each epoch at time t (``shared/reference/mdrp-results.md``):
 6. Commitment. The published heuristic may send a courier towards a restaurant before committing a
    bundle; our engine never diverts a courier, so the second stage becomes: commit a pair only if its
    courier is idle now and postponing one epoch would delay the pickup past the bundle's ready time
-   (or any order has been ready for more than ``force_after`` minutes). Other pairs (busy couriers,
-   early bundles) only reserve for this epoch; their orders return to the pool.
+   or past the courier's off-time (or any order has been ready for more than ``force_after``
+   minutes). Other pairs (busy couriers, early bundles) only reserve for this epoch; their orders
+   return to the pool.
 
 The assignment goes through the shared decision path: bundles become the candidate set
 (:func:`dispatch.candidates.generate`), values become scores, and :func:`dispatch.assemble.assignment`
@@ -189,9 +190,11 @@ class ReyesPolicy:
             b = int(cands.bundle[i, c])
             arrival = t + int(times.travel_to_restaurant[i, b]) + p.half_pickup
             late_if_postponed = arrival + prm.interval > bundles.ready[b]
+            # A courier whose shift ends before the next epoch's pickup cannot be reserved for later.
+            shift_ends = arrival + prm.interval > snap.courier_off_time[d]
             members = bundles.members(b)
             forced = bool((t - snap.order_ready[list(members)] > prm.force_after).any())
-            if late_if_postponed or forced:
+            if late_if_postponed or forced or shift_ends:
                 kept.append(Assignment(d, members))
                 choice[i] = c
         return Decision(JointAction(tuple(kept)), cands, choice, np.zeros(cands.n_agents))

@@ -1,0 +1,116 @@
+"""Run an exported dispatch model with ONNX Runtime through the shared decision path (no torch)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dispatch import assemble
+from dispatch.candidates import CandidateSet, generate
+from dispatch.features import Encoded, encode
+from dispatch.model import INPUTS, OUTPUT, ModelError, ModelManifest, load_manifest
+from dispatch.policy import Decision
+from dispatch.snapshot import Snapshot
+
+DEVICES = ("cpu", "cuda", "auto")
+MASKED = -1e9
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """Which execution providers the ONNX Runtime session really got."""
+
+    providers: tuple[str, ...]
+    device: str
+
+
+def make_session(model_bytes: bytes, device: str = "cpu", threads: int = 0):  # type: ignore[no-untyped-def]
+    """An ONNX Runtime session on ``device``; ``cuda`` fails unless CUDA is really used."""
+    import onnxruntime as ort
+
+    if device not in DEVICES:
+        raise ModelError(f"device {device!r} is not one of {DEVICES}")
+    opts = ort.SessionOptions()
+    threads = threads or max(1, len(os.sched_getaffinity(0)))
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    wanted = ["CPUExecutionProvider"]
+    if device in ("cuda", "auto") and "CUDAExecutionProvider" in ort.get_available_providers():
+        wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    try:
+        session = ort.InferenceSession(model_bytes, sess_options=opts, providers=wanted)
+    except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
+        raise ModelError(f"ONNX Runtime cannot load the model: {exc}") from None
+    got = tuple(session.get_providers())
+    if device == "cuda" and "CUDAExecutionProvider" not in got:
+        raise ModelError(f"device 'cuda' requested but the session got only {got}")
+    names = [i.name for i in session.get_inputs()]
+    if sorted(names) != sorted(INPUTS) or session.get_outputs()[0].name != OUTPUT:
+        raise ModelError(
+            f"model inputs {names} / output {session.get_outputs()[0].name!r} do not match the "
+            f"contract {list(INPUTS)} -> {OUTPUT!r}"
+        )
+    return session, SessionInfo(got, "cuda" if "CUDAExecutionProvider" in got else "cpu")
+
+
+def pad_batch(encoded: list[Encoded], k: int) -> dict[str, np.ndarray]:
+    """Stack encoded snapshots into one padded batch (couriers padded with all-masked rows)."""
+    n = max((e.agent.shape[0] for e in encoded), default=0)
+    n = max(n, 1)
+    b = len(encoded)
+    fa = encoded[0].agent.shape[1]
+    fc = encoded[0].cand.shape[2]
+    agent = np.zeros((b, n, fa), dtype=np.float32)
+    cand = np.zeros((b, n, k, fc), dtype=np.float32)
+    mask = np.zeros((b, n, k), dtype=bool)
+    for i, e in enumerate(encoded):
+        m, w = e.agent.shape[0], min(k, e.cand.shape[1])
+        agent[i, :m] = e.agent
+        cand[i, :m, :w] = e.cand[:, :w]
+        mask[i, :m, :w] = e.cand_mask[:, :w]
+    return {"agent": agent, "cand": cand, "cand_mask": mask}
+
+
+class OnnxPolicy:
+    """A dispatch policy backed by an exported model (ONNX file + manifest)."""
+
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int = 0) -> None:
+        self.path = Path(path)
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise ModelError(f"{self.path}: cannot read model ({exc.strerror})") from None
+        self.manifest: ModelManifest = load_manifest(self.path, data)
+        self.session, self.info = make_session(data, device, threads)
+        self.name = f"{self.manifest.name}:{self.manifest.version}"
+
+    def reset(self, seed: int) -> None:
+        """Deterministic (greedy) policy: nothing to seed."""
+
+    def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """Raw model logits for a padded batch, masked slots set to a large negative value."""
+        out = self.session.run([OUTPUT], batch)[0]
+        k = batch["cand_mask"].shape[2]
+        out = np.asarray(out, dtype=np.float64)
+        out[..., :k] = np.where(batch["cand_mask"], out[..., :k], MASKED)
+        return out
+
+    def candidates(self, snapshot: Snapshot) -> CandidateSet:
+        """The candidate set this model was trained on."""
+        return generate(snapshot, self.manifest.candidates)
+
+    def decide(self, snapshot: Snapshot) -> Decision:
+        """Encode, score with ONNX Runtime, assemble with the model's conflict rule."""
+        cands = self.candidates(snapshot)
+        if cands.n_agents == 0:
+            return Decision(assemble.JointAction(), cands, np.zeros(0, dtype=np.int64), np.zeros(0))
+        enc = encode(snapshot, cands)
+        k = self.manifest.candidates.k
+        logits = self.logits(pad_batch([enc], k))[0, : cands.n_agents]
+        scores = np.concatenate([logits[:, : cands.k], logits[:, k : k + 1]], axis=1)
+        out = assemble.assemble(cands, scores, self.manifest.conflict_rule)
+        return Decision(out.action, cands, out.choice, out.logp)
