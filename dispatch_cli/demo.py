@@ -1,7 +1,8 @@
 """``make demo``: the main job end to end on an embedded default, in minutes on 2 CPU cores.
 
 Steps so far: simulate one public MDRP day under every heuristic, print their metrics side by side,
-write the MDRP solution files and verify each with the independent checker.
+write the MDRP solution files and verify each with the independent checker; generate a small
+offline log dataset under the ``mixed`` behaviour recipe and print its dataset card.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dispatch_cli.demo", description=__doc__)
     ap.add_argument("--out", type=Path, default=Path("demo-out"), help="where artefacts go (default demo-out/)")
     ap.add_argument("--instance", default=DEFAULT_INSTANCE, help=f"MDRP day to use (default {DEFAULT_INSTANCE})")
+    ap.add_argument("--log-instance", default="0o50t75s2p100", help="day the demo logs are generated on")
     args = ap.parse_args(argv)
     started = time.perf_counter()
     sim = args.out / "simulate"
@@ -39,6 +41,28 @@ def main(argv: list[str] | None = None) -> int:
         rc = dispatch(["check", "--instance", args.instance, "--solution", str(folder)])
         if rc:
             return rc
+    logs = args.out / "logs"
+    step("3. generate a small offline log dataset (mixed recipe) and print its card")
+    rc = dispatch(
+        [
+            "logs",
+            "generate",
+            "--recipe",
+            "mixed",
+            "--instances",
+            args.log_instance,
+            "--days",
+            "4",
+            "--out",
+            str(logs),
+            "--no-progress",
+        ]
+    )
+    if rc:
+        return rc
+    rc = dispatch(["logs", "card", str(logs)])
+    if rc:
+        return rc
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; artefacts under {args.out}/")
     return 0
 
