@@ -8,6 +8,11 @@ Rules (part of a policy's contract, recorded in its manifest):
 - ``sequential``: agents act one after another in a given order, each choosing its best remaining
   candidate (or sampling it); the log-probability of every choice, conditioned on the choices before
   it, is returned, which is what the behaviour log and InSPO's sequential update need.
+- ``mass``: for policies whose scores are logits of per-courier action distributions. A bundle is
+  served now when the couriers' summed probability of taking it is at least one half (the fleet as a
+  whole wants it served this epoch); bundles go in descending order of their best courier's
+  probability, each to the free courier most likely to take it. Per-courier argmax would serve
+  almost nothing when several couriers share an order: each one's probability of taking it is split.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from scipy.optimize import linear_sum_assignment
 from dispatch.candidates import CandidateSet
 from dispatch.snapshot import Assignment, FloatArray, IntArray, JointAction
 
-RULES = ("greedy", "assignment", "sequential")
+RULES = ("greedy", "assignment", "sequential", "mass")
 WAIT = -1
 
 
@@ -153,6 +158,36 @@ def sequential(
     return Assembled(_to_action(cands, choice), choice, logp)
 
 
+def mass(cands: CandidateSet, logits: FloatArray, threshold: float = 0.5) -> Assembled:
+    """Serve bundles whose summed courier probability reaches ``threshold``; see the module docstring."""
+    n, k = cands.bundle.shape
+    choice = np.full(n, WAIT, dtype=np.int64)
+    if n == 0 or k == 0:
+        return Assembled(JointAction(), choice, np.zeros(n))
+    z = np.where(np.concatenate([cands.mask, np.ones((n, 1), bool)], 1), logits[:, : k + 1], -np.inf)
+    z = z - z.max(axis=1, keepdims=True)
+    prob = np.exp(z)
+    prob /= prob.sum(axis=1, keepdims=True)
+    p = np.where(cands.mask, prob[:, :k], 0.0)
+    total = np.zeros(cands.bundles.n)
+    np.add.at(total, cands.bundle[cands.mask], p[cands.mask])
+    flat = np.argsort(-p, axis=None, kind="stable")
+    used: set[int] = set()
+    for f in flat:
+        i, c = divmod(int(f), k)
+        if p[i, c] <= 0:
+            break
+        b = int(cands.bundle[i, c])
+        if choice[i] != WAIT or total[b] < threshold:
+            continue
+        members = _bundle_orders(cands, b)
+        if used.intersection(members):
+            continue
+        used.update(members)
+        choice[i] = c
+    return Assembled(_to_action(cands, choice), choice, np.zeros(n))
+
+
 def assemble(cands: CandidateSet, scores: FloatArray, rule: str = "greedy") -> Assembled:
     """Dispatch to the named deterministic rule."""
     if rule == "greedy":
@@ -161,6 +196,8 @@ def assemble(cands: CandidateSet, scores: FloatArray, rule: str = "greedy") -> A
         return assignment(cands, scores)
     if rule == "sequential":
         return sequential(cands, scores)
+    if rule == "mass":
+        return mass(cands, scores)
     raise ValueError(f"unknown conflict rule {rule!r}; expected one of {RULES}")
 
 

@@ -1,0 +1,1 @@
+"""Dispatch policies: networks over (courier, candidate) features, log batching, ONNX export."""

@@ -1,0 +1,80 @@
+"""Export a trained dispatch scorer to ONNX with its manifest, and check parity with torch."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dispatch.candidates import CandidateConfig
+from dispatch.model import INPUTS, OUTPUT, ModelManifest, manifest_path, sha256_bytes
+from training.dispatch.nets import FA, FC, Scorer
+
+OPSET = 17
+
+
+def onnx_bytes(scorer: Scorer, k: int = 16) -> bytes:
+    """The scorer as an ONNX graph with dynamic batch, courier and candidate axes."""
+    scorer = scorer.eval()
+    example = (torch.zeros(1, 3, FA), torch.zeros(1, 3, k, FC), torch.ones(1, 3, k, dtype=torch.bool))
+    buf = io.BytesIO()
+    torch.onnx.export(
+        scorer,
+        example,
+        buf,
+        input_names=list(INPUTS),
+        output_names=[OUTPUT],
+        dynamic_axes={
+            "agent": {0: "batch", 1: "couriers"},
+            "cand": {0: "batch", 1: "couriers", 2: "candidates"},
+            "cand_mask": {0: "batch", 1: "couriers", 2: "candidates"},
+            OUTPUT: {0: "batch", 1: "couriers", 2: "candidates_plus_wait"},
+        },
+        opset_version=OPSET,
+        dynamo=False,
+    )
+    return buf.getvalue()
+
+
+def export(
+    scorer: Scorer,
+    path: str | Path,
+    name: str,
+    version: str,
+    candidates: CandidateConfig,
+    conflict_rule: str = "greedy",
+    training: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+    code_version: str = "",
+) -> Path:
+    """Write ``path`` (.onnx) and its manifest, both atomically; returns the ONNX path."""
+    data = onnx_bytes(scorer, candidates.k)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    manifest = ModelManifest(
+        name=name, version=version, candidates=candidates, conflict_rule=conflict_rule, onnx_sha256=sha256_bytes(data),
+        training=training or {}, metrics=metrics or {}, code_version=code_version,
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    )
+    for target, payload in ((out, data), (manifest_path(out), manifest.to_json().encode())):
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_bytes(payload)
+        os.replace(tmp, target)
+    return out
+
+
+def parity(scorer: Scorer, onnx_path: str | Path, batch: dict[str, np.ndarray]) -> float:
+    """Max |torch − ONNX Runtime| over the logits of legal actions for one input batch."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(Path(onnx_path).read_bytes(), providers=["CPUExecutionProvider"])
+    got = sess.run([OUTPUT], batch)[0]
+    with torch.no_grad():
+        want = scorer.eval()(*(torch.from_numpy(batch[n]) for n in INPUTS)).numpy()
+    legal = np.concatenate([batch["cand_mask"], np.ones(batch["cand_mask"].shape[:2] + (1,), bool)], -1)
+    return float(np.abs(np.where(legal, got - want, 0.0)).max()) if got.size else 0.0
