@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -322,3 +322,59 @@ def test_checker_recomputes_metrics_from_the_files(base: Run, sol: Sol) -> None:
     report = check_solution(inst, sol.save())
     assert report.feasible, report.violations  # delivering late is not a feasibility violation
     assert report.metrics["delivered"] == base.result.metrics["delivered"] - 1
+
+
+def test_pickup_before_on_time(base: Run, sol: Sol) -> None:
+    # Same files, but the instance says the courier starts after its first pickup.
+    inst = base.instance
+    i = _single(sol)
+    row = sol.rows[ASSIGNMENTS][i]
+    d = inst.courier_ids.index(row[2])
+    on = inst.courier_on.copy()
+    on[d] = int(row[1]) + 1
+    late_start = replace(inst, courier_on=on)
+    report = check_solution(late_start, sol.save())
+    found = [v for v in report.violations if "(rule 3)" in v]
+    assert any(f"{ASSIGNMENTS}:{Sol.line(i)}" in v and row[2] in v for v in found), report.violations
+
+
+def test_bundle_from_two_restaurants(base: Run, sol: Sol) -> None:
+    inst = base.instance
+    rows = sol.rows[ASSIGNMENTS]
+    i = _pair(sol)
+    rest = inst.order_restaurant[inst.order_ids.index(rows[i][3])]
+    # Add to this bundle an order of another restaurant (taken from its own single assignment).
+    j = _single(sol, lambda r: inst.order_restaurant[inst.order_ids.index(r[3])] != rest)
+    other = rows[j][3]
+    rows[i].append(other)
+    del rows[j]
+    line = Sol.line(i - 1 if j < i else i)
+    report = check_solution(inst, sol.save())
+    assert any("spans restaurants" in v and f"{ASSIGNMENTS}:{line}" in v for v in report.violations)
+
+
+def test_unknown_ids_are_reported(base: Run, sol: Sol) -> None:
+    sol.rows[ASSIGNMENTS][0][2] = "courier_x"
+    sol.rows[ORDERS][0][0] = "order_x"
+    report = check_solution(base.instance, sol.save())
+    assert any("courier_x" in v for v in report.violations)
+    assert any("order_x" in v for v in report.violations)
+
+
+def test_delivery_without_assignment_is_reported(base: Run, sol: Sol) -> None:
+    i = _single(sol)
+    order = sol.rows[ASSIGNMENTS][i][3]
+    del sol.rows[ASSIGNMENTS][i]
+    report = check_solution(base.instance, sol.save())
+    assert any(order in v and "without an assignment" in v for v in report.violations)
+
+
+def test_random_policy_is_reproducible_per_seed() -> None:
+    inst = load("0o50t75s1p100")
+    a = run_episode(inst, make("random"), seed=3)
+    b = run_episode(inst, make("random"), seed=3)
+    c = run_episode(inst, make("random"), seed=4)
+    assert a.records.order_courier.tolist() == b.records.order_courier.tolist()
+    assert a.records.order_dropoff.tolist() == b.records.order_dropoff.tolist()
+    assert a.metrics == b.metrics or all(same(a.metrics[k], b.metrics[k]) for k in a.metrics)
+    assert a.records.order_courier.tolist() != c.records.order_courier.tolist()

@@ -131,6 +131,17 @@ def test_non_numeric(folder: Path, name: str, line: int, field: str, value: str)
     assert_names(load_error(folder), folder, name, line, field)
 
 
+@pytest.mark.parametrize(
+    ("name", "line", "field"),
+    [("orders.txt", 3, "ready_time"), ("couriers.txt", 3, "off_time")],
+)
+def test_time_too_large_for_int64(folder: Path, name: str, line: int, field: str) -> None:
+    # 1e30 minutes is finite and whole, but cannot be held in the int64 time arrays: it must be
+    # reported as a malformed field, not escape as a bare OverflowError.
+    edit(folder, name, line, field, "1e30")
+    assert_names(load_error(folder), folder, name, line, field)
+
+
 def test_fractional_minutes(folder: Path) -> None:
     edit(folder, "orders.txt", 7, "placement_time", "100.5")
     assert_names(load_error(folder), folder, "orders.txt", 7, "placement_time")
