@@ -19,7 +19,7 @@ from simulator.checker import check_solution
 from simulator.heuristics import NAMES, make
 from simulator.instance import Instance, load
 from simulator.run import EpisodeResult, run_episode
-from simulator.solution import ASSIGNMENTS, COURIERS, ORDERS
+from simulator.solution import ASSIGNMENTS, COURIERS, ORDERS, SolutionError
 
 INSTANCES = (
     "0o100t100s1p100",
@@ -378,3 +378,11 @@ def test_random_policy_is_reproducible_per_seed() -> None:
     assert a.records.order_dropoff.tolist() == b.records.order_dropoff.tolist()
     assert a.metrics == b.metrics or all(same(a.metrics[k], b.metrics[k]) for k in a.metrics)
     assert a.records.order_courier.tolist() != c.records.order_courier.tolist()
+
+
+def test_malformed_solution_number_names_file_line_and_field(base: Run, sol: Sol) -> None:
+    sol.rows[ORDERS][4][4] = "soon"
+    with pytest.raises(SolutionError) as info:
+        check_solution(base.instance, sol.save())
+    msg = str(info.value)
+    assert ORDERS in msg and f"line {Sol.line(4)}" in msg and "dropoff_time" in msg

@@ -284,3 +284,23 @@ def test_mdrp_data_environment_variable(tmp_path: Path, monkeypatch: pytest.Monk
     assert instance_mod.default_data_dir() == tmp_path
     assert list_instances() == ["mine"]
     assert_same_instance(load("mine"), inst)
+
+
+def test_column_order_does_not_matter(folder: Path) -> None:
+    rows = table(folder, "orders.txt")
+    perm = [5, 3, 0, 4, 2, 1]
+    write_table(folder, "orders.txt", [[r[k] for k in perm] for r in rows])
+    assert_same_instance(load(folder), load(SMALL))
+
+
+def test_crlf_line_endings_and_blank_lines(folder: Path) -> None:
+    for f in FILES:
+        lines = (folder / f).read_text().splitlines()
+        (folder / f).write_bytes(("\r\n".join([*lines[:2], "", *lines[2:]]) + "\r\n").encode())
+    assert_same_instance(load(folder), load(SMALL))
+
+
+def test_error_on_a_later_line_names_that_line(folder: Path) -> None:
+    n = len(table(folder, "orders.txt"))
+    edit(folder, "orders.txt", n, "y", "?")
+    assert_names(load_error(folder), folder, "orders.txt", n, "y")
