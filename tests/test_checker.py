@@ -386,3 +386,20 @@ def test_malformed_solution_number_names_file_line_and_field(base: Run, sol: Sol
         check_solution(base.instance, sol.save())
     msg = str(info.value)
     assert ORDERS in msg and f"line {Sol.line(4)}" in msg and "dropoff_time" in msg
+
+
+def test_empty_solution_is_feasible_and_delivers_nothing(base: Run, tmp_path: Path) -> None:
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    for f in (ASSIGNMENTS, ORDERS, COURIERS):
+        (folder / f).write_text((base.folder / f).read_text().splitlines()[0] + "\n")
+    report = check_solution(base.instance, folder)
+    assert report.feasible
+    assert report.metrics["delivered"] == 0
+    assert report.metrics["undelivered_pct"] == 100.0
+    assert math.isnan(report.metrics["ctd_mean"])
+
+
+def test_unknown_heuristic_name() -> None:
+    with pytest.raises(ValueError, match="reyes"):
+        make("bogus")

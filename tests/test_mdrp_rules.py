@@ -506,3 +506,8 @@ def test_pay_is_the_max_of_order_pay_and_guarantee() -> None:
     assert m["orders_per_hour_mean"] == pytest.approx(2.5 / 3)
     # Bundles: sizes 1 and 2.
     assert m["bundle_size_mean"] == pytest.approx(1.5)
+
+
+def test_dispatch_interval_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="dispatch_interval"):
+        Engine(bundle_instance(), SimConfig(dispatch_interval=0))
