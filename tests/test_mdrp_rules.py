@@ -511,3 +511,23 @@ def test_pay_is_the_max_of_order_pay_and_guarantee() -> None:
 def test_dispatch_interval_must_be_positive() -> None:
     with pytest.raises(ValueError, match="dispatch_interval"):
         Engine(bundle_instance(), SimConfig(dispatch_interval=0))
+
+
+def test_a_rejected_joint_action_executes_none_of_its_assignments() -> None:
+    # c1 can serve o1 (pickup 10 <= 120), c2's shift ends at 12 and o2 is ready at 14: pickup 14 > 12.
+    inst = make_instance(
+        restaurants=[("R1", 0, 0)],
+        orders=[("o1", 0, -200, 0, "R1", 10), ("o2", 0, -200, 0, "R1", 14)],
+        couriers=[("c1", 0, 250, 0, 120), ("c2", 0, 250, 0, 12)],
+    )
+    eng = Engine(inst)
+    snap = eng.snapshot()
+    with pytest.raises(InfeasibleActionError, match=r"\bc2\b"):
+        eng.step(JointAction.from_ids(snap, {"c1": ["o1"], "c2": ["o2"]}))
+    assert eng.records.assignments == [] and eng.records.moves == []
+    assert eng.records.order_courier.tolist() == [-1, -1]
+    assert eng.courier_free_at.tolist() == [0, 0]
+    assert eng.time == 0
+    # The valid half alone goes through.
+    eng.step(JointAction.from_ids(eng.snapshot(), {"c1": ["o1"]}))
+    assert eng.records.order_pickup.tolist() == [10, -1]
