@@ -1,0 +1,175 @@
+"""Candidate ranking and the three joint-action assembly rules on hand-made snapshots."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from dispatch import assemble
+from dispatch.candidates import CandidateConfig, CandidateSet, generate
+from dispatch.snapshot import Snapshot
+from simulator.engine import Engine
+from tests.helpers import make_instance
+
+
+def ranking_snapshot() -> Snapshot:
+    # c1 at (0,250). R1 (0,0): 250 m -> 3 min; R2 (0,600): 350 m -> 4 min; R3 (0,200): 50 m -> 1 min.
+    # a, b at R1 ready 10 -> pickup max(10, 3+2) = 10 (alone or together).
+    # c at R2 ready 0 -> pickup max(0, 4+2) = 6.
+    # d at R3 ready 10 -> pickup max(10, 1+2) = 10, travel 1.
+    # e at R1 ready 80 -> pickup 80; drop 80 + 2 + 2 + 2 = 86 <= 90: feasible but ranked last;
+    # f at R1 ready 95 placed 0 -> drop >= 101 > 90: infeasible (never a candidate).
+    inst = make_instance(
+        restaurants=[("R1", 0, 0), ("R2", 0, 600), ("R3", 0, 200)],
+        orders=[
+            ("a", 0, -200, 0, "R1", 10),
+            ("b", 0, -200, 0, "R1", 10),
+            ("c", 0, 800, 0, "R2", 0),
+            ("d", 0, 0, 0, "R3", 10),
+            ("e", 0, -200, 0, "R1", 80),
+            ("f", 0, -200, 0, "R1", 95),
+        ],
+        couriers=[("c1", 0, 250, 0, 120)],
+    )
+    return Engine(inst).snapshot()
+
+
+def labels(snap: Snapshot, cands: CandidateSet, i: int = 0) -> list[str]:
+    out = []
+    for c in range(cands.k):
+        if cands.mask[i, c]:
+            out.append("".join(snap.order_ids[o] for o in cands.bundles.members(int(cands.bundle[i, c]))))
+        else:
+            assert cands.bundle[i, c] == -1
+            out.append("-")
+    return out
+
+
+def test_candidates_ranked_by_pickup_then_travel_then_larger_bundle() -> None:
+    snap = ranking_snapshot()
+    cands = generate(snap, CandidateConfig(k=0, max_bundle_size=2, max_ready_gap=15))
+    got = labels(snap, cands)
+    # Pickup 6 (c); pickup 10 with travel 1 (d); pickup 10 with travel 3: the pair before singles;
+    # then e (pickup 80). f, and bundles with e or f (ready gap > 15), are absent.
+    assert got[:5] == ["c", "d", "ab", "a", "b"]
+    assert got[5] == "e"
+    assert all(x == "-" for x in got[6:])
+    assert "f" not in "".join(got)
+
+
+def test_top_k_cut_keeps_the_best() -> None:
+    snap = ranking_snapshot()
+    cands = generate(snap, CandidateConfig(k=3, max_bundle_size=2, max_ready_gap=15))
+    assert cands.k == 3
+    assert labels(snap, cands) == ["c", "d", "ab"]
+
+
+def pair_snapshot() -> Snapshot:
+    # Two idle couriers and two orders of one restaurant.
+    inst = make_instance(
+        restaurants=[("R1", 0, 0)],
+        orders=[("a", 0, -200, 0, "R1", 10), ("b", 0, -300, 0, "R1", 10)],
+        couriers=[("c1", 0, 250, 0, 120), ("c2", 0, -250, 0, 120)],
+    )
+    return Engine(inst).snapshot()
+
+
+def score_matrix(snap: Snapshot, cands: CandidateSet, table: dict[str, dict[str, float]]) -> np.ndarray:
+    """Scores (agents, K+1) from {courier: {bundle label or 'wait': score}}; missing -> -inf."""
+    s = np.full((cands.n_agents, cands.k + 1), -np.inf)
+    for i, d in enumerate(cands.agents):
+        row = table[snap.courier_ids[int(d)]]
+        for c in range(cands.k):
+            if cands.mask[i, c]:
+                members = cands.bundles.members(int(cands.bundle[i, c]))
+                lab = "".join(sorted(snap.order_ids[o] for o in members))
+                s[i, c] = row.get(lab, -np.inf)
+        s[i, cands.k] = row["wait"]
+    return s
+
+
+def as_ids(snap: Snapshot, out: assemble.Assembled) -> dict[str, tuple[str, ...]]:
+    return {k: tuple(sorted(v)) for k, v in out.action.to_ids(snap).items()}
+
+
+SINGLES = CandidateConfig(k=0, max_bundle_size=1)
+
+
+def test_greedy_takes_the_highest_score_first() -> None:
+    snap = pair_snapshot()
+    cands = generate(snap, SINGLES)
+    scores = score_matrix(snap, cands, {"c1": {"a": 6, "b": 1, "wait": 0}, "c2": {"a": 9, "b": 8, "wait": 0}})
+    out = assemble.greedy(cands, scores)
+    # c2 -> a (9) first; c1 then gets b (1 > wait 0). Total 10.
+    assert as_ids(snap, out) == {"c2": ("a",), "c1": ("b",)}
+    out.action.check(snap)
+
+
+def test_assignment_maximises_the_total() -> None:
+    snap = pair_snapshot()
+    cands = generate(snap, SINGLES)
+    scores = score_matrix(snap, cands, {"c1": {"a": 6, "b": 1, "wait": 0}, "c2": {"a": 9, "b": 8, "wait": 0}})
+    out = assemble.assignment(cands, scores)
+    # c1 -> a, c2 -> b: 6 + 8 = 14 beats greedy's 9 + 1 = 10.
+    assert as_ids(snap, out) == {"c1": ("a",), "c2": ("b",)}
+    out.action.check(snap)
+
+
+@pytest.mark.parametrize("rule", assemble.RULES)
+def test_nobody_is_assigned_below_wait(rule: str) -> None:
+    snap = pair_snapshot()
+    cands = generate(snap, SINGLES)
+    # c1 prefers waiting (5) to either order; c2's a beats its wait.
+    scores = score_matrix(snap, cands, {"c1": {"a": 4, "b": 3, "wait": 5}, "c2": {"a": 9, "b": 2, "wait": 1}})
+    out = assemble.assemble(cands, scores, rule)
+    assert as_ids(snap, out) == {"c2": ("a",)}
+    i1 = list(cands.agents).index(snap.courier_ids.index("c1"))
+    assert out.choice[i1] == assemble.WAIT
+
+
+@pytest.mark.parametrize("rule", assemble.RULES)
+def test_overlapping_bundles_never_both_taken(rule: str) -> None:
+    snap = pair_snapshot()
+    cands = generate(snap, CandidateConfig(k=0, max_bundle_size=2))
+    table = {"c1": {"ab": 10, "a": 6, "b": 1, "wait": 0}, "c2": {"ab": 2, "a": 9, "b": 8, "wait": 0}}
+    out = assemble.assemble(cands, score_matrix(snap, cands, table), rule)
+    out.action.check(snap)  # conflict-free
+    taken = [o for v in out.action.to_ids(snap).values() for o in v]
+    assert len(taken) == len(set(taken))
+    assert taken  # something positive is always taken
+
+
+def test_unknown_rule_is_rejected() -> None:
+    snap = pair_snapshot()
+    cands = generate(snap, SINGLES)
+    with pytest.raises(ValueError, match="nope"):
+        assemble.assemble(cands, np.zeros((cands.n_agents, cands.k + 1)), "nope")
+
+
+def test_sequential_argmax_and_conditional_log_probabilities() -> None:
+    snap = pair_snapshot()
+    cands = generate(snap, CandidateConfig(k=0, max_bundle_size=2))
+    table = {"c1": {"ab": 3, "a": 5, "b": 1.5, "wait": 1}, "c2": {"ab": 0, "a": 2, "b": 1, "wait": 0}}
+    logits = score_matrix(snap, cands, table)
+    i1 = list(cands.agents).index(snap.courier_ids.index("c1"))
+    i2 = list(cands.agents).index(snap.courier_ids.index("c2"))
+    out = assemble.sequential(cands, logits, order=np.array([i2, i1]))
+    # c2 first: argmax a (2); P = e^2 / (e^2 + e^1 + e^0 + e^0).
+    # c1 then: a and ab are taken, so only b (1.5) and wait (1): picks b, P = e^1.5 / (e^1.5 + e^1).
+    assert as_ids(snap, out) == {"c2": ("a",), "c1": ("b",)}
+    assert out.logp[i2] == pytest.approx(2 - math.log(math.e**2 + math.e + 2))
+    assert out.logp[i1] == pytest.approx(1.5 - math.log(math.exp(1.5) + math.e))
+
+
+def test_sequential_sampling_is_conflict_free_and_logp_matches() -> None:
+    snap = pair_snapshot()
+    cands = generate(snap, CandidateConfig(k=0, max_bundle_size=2))
+    logits = np.zeros((cands.n_agents, cands.k + 1))
+    for seed in range(30):
+        out = assemble.sequential(cands, logits, order=np.array([0, 1]), rng=np.random.default_rng(seed))
+        out.action.check(snap)
+        # First agent: K + 1 equally likely choices (3 bundles + wait).
+        assert out.logp[0] == pytest.approx(-math.log(cands.k + 1))
+        assert np.all(out.logp <= 0)
