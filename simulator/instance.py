@@ -29,6 +29,10 @@ ORDER_COLUMNS = ("order", "x", "y", "placement_time", "restaurant", "ready_time"
 COURIER_COLUMNS = ("courier", "x", "y", "on_time", "off_time")
 
 
+# Times are stored as 32-bit integers in logs and on the wire; no day needs more.
+MAX_MINUTES = 2**31 - 1
+
+
 class InstanceError(ValueError):
     """A malformed instance file; the message names file, line and field."""
 
@@ -118,6 +122,8 @@ def _number(path: Path, line: int, name: str, text: str, *, integer: bool, minim
         raise InstanceError(f"{path}: line {line}: field {name!r}: {text!r} is not finite")
     if integer and value != int(value):
         raise InstanceError(f"{path}: line {line}: field {name!r}: {text!r} is not a whole number of minutes")
+    if integer and abs(value) > MAX_MINUTES:
+        raise InstanceError(f"{path}: line {line}: field {name!r}: {text!r} is beyond {MAX_MINUTES} minutes")
     if minimum is not None and value < minimum:
         raise InstanceError(f"{path}: line {line}: field {name!r}: {text!r} is below {minimum:g}")
     return value

@@ -25,7 +25,11 @@ def dispatch(*args: str | Path, timeout: float = 300) -> subprocess.CompletedPro
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return subprocess.run(
         [sys.executable, "-m", "dispatch_cli", *map(str, args)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -40,8 +44,9 @@ def simulated(
 ) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
     out = tmp_path_factory.mktemp("cli") / "out"
     js = out.parent / "metrics.json"
-    proc = dispatch("simulate", "--instance", SMALL, "--policy", ",".join(POLICIES), "--out", out,
-                    "--json", js, "--no-progress")
+    proc = dispatch(
+        "simulate", "--instance", SMALL, "--policy", ",".join(POLICIES), "--out", out, "--json", js, "--no-progress"
+    )
     return proc, out, js
 
 
@@ -123,8 +128,16 @@ def test_check_unreadable_solution_is_a_clean_error(tmp_path: Path) -> None:
 
 
 def test_bad_instance_name_is_a_clean_error(tmp_path: Path) -> None:
-    proc = dispatch("simulate", "--instance", "no_such_instance_xyz", "--policy", "nearest",
-                    "--out", tmp_path / "o", "--no-progress")
+    proc = dispatch(
+        "simulate",
+        "--instance",
+        "no_such_instance_xyz",
+        "--policy",
+        "nearest",
+        "--out",
+        tmp_path / "o",
+        "--no-progress",
+    )
     assert proc.returncode != 0
     no_traceback(proc)
     assert "no_such_instance_xyz" in proc.stderr

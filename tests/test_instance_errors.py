@@ -164,8 +164,9 @@ def test_ready_equal_to_placement_is_fine(folder: Path) -> None:
     assert inst.order_ready[4] == int(place)
 
 
-@pytest.mark.parametrize(("name", "field"), [("orders.txt", "order"), ("couriers.txt", "courier"),
-                                            ("restaurants.txt", "restaurant")])
+@pytest.mark.parametrize(
+    ("name", "field"), [("orders.txt", "order"), ("couriers.txt", "courier"), ("restaurants.txt", "restaurant")]
+)
 def test_duplicate_id(folder: Path, name: str, field: str) -> None:
     rows = table(folder, name)
     first = rows[1][0]
@@ -202,8 +203,12 @@ def test_empty_file(folder: Path, name: str) -> None:
     assert str(folder / name) in msg
     assert "line 1:" in msg
     # The expected header (the fields) is named.
-    first_column = {"instance_parameters.txt": "meters_per_minute", "restaurants.txt": "restaurant",
-                    "orders.txt": "order", "couriers.txt": "courier"}[name]
+    first_column = {
+        "instance_parameters.txt": "meters_per_minute",
+        "restaurants.txt": "restaurant",
+        "orders.txt": "order",
+        "couriers.txt": "courier",
+    }[name]
     assert first_column in msg
 
 
@@ -229,8 +234,16 @@ def assert_same_instance(a: Instance, b: Instance) -> None:
     assert a.restaurant_ids == b.restaurant_ids
     assert a.order_ids == b.order_ids
     assert a.courier_ids == b.courier_ids
-    for f in ("restaurant_xy", "order_xy", "order_placement", "order_restaurant", "order_ready",
-              "courier_xy", "courier_on", "courier_off"):
+    for f in (
+        "restaurant_xy",
+        "order_xy",
+        "order_placement",
+        "order_restaurant",
+        "order_ready",
+        "courier_xy",
+        "courier_on",
+        "courier_off",
+    ):
         x, y = getattr(a, f), getattr(b, f)
         assert x.dtype == y.dtype, f
         assert np.array_equal(x, y), f
@@ -250,8 +263,15 @@ def test_round_trip_of_a_public_instance(tmp_path: Path) -> None:
 def test_round_trip_of_a_hand_built_instance(tmp_path: Path) -> None:
     from dispatch.snapshot import ServiceParams
 
-    params = ServiceParams(meters_per_minute=333.5, pickup_service=6, dropoff_service=2, target_ctd=35,
-                           max_ctd=80, pay_per_order=7.25, guaranteed_pay_per_hour=12.5)
+    params = ServiceParams(
+        meters_per_minute=333.5,
+        pickup_service=6,
+        dropoff_service=2,
+        target_ctd=35,
+        max_ctd=80,
+        pay_per_order=7.25,
+        guaranteed_pay_per_hour=12.5,
+    )
     inst = make_instance(
         restaurants=[("rA", 0.5, -10.25), ("rB", 1e6, 2.0)],
         orders=[("x1", 1.125, 2.0, 5, "rB", 9), ("x2", -3.0, 4.75, 0, "rA", 0)],

@@ -46,9 +46,7 @@ from tests.helpers import EASY, act, advance_to, make_instance, saved_and_loaded
         (428.0, 0.0, 427.0, 2),
     ],
 )
-def test_travel_minutes_is_ceil_of_distance_over_speed(
-    dx: float, dy: float, mpm: float, minutes: int
-) -> None:
+def test_travel_minutes_is_ceil_of_distance_over_speed(dx: float, dy: float, mpm: float, minutes: int) -> None:
     assert int(travel_minutes(dx, dy, mpm)) == minutes
 
 
@@ -132,11 +130,15 @@ def test_single_order_timing_and_next_start(tmp_path: Path) -> None:
     assert [line.split() for line in assign_lines] == [["0", "10", "c1", "o1"], ["18", "23", "c1", "o2"]]
     order_rows = (folder / solution.ORDERS).read_text().split("\n")[1:3]
     assert [r.split() for r in order_rows] == [
-        ["o1", "0", "10", "10", "16", "c1"], ["o2", "16", "20", "23", "31", "c1"],
+        ["o1", "0", "10", "10", "16", "c1"],
+        ["o2", "16", "20", "23", "31", "c1"],
     ]
     move_rows = (folder / solution.COURIERS).read_text().split("\n")[1:5]
     assert [r.split() for r in move_rows] == [
-        ["c1", "0", "0", "R1"], ["c1", "12", "R1", "o1"], ["c1", "18", "o1", "R2"], ["c1", "25", "R2", "o2"],
+        ["c1", "0", "0", "R1"],
+        ["c1", "12", "R1", "o1"],
+        ["c1", "18", "o1", "R2"],
+        ["c1", "25", "R2", "o2"],
     ]
     report = check_solution(inst, folder)
     assert report.violations == []

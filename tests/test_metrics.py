@@ -194,8 +194,7 @@ def test_summarise() -> None:
     s = metrics.summarise(np.array([50, 10, 40, 20, 30]))
     # mean 30; population variance (400+100+0+100+400)/5 = 200; p10 = 10 + 0.4*10 = 14; p90 = 46.
     assert s == pytest.approx(
-        {"mean": 30.0, "std": math.sqrt(200), "min": 10.0, "p10": 14.0, "median": 30.0, "p90": 46.0,
-         "max": 50.0}
+        {"mean": 30.0, "std": math.sqrt(200), "min": 10.0, "p10": 14.0, "median": 30.0, "p90": 46.0, "max": 50.0}
     )
     empty = metrics.summarise(np.array([]))
     assert set(empty) == set(metrics.STATS)

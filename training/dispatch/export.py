@@ -57,8 +57,14 @@ def export(
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     manifest = ModelManifest(
-        name=name, version=version, candidates=candidates, conflict_rule=conflict_rule, onnx_sha256=sha256_bytes(data),
-        training=training or {}, metrics=metrics or {}, code_version=code_version,
+        name=name,
+        version=version,
+        candidates=candidates,
+        conflict_rule=conflict_rule,
+        onnx_sha256=sha256_bytes(data),
+        training=training or {},
+        metrics=metrics or {},
+        code_version=code_version,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
     for target, payload in ((out, data), (manifest_path(out), manifest.to_json().encode())):
