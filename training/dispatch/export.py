@@ -26,7 +26,7 @@ def onnx_bytes(scorer: Scorer, k: int = 16) -> bytes:
     torch.onnx.export(
         scorer,
         example,
-        buf,
+        buf,  # type: ignore[arg-type]  # a file-like object is accepted at run time
         input_names=list(INPUTS),
         output_names=[OUTPUT],
         dynamic_axes={
@@ -82,5 +82,5 @@ def parity(scorer: Scorer, onnx_path: str | Path, batch: dict[str, np.ndarray]) 
     got = sess.run([OUTPUT], batch)[0]
     with torch.no_grad():
         want = scorer.eval()(*(torch.from_numpy(batch[n]) for n in INPUTS)).numpy()
-    legal = np.concatenate([batch["cand_mask"], np.ones(batch["cand_mask"].shape[:2] + (1,), bool)], -1)
+    legal = np.concatenate([batch["cand_mask"], np.ones((*batch["cand_mask"].shape[:2], 1), bool)], -1)
     return float(np.abs(np.where(legal, got - want, 0.0)).max()) if got.size else 0.0

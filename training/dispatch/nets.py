@@ -77,7 +77,7 @@ class Scorer(nn.Module):
 
 def legal_actions(cand_mask: torch.Tensor) -> torch.Tensor:
     """[B, N, K + 1]: the legal candidates plus wait (always legal)."""
-    ones = torch.ones(cand_mask.shape[:-1] + (1,), dtype=torch.bool, device=cand_mask.device)
+    ones = torch.ones((*cand_mask.shape[:-1], 1), dtype=torch.bool, device=cand_mask.device)
     return torch.cat([cand_mask, ones], -1)
 
 

@@ -62,7 +62,7 @@ def train_bc(cfg: DispatchTrainConfig, view: TrainingView | None = None) -> tupl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        rows += int(batch["agent_mask"].sum())  # type: ignore[union-attr]
+        rows += int(batch["agent_mask"].sum())  # type: ignore[attr-defined]
     secs = time.perf_counter() - started
     return scorer, {"final_loss": float(loss), "seconds": secs, "courier_decisions_per_s": rows / secs}
 
