@@ -48,12 +48,12 @@ GROUP_BONUS = (1e9, 1e6, 1e3, 0.0)
 class ReyesParams:
     """Tunable parameters (tuned on instance seeds 0–5 only; see docs/results.md)."""
 
-    lookahead: int = 10
-    theta: float = 0.5
+    lookahead: int = 20
+    theta: float = 1.0
     beta: float = 0.5
     throughput_weight: float = 5.0
     force_after: int = 20
-    max_ready_gap: int = 10
+    max_ready_gap: int = 40
     interval: int = 2
     expiry_margin: int = 10
 
