@@ -78,8 +78,12 @@ def pad_batch(encoded: list[Encoded], k: int) -> dict[str, np.ndarray]:
 class OnnxPolicy:
     """A dispatch policy backed by an exported model (ONNX file + manifest)."""
 
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int = 0) -> None:
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int = 0, sample: bool = False) -> None:
         self.path = Path(path)
+        # sample=True draws each courier's action from the model's distribution, couriers one after
+        # another in a random order (the ``sequential`` rule); reset(seed) makes it reproducible.
+        self.sample = sample
+        self.rng = np.random.default_rng(0)
         try:
             data = self.path.read_bytes()
         except OSError as exc:
@@ -89,7 +93,8 @@ class OnnxPolicy:
         self.name = f"{self.manifest.name}:{self.manifest.version}"
 
     def reset(self, seed: int) -> None:
-        """Deterministic (greedy) policy: nothing to seed."""
+        """Seed the sampling stream (unused by the deterministic conflict rules)."""
+        self.rng = np.random.default_rng(np.random.SeedSequence([seed, 0x0E1]))
 
     def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """Raw model logits for a padded batch, masked slots set to a large negative value."""
@@ -112,5 +117,9 @@ class OnnxPolicy:
         k = self.manifest.candidates.k
         logits = self.logits(pad_batch([enc], k))[0, : cands.n_agents]
         scores = np.concatenate([logits[:, : cands.k], logits[:, k : k + 1]], axis=1)
+        if self.sample:
+            order = self.rng.permutation(cands.n_agents)
+            out = assemble.sequential(cands, scores, order=order, rng=self.rng)
+            return Decision(out.action, cands, out.choice, out.logp, order)
         out = assemble.assemble(cands, scores, self.manifest.conflict_rule)
         return Decision(out.action, cands, out.choice, out.logp)

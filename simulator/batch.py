@@ -10,12 +10,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from dispatch.policy import Policy
 from simulator.engine import SimConfig
 
 
 @dataclass(frozen=True)
 class Task:
-    """One simulated day: an instance spec, a policy name with its options, and a seed."""
+    """One simulated day: an instance spec, a policy (heuristic name or .onnx path) with options, a seed."""
 
     instance: str
     policy: str
@@ -46,7 +47,12 @@ def run_task(task: Task) -> TaskResult:
 
     start = time.perf_counter()
     inst = load_spec(task.instance)
-    policy = make(task.policy, **dict(task.options))
+    if task.policy.endswith(".onnx"):
+        from dispatch.onnx_policy import OnnxPolicy
+
+        policy: Policy = OnnxPolicy(task.policy, threads=1, sample=bool(dict(task.options).get("sample", 0)))
+    else:
+        policy = make(task.policy, **dict(task.options))
     result = run_episode(inst, policy, seed=task.seed, config=task.config)
     if task.out:
         solution.write(result.records, Path(task.out))

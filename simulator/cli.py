@@ -55,6 +55,25 @@ def register(sub: Any) -> None:
     c.add_argument("--solution", required=True, type=Path, help="folder holding the three solution files")
     c.set_defaults(handler=check)
 
+    ev = sub.add_parser(
+        "evaluate",
+        help="evaluate exported models next to the heuristics on the same instances",
+        description="Simulate exported models (ONNX + manifest, run by ONNX Runtime without torch) and the "
+        "heuristics on the same instances and print their MDRP metrics side by side. Instance seeds 6-9 "
+        "are the held-out set: never train, tune or select models on them.",
+    )
+    ev.add_argument(
+        "--model", action="append", default=[], type=Path, metavar="MODEL.onnx", help="exported model (repeatable)"
+    )
+    ev.add_argument("--instances", action="append", default=[], metavar="SPEC|GLOB", help="instances (repeatable)")
+    ev.add_argument("--heuristics", default="nearest,assignment,reyes", help="heuristics to compare with ('' for none)")
+    ev.add_argument("--sample", action="store_true", help="sample each courier's action instead of the conflict rule")
+    ev.add_argument("--seed", type=int, default=0, help="seed of sampled policies (default 0)")
+    ev.add_argument("--jobs", type=int, default=0, help="worker processes (default: usable cores)")
+    ev.add_argument("--json", type=Path, help="also write every run's metrics to this JSON file")
+    ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    ev.set_defaults(handler=evaluate)
+
     logs = sub.add_parser(
         "logs",
         help="offline logs of dispatch decisions: generate, card",
@@ -233,4 +252,42 @@ def logs_card(args: argparse.Namespace) -> int:
     except LogError as exc:
         print(f"dispatch logs card: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """Models and heuristics over the same instances, metrics side by side."""
+    from dispatch.model import ModelError, load_manifest
+    from simulator.batch import Task, run_many
+    from simulator.instance import InstanceError
+    from simulator.report import mean_metrics, text_table
+    from simulator.sources import expand
+
+    for m in args.model:
+        try:
+            load_manifest(m, m.read_bytes())
+        except (OSError, ModelError) as exc:
+            print(f"dispatch evaluate: --model {m}: {exc}", file=sys.stderr)
+            return 2
+    heuristics = [h for h in args.heuristics.split(",") if h]
+    policies = [str(m) for m in args.model] + heuristics
+    if not policies:
+        print("dispatch evaluate: nothing to evaluate (give --model or --heuristics)", file=sys.stderr)
+        return 2
+    try:
+        instances = expand(args.instances or ["[6-9]o50*", "[6-9]r50*"])
+    except InstanceError as exc:
+        print(f"dispatch evaluate: {exc}", file=sys.stderr)
+        return 2
+    opts = (("sample", 1),) if args.sample else ()
+    tasks = [
+        Task(i, p, seed=args.seed, options=opts if p.endswith(".onnx") else ()) for i in instances for p in policies
+    ]
+    results = run_many(tasks, jobs=args.jobs or None, progress=not args.no_progress)
+    labels = [Path(p).stem if p.endswith(".onnx") else p for p in policies]
+    print(f"mean over {len(instances)} instances")
+    print(text_table(labels, [mean_metrics([r.metrics for r in results if r.task.policy == p]) for p in policies]))
+    if args.json:
+        payload = [{"instance": r.instance_name, "policy": r.task.policy, "metrics": r.metrics} for r in results]
+        args.json.write_text(json.dumps(payload, indent=1))
     return 0
