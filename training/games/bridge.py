@@ -53,7 +53,8 @@ class BridgeGame:
         # Resolve conflicts until stable: a failed move can create a new collision with a stayer.
         changed = True
         while changed:
-            changed = False
+            # Find every conflict first, then revert them together: a same-cell clash fails both moves.
+            failed = set()
             for i in range(N_AGENTS):
                 for j in range(N_AGENTS):
                     if i == j or target[i] is None or target[j] is None:
@@ -61,8 +62,10 @@ class BridgeGame:
                     same = target[i] == target[j]
                     swap = target[i] == pos[j] and target[j] == pos[i] and pos[i] != pos[j]
                     if (same or swap) and target[i] != pos[i]:
-                        target[i] = pos[i]
-                        changed = True
+                        failed.add(i)
+            for i in failed:
+                target[i] = pos[i]
+            changed = bool(failed)
         new: list[tuple[int, int] | None] = []
         for i, t in enumerate(target):
             new.append(None if t is None or t == self.goals[i] else t)
