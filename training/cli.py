@@ -32,7 +32,9 @@ def register(subparsers: Any) -> None:
         help="data source: GAME:DATASET for a benchmark game, e.g. xor:ab_ba, mne:balanced, bridge:mix",
     )
     p.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
-    p.add_argument("--data-seed", type=int, default=0, help="seed used to build the game dataset (default: 0)")
+    p.add_argument(
+        "--data-seed", type=int, default=0, help="seed used to build the game dataset (default: 0)"
+    )
     p.add_argument("--steps", type=int, default=3000, help="gradient steps (default: 3000)")
     p.add_argument("--batch-size", type=int, default=256, help="minibatch size (default: 256)")
     p.add_argument("--eval-every", type=int, default=500, help="evaluate every N steps (default: 500)")

@@ -23,6 +23,7 @@ class DataSource:
     dataset: OfflineDataset
     gamma: float
     evaluate: Callable[[PolicyFn, int], dict[str, float]]
+    reward_scale: float | None = None  # training divides rewards by this; None: max |r| of the data
 
 
 def game_source(spec: str, seed: int) -> DataSource | None:
@@ -38,7 +39,14 @@ def game_source(spec: str, seed: int) -> DataSource | None:
     def evaluate(policy: PolicyFn, eval_seed: int) -> dict[str, float]:
         return game.evaluate(policy, dataset, eval_seed)
 
-    return DataSource(name=spec, dataset=dataset, gamma=game.gamma, evaluate=evaluate)
+    scale = getattr(game, "spec", {}).get("reward_scale")
+    return DataSource(
+        name=spec,
+        dataset=dataset,
+        gamma=game.gamma,
+        evaluate=evaluate,
+        reward_scale=None if scale is None else float(scale),
+    )
 
 
 # Tried in order; the first that recognises the spec wins.
@@ -54,7 +62,12 @@ def resolve_data(spec: str, seed: int = 0) -> DataSource:
     raise ValueError(f"--data {spec!r}: expected GAME:DATASET with GAME in {available_games()}")
 
 
-def reward_scale(dataset: OfflineDataset) -> float:
+def reward_scale(source: DataSource) -> float:
+    """The divisor applied to rewards for training: the source's own, else max |r| of its data."""
+    return source.reward_scale if source.reward_scale is not None else max_abs_reward(source.dataset)
+
+
+def max_abs_reward(dataset: OfflineDataset) -> float:
     """max |r| over the logged steps (rewards are divided by it for training); 1 if all zero."""
     r = np.abs(dataset.rewards[dataset.filled])
     return float(r.max()) if r.size and r.max() > 0 else 1.0

@@ -185,7 +185,7 @@ def build(cfg: TrainConfig) -> tuple[DataSource, dict[str, torch.Tensor], Algori
     generator = torch.Generator().manual_seed(cfg.seed)
     source = resolve_data(cfg.data, cfg.data_seed)
     data = source.dataset.transitions().to_torch()
-    data["rewards"] = data["rewards"] / reward_scale(source.dataset)
+    data["rewards"] = data["rewards"] / reward_scale(source)
     info = DataInfo(
         n_agents=source.dataset.n_agents,
         n_actions=source.dataset.n_actions,
@@ -215,7 +215,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "train": asdict(cfg),
         "algo": algo.config_dict(),
         "code_version": code_version(),
-        "reward_scale": reward_scale(source.dataset),
+        "reward_scale": reward_scale(source),
         "gamma": source.gamma,
     }
     atomic_write_bytes(out / "config.json", json.dumps(resolved, indent=2).encode())

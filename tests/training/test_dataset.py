@@ -21,9 +21,16 @@ def make(terminated_last: bool = True, illegal: bool = False) -> OfflineDataset:
     truncated[1, 1] = True
     obs = np.arange(e * t * n, dtype=np.float32).reshape(e, t, n, 1)
     return OfflineDataset(
-        obs=obs, state=obs[:, :, 0], actions=actions, legal=legal,
-        rewards=np.ones((e, t), np.float32), terminated=terminated, truncated=truncated, filled=filled,
-        agent_mask=np.ones((e, t, n), bool), final_obs=np.full((e, n, 1), -1.0, np.float32),
+        obs=obs,
+        state=obs[:, :, 0],
+        actions=actions,
+        legal=legal,
+        rewards=np.ones((e, t), np.float32),
+        terminated=terminated,
+        truncated=truncated,
+        filled=filled,
+        agent_mask=np.ones((e, t, n), bool),
+        final_obs=np.full((e, n, 1), -1.0, np.float32),
         final_state=np.full((e, 1), -1.0, np.float32),
     )
 

@@ -25,8 +25,15 @@ def brute_force_policy(q, mu, alpha, beta):
         p /= p.sum()
         return -np.sum(p * (q - alpha * np.log(p / mu) - beta * np.log(p)))
 
-    best = min((minimize(neg, z0, method="Nelder-Mead", options={"xatol": 1e-10, "fatol": 1e-13, "maxiter": 20000})
-                for z0 in [np.zeros(len(q)), np.log(mu)]), key=lambda r: r.fun)
+    best = min(
+        (
+            minimize(
+                neg, z0, method="Nelder-Mead", options={"xatol": 1e-10, "fatol": 1e-13, "maxiter": 20000}
+            )
+            for z0 in [np.zeros(len(q)), np.log(mu)]
+        ),
+        key=lambda r: r.fun,
+    )
     p = np.exp(best.x - best.x.max())
     return p / p.sum()
 

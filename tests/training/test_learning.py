@@ -9,8 +9,17 @@ FAST = {"warmup_steps": 150, "hidden": 32}
 
 def run(algo, data, steps, params=None, seed=0, tmp=None):
     cfg = TrainConfig(
-        algo=algo, data=data, seed=seed, steps=steps, batch_size=128, eval_every=steps, ckpt_every=steps,
-        out=str(tmp), tensorboard=False, progress=False, algo_params=params or {},
+        algo=algo,
+        data=data,
+        seed=seed,
+        steps=steps,
+        batch_size=128,
+        eval_every=steps,
+        ckpt_every=steps,
+        out=str(tmp),
+        tensorboard=False,
+        progress=False,
+        algo_params=params or {},
     )
     return train(cfg)["final"]
 

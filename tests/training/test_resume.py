@@ -17,8 +17,19 @@ PARAMS = {"warmup_steps": 40, "hidden": 16}
 
 
 def config(out, **kw):
-    base = dict(algo="inspo", data="xor:ab_ba", seed=3, steps=600, batch_size=64, eval_every=200, ckpt_every=20,
-                out=str(out), tensorboard=False, progress=False, algo_params=dict(PARAMS))
+    base = dict(
+        algo="inspo",
+        data="xor:ab_ba",
+        seed=3,
+        steps=600,
+        batch_size=64,
+        eval_every=200,
+        ckpt_every=20,
+        out=str(out),
+        tensorboard=False,
+        progress=False,
+        algo_params=dict(PARAMS),
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -44,9 +55,34 @@ def test_stop_and_resume_is_bit_identical(tmp_path, algo):
 def test_sigkill_then_resume_is_bit_identical(tmp_path):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     train(config(ref))
-    cmd = [sys.executable, "-m", "dispatch_cli", "train", "--algo", "inspo", "--data", "xor:ab_ba", "--seed", "3",
-           "--steps", "600", "--batch-size", "64", "--eval-every", "200", "--ckpt-every", "20", "--out", str(killed),
-           "--no-tensorboard", "--no-progress", "--set", "warmup_steps=40", "--set", "hidden=16"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dispatch_cli",
+        "train",
+        "--algo",
+        "inspo",
+        "--data",
+        "xor:ab_ba",
+        "--seed",
+        "3",
+        "--steps",
+        "600",
+        "--batch-size",
+        "64",
+        "--eval-every",
+        "200",
+        "--ckpt-every",
+        "20",
+        "--out",
+        str(killed),
+        "--no-tensorboard",
+        "--no-progress",
+        "--set",
+        "warmup_steps=40",
+        "--set",
+        "hidden=16",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpt = killed / "checkpoint.pt"

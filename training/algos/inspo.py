@@ -44,8 +44,8 @@ class InSPOConfig:
     alpha: float = 0.05  # weight of the reverse KL to μ
     beta: float = 0.05  # weight of the entropy bonus
     kappa: float = 1.0  # advantage assigned to joint actions absent from the data (as −κ)
-    ratio_clip: float = 20.0  # c: upper clip of each teammate ratio π^j/μ̂^j
-    joint_ratio_clip: float = 100.0  # c_joint: upper clip of the product of teammate ratios
+    ratio_clip: float = 10.0  # c: upper clip of each teammate ratio π^j/μ̂^j
+    joint_ratio_clip: float = 10.0  # c_joint: upper clip of the product of teammate ratios
     max_weight: float = 100.0  # w_max: upper clip of the weighted-ML weight
     expectile: float = 0.9
     polyak: float = 0.005
