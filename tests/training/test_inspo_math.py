@@ -1,0 +1,113 @@
+"""The pieces of InSPO that are easy to get subtly wrong, checked against brute force."""
+
+import itertools
+import math
+
+import numpy as np
+import torch
+from scipy.optimize import minimize
+
+from training.algos.base import td_target
+from training.algos.inspo import (
+    closed_form_log_weight,
+    closed_form_policy,
+    prefix_log_ratios,
+    random_permutations,
+)
+from training.nets import Policy, masked_log_softmax
+
+
+def brute_force_policy(q, mu, alpha, beta):
+    """argmax over the simplex of Σ π(a)(Q(a) − α log(π/μ) − β log π), by numerical optimisation."""
+
+    def neg(z):
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        return -np.sum(p * (q - alpha * np.log(p / mu) - beta * np.log(p)))
+
+    best = min(
+        (
+            minimize(
+                neg, z0, method="Nelder-Mead", options={"xatol": 1e-10, "fatol": 1e-13, "maxiter": 20000}
+            )
+            for z0 in [np.zeros(len(q)), np.log(mu)]
+        ),
+        key=lambda r: r.fun,
+    )
+    p = np.exp(best.x - best.x.max())
+    return p / p.sum()
+
+
+def test_closed_form_matches_brute_force_on_tabular_cases():
+    rng = np.random.default_rng(0)
+    for alpha, beta in [(0.5, 0.5), (1.0, 0.0), (0.2, 1.0)]:
+        q = rng.normal(size=4)
+        mu = rng.dirichlet(np.ones(4))
+        got = closed_form_policy(torch.tensor(q), torch.tensor(np.log(mu)), alpha, beta).numpy()
+        want = brute_force_policy(q, mu, alpha, beta)
+        assert np.allclose(got, want, atol=2e-4), (alpha, beta, got, want)
+
+
+def test_beta_raises_mass_on_rare_behaviour_actions():
+    q = torch.tensor([1.0, 0.5])  # the rare action is better
+    log_mu = torch.log(torch.tensor([0.05, 0.95]))
+    no_entropy = closed_form_policy(q, log_mu, 1.0, 0.0)[0]
+    entropy = closed_form_policy(q, log_mu, 1.0, 1.0)[0]
+    assert entropy > no_entropy
+
+
+def test_closed_form_weight_is_ratio_to_mu_and_ignores_illegal_actions():
+    q = torch.tensor([[0.3, -0.2, 5.0]])
+    log_mu = torch.log(torch.tensor([[0.6, 0.4, 1e-9]]))
+    legal = torch.tensor([[True, True, False]])
+    logw = closed_form_log_weight(q, log_mu, torch.tensor([0]), legal, 0.5, 0.5)
+    pi = closed_form_policy(q[:, :2], log_mu[:, :2], 0.5, 0.5)
+    assert torch.allclose(logw.exp(), pi[:, 0] / 0.6, atol=1e-6)
+
+
+def test_prefix_ratio_products_under_a_permutation_match_brute_force():
+    gen = torch.Generator().manual_seed(0)
+    b, n = 6, 5
+    log_ratio = torch.randn(b, n, generator=gen)
+    mask = torch.rand(b, n, generator=gen) > 0.3
+    perm = random_permutations(mask, gen)
+    got = prefix_log_ratios(log_ratio, perm, mask)
+    for s in range(b):
+        order = perm[s].tolist()
+        assert sorted(order) == list(range(n))
+        # Absent agents come last, so present agents only ever follow present agents.
+        present = [i for i in order if mask[s, i]]
+        assert order[: len(present)] == present
+        for pos, agent in enumerate(order):
+            want = 1.0
+            for before in order[:pos]:
+                if mask[s, before]:
+                    want *= math.exp(log_ratio[s, before].item())
+            assert abs(math.exp(got[s, agent].item()) - want) < 1e-4 * max(1.0, want)
+
+
+def test_permutations_cover_all_orders():
+    gen = torch.Generator().manual_seed(1)
+    perms = random_permutations(torch.ones(3000, 3, dtype=torch.bool), gen)
+    seen = {tuple(p) for p in perms.tolist()}
+    assert seen == set(itertools.permutations(range(3)))
+
+
+def test_masking_gives_illegal_actions_zero_probability():
+    logits = torch.tensor([[[5.0, 1.0, 9.0]]])
+    legal = torch.tensor([[[True, True, False]]])
+    p = masked_log_softmax(logits, legal).exp()
+    assert p[0, 0, 2] == 0.0 and torch.isclose(p.sum(), torch.tensor(1.0))
+    pol = Policy(n_agents=2, obs_dim=3, n_actions=4)
+    legal2 = torch.tensor([[[True, False, True, False], [False, False, False, True]]])
+    probs = pol(torch.randn(1, 2, 3), legal2).exp()
+    assert torch.all(probs[~legal2] == 0.0)
+    assert probs[0, 1, 3] == 1.0  # a single legal action (a done agent) is certain
+
+
+def test_td_target_terminal_and_truncated():
+    r = torch.tensor([1.0, 1.0, 1.0])
+    term = torch.tensor([True, False, False])  # terminated; truncated (not terminated); ordinary
+    v_next = torch.tensor([10.0, 10.0, 10.0])
+    y = td_target(r, 0.9, term, v_next)
+    assert torch.allclose(y, torch.tensor([1.0, 10.0, 10.0]))

@@ -1,0 +1,246 @@
+"""InSPO: In-Sample Sequential Policy Optimization (Liu et al., AAAI 2025), as derived in docs/inspo.md.
+
+Objective (behaviour-regularised, maximum-entropy; μ the behaviour policy, τ = α + β):
+
+    max_π  E[ Σ_t γ^t ( r − α·log(π/μ) − β·log π ) ]
+
+Per-agent KKT closed form, agent i updated while its teammates' policies π^{-i} are held:      (1)
+    π*^i(a|s) ∝ μ^i(a|s)^{α/τ}·exp(Q^i(s, a)/τ),   Q^i(s, a) = E_{a^{-i} ~ π^{-i}}[ A(s, a, a^{-i}) ]
+
+Everything is computed on dataset samples (s, a) only; code names in brackets:
+    critic, in-sample (IQL expectile, no max over actions)  [_critic_step]
+        L_Q = E[(r + γ(1 − d)·V(s') − Q(s, a))²],   L_V = E[|e − 1(u < 0)|·u²],  u = Q̄(s, a) − V(s)
+        A(s, a) = Q̄(s, a) − V(s)
+    behaviour estimate μ̂ by behaviour cloning                                                       [mu]
+    teammates' clipped importance ratios on their dataset actions  (2) [_log_ratios]
+        ρ^j = min(π^j(a^j | s) / μ̂^j(a^j | s), c),   W^{-i} = min(Π_{j ∈ T(i)} ρ^j, c_joint)
+        heterogeneous: T(i) = all teammates at their latest policy (those earlier in this iteration's
+        random order already updated); shared: the agents before i in the sample's random permutation
+        (one pass with an exclusive cumulative sum of log ρ)  [prefix_log_ratios]
+    local advantage sample (joint actions absent from D count as advantage −κ)  (3) [local target]
+        y^i = W^{-i}·(A(s, a) + κ) − κ,     local critic q^i(s, a^i) ← least squares on y^i          [local]
+    closed form (1) with q^i in place of Q^i, as a weight on the dataset action  (4) [closed_form_weight]
+        w^i = π*^i(a^i | s) / μ̂^i(a^i | s) = μ̂^i(a^i|s)^{−β/τ}·exp(q^i(s, a^i)/τ) / Z^i(s)
+    weighted maximum likelihood (forward KL to π*^i, on dataset actions only)  (5) [pi loss]
+        L_π^i = −E_D[ min(w^i, w_max) · log π^i(a^i | s) ]
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+
+from training.algos.base import Algorithm, Batch, DataInfo, expectile_loss, masked_mean, td_target
+from training.nets import JointQ, PerAgent, Policy, StateValue, gather_actions, polyak
+
+
+@dataclass
+class InSPOConfig:
+    """InSPO hyperparameters (rewards arrive scaled to max |r| = 1 by the harness)."""
+
+    alpha: float = 0.05  # weight of the reverse KL to μ
+    beta: float = 0.05  # weight of the entropy bonus
+    kappa: float = 1.0  # advantage assigned to joint actions absent from the data (as −κ)
+    ratio_clip: float = 10.0  # c: upper clip of each teammate ratio π^j/μ̂^j
+    joint_ratio_clip: float = 10.0  # c_joint: upper clip of the product of teammate ratios
+    max_weight: float = 100.0  # w_max: upper clip of the weighted-ML weight
+    expectile: float = 0.9
+    polyak: float = 0.005
+    lr: float = 1e-3
+    critic_lr: float = 1e-3
+    local_lr: float = 3e-3
+    hidden: int = 64
+    warmup_steps: int = 300  # μ̂ and critics train alone first; then π starts as a copy of μ̂
+    shared: bool = False  # parameter sharing with the permutation form (dispatch); False: agent by agent
+
+
+def closed_form_policy(q: torch.Tensor, log_mu: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """π* ∝ μ^{α/(α+β)}·exp(Q/(α+β)) over the last axis (equation (1)); returns probabilities."""
+    tau = alpha + beta
+    return torch.softmax((alpha / tau) * log_mu + q / tau, dim=-1)
+
+
+def closed_form_log_weight(
+    q_all: torch.Tensor,
+    log_mu_all: torch.Tensor,
+    action: torch.Tensor,
+    legal: torch.Tensor,
+    alpha: float,
+    beta: float,
+) -> torch.Tensor:
+    """log(π*(a|s)/μ̂(a|s)) at the dataset action (equation (4)); inputs [B, A], action [B]."""
+    tau = alpha + beta
+    logits = ((alpha / tau) * log_mu_all + q_all / tau).masked_fill(~legal, -1e9)
+    log_pi_star = torch.log_softmax(logits, dim=-1).gather(-1, action[:, None]).squeeze(-1)
+    return log_pi_star - log_mu_all.gather(-1, action[:, None]).squeeze(-1)
+
+
+def prefix_log_ratios(log_ratio: torch.Tensor, perm: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ of log-ratios of the agents placed before each agent in ``perm``; [B, N] each, by agent index.
+
+    ``perm[b, k]`` is the agent at position k of sample b; masked agents contribute 0.
+    """
+    lr = torch.where(mask, log_ratio, torch.zeros_like(log_ratio))
+    in_order = lr.gather(1, perm)
+    exclusive = in_order.cumsum(1) - in_order
+    return torch.zeros_like(lr).scatter(1, perm, exclusive)
+
+
+def random_permutations(mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One random order of the agents per sample; absent agents are placed last."""
+    keys = torch.rand(mask.shape, generator=generator) + (~mask).float() * 2.0
+    return keys.argsort(dim=1)
+
+
+class InSPO(Algorithm):
+    """InSPO with heterogeneous per-agent networks or parameter sharing (see module docstring)."""
+
+    name = "inspo"
+
+    def __init__(self, config: InSPOConfig, info: DataInfo, generator: torch.Generator) -> None:
+        super().__init__(config, info, generator)
+        n, o, a, h, sh = info.n_agents, info.obs_dim, info.n_actions, config.hidden, config.shared
+        self.pi = Policy(n, o, a, h, sh)
+        self.mu = Policy(n, o, a, h, sh)
+        self.local = PerAgent(n, o, a, h, sh)
+        self.q = JointQ(info.state_dim, n, a, h)
+        self.q_targ = copy.deepcopy(self.q)
+        self.v = StateValue(info.state_dim, h)
+        self.modules = {
+            "pi": self.pi,
+            "mu": self.mu,
+            "local": self.local,
+            "q": self.q,
+            "q_targ": self.q_targ,
+            "v": self.v,
+        }
+        self.optims = {
+            "pi": torch.optim.Adam(self.pi.parameters(), lr=config.lr),
+            "mu": torch.optim.Adam(self.mu.parameters(), lr=config.lr),
+            "local": torch.optim.Adam(self.local.parameters(), lr=config.local_lr),
+            "critic": torch.optim.Adam([*self.q.parameters(), *self.v.parameters()], lr=config.critic_lr),
+        }
+
+    # --- pieces ---------------------------------------------------------------------------------
+    def _critic_step(self, b: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """In-sample critic (IQL): returns the advantage A(s, a) of the dataset joint action."""
+        with torch.no_grad():
+            y = td_target(b["rewards"], self.info.gamma, b["terminated"], self.v(b["next_state"]))
+            q_bar = self.q_targ(b["state"], b["actions"], b["agent_mask"])
+        q_loss = (self.q(b["state"], b["actions"], b["agent_mask"]) - y).pow(2).mean()
+        v = self.v(b["state"])
+        v_loss = expectile_loss(q_bar - v, self.config.expectile).mean()
+        self.optims["critic"].zero_grad(set_to_none=True)
+        (q_loss + v_loss).backward()
+        self.optims["critic"].step()
+        polyak(self.q_targ, self.q, self.config.polyak)
+        return (q_bar - v.detach()), {"q_loss": q_loss.item(), "v_loss": v_loss.item()}
+
+    def _bc_step(self, b: Batch) -> float:
+        logp = gather_actions(self.mu(b["obs"], b["legal"]), b["actions"])
+        loss = -masked_mean(logp, b["agent_mask"])
+        self.optims["mu"].zero_grad(set_to_none=True)
+        loss.backward()
+        self.optims["mu"].step()
+        return loss.item()
+
+    def _log_ratios(self, b: Batch, log_mu_a: torch.Tensor) -> torch.Tensor:
+        """log ρ^j = log min(π^j/μ̂^j, c) on each agent's dataset action, [B, N] (equation (2))."""
+        with torch.no_grad():
+            log_pi_a = gather_actions(self.pi(b["obs"], b["legal"]), b["actions"])
+        return (log_pi_a - log_mu_a).clamp(max=math.log(self.config.ratio_clip))
+
+    def _local_target(self, log_w: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+        """y = W·(A + κ) − κ with W = min(exp(log_w), c_joint) (equation (3))."""
+        k = self.config.kappa
+        w = log_w.clamp(max=math.log(self.config.joint_ratio_clip)).exp()
+        return w * (adv + k) - k
+
+    def _agent_step(
+        self, b: Batch, i: int, log_w: torch.Tensor, adv: torch.Tensor, log_mu_all: torch.Tensor
+    ) -> dict[str, float]:
+        """Local-critic regression then weighted ML for agent i (heterogeneous update)."""
+        cfg = self.config
+        act, valid = b["actions"][:, i], b["agent_mask"][:, i]
+        y = self._local_target(log_w, adv)
+        q_i = self.local.forward_agent(i, b["obs"]).gather(-1, act[:, None]).squeeze(-1)
+        local_loss = masked_mean((q_i - y).pow(2), valid)
+        self.optims["local"].zero_grad(set_to_none=True)
+        local_loss.backward()
+        self.optims["local"].step()
+        with torch.no_grad():
+            q_all = self.local.forward_agent(i, b["obs"])
+            log_wt = closed_form_log_weight(
+                q_all, log_mu_all[:, i], act, b["legal"][:, i], cfg.alpha, cfg.beta
+            )
+            weight = log_wt.exp().clamp(max=cfg.max_weight)
+        logp = self.pi.forward_agent(i, b["obs"], b["legal"]).gather(-1, act[:, None]).squeeze(-1)
+        pi_loss = -masked_mean(weight * logp, valid)
+        self.optims["pi"].zero_grad(set_to_none=True)
+        pi_loss.backward()
+        self.optims["pi"].step()
+        return {"local_loss": local_loss.item(), "pi_loss": pi_loss.item(), "weight_max": weight.max().item()}
+
+    def _shared_step(
+        self, b: Batch, adv: torch.Tensor, log_mu_all: torch.Tensor, log_mu_a: torch.Tensor
+    ) -> dict[str, float]:
+        """All agents at once with parameter sharing: permutation + prefix products of ratios."""
+        cfg = self.config
+        mask, act = b["agent_mask"], b["actions"]
+        perm = random_permutations(mask, self.generator)
+        log_w = prefix_log_ratios(self._log_ratios(b, log_mu_a), perm, mask)
+        y = self._local_target(log_w, adv[:, None])
+        q = gather_actions(self.local(b["obs"]), act)
+        local_loss = masked_mean((q - y).pow(2), mask)
+        self.optims["local"].zero_grad(set_to_none=True)
+        local_loss.backward()
+        self.optims["local"].step()
+        with torch.no_grad():
+            q_all = self.local(b["obs"])
+            bsz, n, a = q_all.shape
+            log_wt = closed_form_log_weight(
+                q_all.reshape(bsz * n, a),
+                log_mu_all.reshape(bsz * n, a),
+                act.reshape(-1),
+                b["legal"].reshape(bsz * n, a),
+                cfg.alpha,
+                cfg.beta,
+            )
+            weight = log_wt.reshape(bsz, n).exp().clamp(max=cfg.max_weight)
+        logp = gather_actions(self.pi(b["obs"], b["legal"]), act)
+        pi_loss = -masked_mean(weight * logp, mask)
+        self.optims["pi"].zero_grad(set_to_none=True)
+        pi_loss.backward()
+        self.optims["pi"].step()
+        return {"local_loss": local_loss.item(), "pi_loss": pi_loss.item(), "weight_max": weight.max().item()}
+
+    # --- the iteration --------------------------------------------------------------------------
+    def update(self, batch: Batch, step: int) -> dict[str, float]:
+        adv, logs = self._critic_step(batch)
+        logs["bc_loss"] = self._bc_step(batch)
+        if step < self.config.warmup_steps:
+            return logs
+        if step == self.config.warmup_steps:
+            # π_0 = μ̂: the first sequential step starts from the behaviour policy.
+            self.pi.load_state_dict(self.mu.state_dict())
+        with torch.no_grad():
+            log_mu_all = self.mu(batch["obs"], batch["legal"])
+            log_mu_a = gather_actions(log_mu_all, batch["actions"])
+        if self.config.shared:
+            logs.update(self._shared_step(batch, adv, log_mu_all, log_mu_a))
+            return logs
+        order = torch.randperm(self.info.n_agents, generator=self.generator).tolist()
+        for i in order:
+            # Ratios are recomputed before each agent, so teammates updated earlier in this order count
+            # with their new policy π_new (the sequential part of the update).
+            log_rho = self._log_ratios(batch, log_mu_a)
+            log_rho = torch.where(batch["agent_mask"], log_rho, torch.zeros_like(log_rho))
+            log_w = log_rho.sum(1) - log_rho[:, i]
+            logs.update(self._agent_step(batch, i, log_w, adv, log_mu_all))
+        return logs
+
+    def log_probs(self, obs: torch.Tensor, legal: torch.Tensor) -> torch.Tensor:
+        return self.pi(obs, legal)

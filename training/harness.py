@@ -1,0 +1,264 @@
+"""Training harness: config, seeded loop, periodic evaluation, CSV/TensorBoard logs, checkpoints, resume.
+
+A checkpoint holds the networks, optimisers, the step and every RNG stream (python, numpy, torch global,
+the harness's minibatch/permutation generator), so resuming gives bit-identical results on CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.algos import make_algorithm
+from training.algos.base import Algorithm, DataInfo
+from training.data import DataSource, resolve_data, reward_scale
+
+CHECKPOINT_VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; the defaults train InSPO on XOR ``ab_ba``."""
+
+    algo: str = "inspo"
+    data: str = "xor:ab_ba"
+    seed: int = 0
+    data_seed: int = 0
+    steps: int = 3000
+    batch_size: int = 256
+    eval_every: int = 500
+    ckpt_every: int = 500
+    out: str = "runs/default"
+    resume: bool = False
+    stop_after: int | None = None  # stop (as if killed) after this many steps, checkpoint kept
+    tensorboard: bool = True
+    progress: bool = True
+    eval_seed: int = 12345
+    algo_params: dict[str, Any] = field(default_factory=dict)
+
+
+def code_version() -> str:
+    """``git describe --always --dirty`` of the source tree, or ``unknown``."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """Every RNG stream the run uses, in a form ``torch.load(weights_only=True)`` accepts."""
+    np_state: Any = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "generator": generator.get_state(),
+    }
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    """Restore what :func:`rng_state` captured."""
+    py: Any = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state: Any = state["numpy"]
+    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+
+
+def save_checkpoint(
+    path: Path, algo: Algorithm, step: int, cfg: TrainConfig, generator: torch.Generator
+) -> None:
+    """Atomically write a versioned checkpoint."""
+    payload = {
+        "format_version": CHECKPOINT_VERSION,
+        "step": step,
+        "config": json.dumps(asdict(cfg)),
+        "algo": algo.state_dict(),
+        "rng": rng_state(generator),
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint (tensors and plain data only); rejects other format versions clearly."""
+    try:
+        payload: dict[str, Any] = torch.load(path, weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: say which file and why
+        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
+    version = payload.get("format_version")
+    if version != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: checkpoint format {version}, this code reads {CHECKPOINT_VERSION}")
+    return payload
+
+
+class Policy:
+    """Numpy adapter of an algorithm's policy for the game evaluators."""
+
+    def __init__(self, algo: Algorithm) -> None:
+        self.algo = algo
+
+    def __call__(self, obs: np.ndarray, legal: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            logp = self.algo.log_probs(torch.as_tensor(obs, dtype=torch.float32), torch.as_tensor(legal))
+        return logp.exp().numpy()
+
+
+class RunLog:
+    """CSV of evaluations (rewritten atomically) and optional TensorBoard scalars."""
+
+    def __init__(self, out: Path, cfg: TrainConfig, resolved: dict[str, Any], start_step: int) -> None:
+        self.csv_path = out / "eval.csv"
+        self.rows: list[dict[str, Any]] = []
+        if start_step > 0 and self.csv_path.exists():
+            with self.csv_path.open() as fh:
+                self.rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= start_step]
+        self.writer: Any = None
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out / "tb"), purge_step=start_step if start_step else None)
+            self.writer.add_text("config", "```\n" + json.dumps(resolved, indent=2) + "\n```", start_step)
+
+    def scalars(self, step: int, values: dict[str, float], prefix: str) -> None:
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(f"{prefix}/{k}", v, step)
+
+    def eval_row(self, step: int, values: dict[str, float]) -> None:
+        self.rows.append({"step": step, **values})
+        self.scalars(step, values, "eval")
+        keys = list(dict.fromkeys(k for r in self.rows for k in r))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_bytes(self.csv_path, buf.getvalue().encode())
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def build(cfg: TrainConfig) -> tuple[DataSource, dict[str, torch.Tensor], Algorithm, torch.Generator]:
+    """Seed everything, load the data and construct the algorithm (before any resume)."""
+    torch.set_num_threads(1)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    source = resolve_data(cfg.data, cfg.data_seed)
+    data = source.dataset.transitions().to_torch()
+    data["rewards"] = data["rewards"] / reward_scale(source)
+    info = DataInfo(
+        n_agents=source.dataset.n_agents,
+        n_actions=source.dataset.n_actions,
+        obs_dim=source.dataset.obs_dim,
+        state_dim=source.dataset.state_dim,
+        gamma=source.gamma,
+    )
+    algo = make_algorithm(cfg.algo, info, cfg.algo_params, generator)
+    return source, data, algo, generator
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) training; returns the final evaluation and the resolved config."""
+    from tqdm import tqdm
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    source, data, algo, generator = build(cfg)
+    ckpt_path = out / CHECKPOINT_NAME
+    start = 0
+    if cfg.resume and ckpt_path.exists():
+        payload = load_checkpoint(ckpt_path)
+        algo.load_state_dict(payload["algo"])
+        set_rng_state(payload["rng"], generator)
+        start = int(payload["step"])
+    resolved = {
+        "train": asdict(cfg),
+        "algo": algo.config_dict(),
+        "code_version": code_version(),
+        "reward_scale": reward_scale(source),
+        "gamma": source.gamma,
+    }
+    atomic_write_bytes(out / "config.json", json.dumps(resolved, indent=2).encode())
+    log = RunLog(out, cfg, resolved, start)
+    n = int(data["rewards"].shape[0])
+    policy = Policy(algo)
+    end = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
+    bar = tqdm(
+        range(start, end),
+        initial=start,
+        total=cfg.steps,
+        disable=not cfg.progress,
+        desc=cfg.algo,
+        dynamic_ncols=True,
+    )
+    for step in bar:
+        idx = torch.randint(n, (cfg.batch_size,), generator=generator)
+        batch = {k: (v[idx] if v is not None else None) for k, v in data.items()}
+        metrics = algo.update(batch, step)
+        done = step + 1
+        if done % 100 == 0:
+            log.scalars(done, metrics, "train")
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            result = source.evaluate(policy, cfg.eval_seed)
+            log.eval_row(done, result)
+            bar.set_postfix({k: round(v, 3) for k, v in list(result.items())[:2]})
+        if done % cfg.ckpt_every == 0 or done == cfg.steps or done == end:
+            save_checkpoint(ckpt_path, algo, done, cfg, generator)
+    bar.close()
+    log.close()
+    if end < cfg.steps:
+        return {"stopped_at": end, "config": resolved}
+    final = source.evaluate(policy, cfg.eval_seed)
+    summary = {"final": final, "config": resolved, "steps": cfg.steps}
+    atomic_write_bytes(out / "final.json", json.dumps(summary, indent=2).encode())
+    return summary
+
+
+def final_parameters(out: str | Path) -> dict[str, torch.Tensor]:
+    """Flat name → tensor map of every network in a run's checkpoint (for bit-identity checks)."""
+    payload = load_checkpoint(Path(out) / CHECKPOINT_NAME)
+    flat: dict[str, torch.Tensor] = {}
+    for mod, sd in payload["algo"]["modules"].items():
+        for k, v in sd.items():
+            flat[f"{mod}.{k}"] = v
+    return flat

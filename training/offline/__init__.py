@@ -1,0 +1,1 @@
+"""Offline multi-agent datasets: episode-major arrays, flattened into transitions for training."""
