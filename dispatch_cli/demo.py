@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("demo-out"), help="where artefacts go (default demo-out/)")
     ap.add_argument("--instance", default=DEFAULT_INSTANCE, help=f"MDRP day to use (default {DEFAULT_INSTANCE})")
     ap.add_argument("--log-instance", default="0o50t75s2p100", help="day the demo logs are generated on")
+    ap.add_argument("--train-steps", type=int, default=400, help="InSPO gradient steps (default 400)")
     args = ap.parse_args(argv)
     started = time.perf_counter()
     sim = args.out / "simulate"
@@ -61,6 +62,21 @@ def main(argv: list[str] | None = None) -> int:
     if rc:
         return rc
     rc = dispatch(["logs", "card", str(logs)])
+    if rc:
+        return rc
+    run = args.out / "run-inspo"
+    model = args.out / "models" / "inspo-demo.onnx"
+    step("4. train a small InSPO policy on the demo logs")
+    rc = dispatch(["train", "--algo", "inspo", "--data", str(logs), "--steps", str(args.train_steps),
+                   "--out", str(run), "--no-progress", "--set", "warmup_steps=" + str(args.train_steps // 2)])
+    if rc:
+        return rc
+    step("5. export it to ONNX (with its manifest) and check torch/ONNX parity")
+    rc = dispatch(["export", str(run), "--out", str(model), "--name", "inspo-demo"])
+    if rc:
+        return rc
+    step(f"6. evaluate the exported model next to the heuristics on {args.instance}")
+    rc = dispatch(["evaluate", "--model", str(model), "--instances", args.instance, "--no-progress"])
     if rc:
         return rc
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; artefacts under {args.out}/")

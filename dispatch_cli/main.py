@@ -14,6 +14,7 @@ import sys
 COMMAND_MODULES = (
     "simulator.cli",
     "training.cli",
+    "training.dispatch.cli",
     "service.cli",
 )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 ALGOS = ("inspo", "bc", "icq", "omiga")  # mirrors training.algos.ALGORITHMS without importing torch
@@ -29,12 +30,11 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--data",
         default="xor:ab_ba",
-        help="data source: GAME:DATASET for a benchmark game, e.g. xor:ab_ba, mne:balanced, bridge:mix",
+        help="data source: GAME:DATASET for a benchmark game (xor:ab_ba, mne:balanced, bridge:mix), "
+        "or a dispatch log dataset folder (dispatch logs generate)",
     )
     p.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
-    p.add_argument(
-        "--data-seed", type=int, default=0, help="seed used to build the game dataset (default: 0)"
-    )
+    p.add_argument("--data-seed", type=int, default=0, help="seed used to build the game dataset (default: 0)")
     p.add_argument("--steps", type=int, default=3000, help="gradient steps (default: 3000)")
     p.add_argument("--batch-size", type=int, default=256, help="minibatch size (default: 256)")
     p.add_argument("--eval-every", type=int, default=500, help="evaluate every N steps (default: 500)")
@@ -64,6 +64,11 @@ def run_train(args: argparse.Namespace) -> int:
             raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         params[key.strip()] = _parse_value(value.strip())
+    if Path(args.data).is_dir():
+        # A folder is a dispatch log dataset (simulator/logs); games are GAME:DATASET specs.
+        from training.dispatch.cli import run_dispatch_train
+
+        return run_dispatch_train(args, params)
     cfg = TrainConfig(
         algo=args.algo,
         data=args.data,

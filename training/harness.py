@@ -100,9 +100,7 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
     generator.set_state(state["generator"])
 
 
-def save_checkpoint(
-    path: Path, algo: Algorithm, step: int, cfg: TrainConfig, generator: torch.Generator
-) -> None:
+def save_checkpoint(path: Path, algo: Algorithm, step: int, cfg: TrainConfig, generator: torch.Generator) -> None:
     """Atomically write a versioned checkpoint."""
     payload = {
         "format_version": CHECKPOINT_VERSION,

@@ -37,9 +37,7 @@ class PerAgent(nn.Module):
     ``shared=True``: one network for all agents with the agent's one-hot id appended to its input.
     """
 
-    def __init__(
-        self, n_agents: int, obs_dim: int, n_out: int, hidden: int = 64, shared: bool = False
-    ) -> None:
+    def __init__(self, n_agents: int, obs_dim: int, n_out: int, hidden: int = 64, shared: bool = False) -> None:
         super().__init__()
         self.n_agents, self.shared = n_agents, shared
         if shared:
@@ -67,9 +65,7 @@ class PerAgent(nn.Module):
 class Policy(nn.Module):
     """Decentralised categorical policies π^i(a^i | o^i) with legal-action masking."""
 
-    def __init__(
-        self, n_agents: int, obs_dim: int, n_actions: int, hidden: int = 64, shared: bool = False
-    ) -> None:
+    def __init__(self, n_agents: int, obs_dim: int, n_actions: int, hidden: int = 64, shared: bool = False) -> None:
         super().__init__()
         self.body = PerAgent(n_agents, obs_dim, n_actions, hidden, shared)
 

@@ -173,9 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default: 2)")
     parser.add_argument("--seeds", type=int, default=5, help="training seeds per cell (default: 5)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every step budget (default: 1)")
-    parser.add_argument(
-        "--only", nargs="*", default=None, help="restrict to data prefixes, e.g. xor mne:balanced"
-    )
+    parser.add_argument("--only", nargs="*", default=None, help="restrict to data prefixes, e.g. xor mne:balanced")
     args = parser.parse_args(argv)
     from tqdm import tqdm
 

@@ -11,9 +11,7 @@ from training.algos.base import Algorithm, DataInfo
 ALGORITHMS = ("bc", "inspo", "icq", "omiga")
 
 
-def make_algorithm(
-    name: str, info: DataInfo, params: dict[str, Any], generator: torch.Generator
-) -> Algorithm:
+def make_algorithm(name: str, info: DataInfo, params: dict[str, Any], generator: torch.Generator) -> Algorithm:
     """Instantiate algorithm ``name`` with config overrides ``params`` (unknown keys are an error)."""
     import importlib
 

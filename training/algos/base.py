@@ -68,9 +68,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * m).sum() / m.sum().clamp_min(1.0)
 
 
-def td_target(
-    reward: torch.Tensor, gamma: float, terminated: torch.Tensor, next_value: torch.Tensor
-) -> torch.Tensor:
+def td_target(reward: torch.Tensor, gamma: float, terminated: torch.Tensor, next_value: torch.Tensor) -> torch.Tensor:
     """r + γ·(1 − terminated)·V(s'): a terminated step has no future; a truncated one bootstraps."""
     return reward + gamma * (~terminated).float() * next_value
 

@@ -57,9 +57,7 @@ class ICQ(Algorithm):
         }
         self.optims = {
             "pi": torch.optim.Adam(self.pi.parameters(), lr=config.lr),
-            "critic": torch.optim.Adam(
-                [*self.qi.parameters(), *self.mixer.parameters()], lr=config.critic_lr
-            ),
+            "critic": torch.optim.Adam([*self.qi.parameters(), *self.mixer.parameters()], lr=config.critic_lr),
         }
 
     def update(self, b: Batch, step: int) -> dict[str, float]:
@@ -73,9 +71,7 @@ class ICQ(Algorithm):
             q_next_pi = self.mixer_targ(b["next_state"], (pi_next * q_next_all).sum(-1), b["next_agent_mask"])
             boot = ~b["terminated"]
             in_sample = boot & b["has_next_action"]
-            logits = torch.where(
-                in_sample, q_next_data / cfg.critic_alpha, torch.full_like(q_next_data, -1e9)
-            )
+            logits = torch.where(in_sample, q_next_data / cfg.critic_alpha, torch.full_like(q_next_data, -1e9))
             weights = torch.softmax(logits, 0) * in_sample.float().sum().clamp_min(1.0)
             next_value = torch.where(in_sample, weights * q_next_data, q_next_pi)
             y = b["rewards"] + self.info.gamma * boot.float() * next_value

@@ -173,9 +173,7 @@ class InSPO(Algorithm):
         self.optims["local"].step()
         with torch.no_grad():
             q_all = self.local.forward_agent(i, b["obs"])
-            log_wt = closed_form_log_weight(
-                q_all, log_mu_all[:, i], act, b["legal"][:, i], cfg.alpha, cfg.beta
-            )
+            log_wt = closed_form_log_weight(q_all, log_mu_all[:, i], act, b["legal"][:, i], cfg.alpha, cfg.beta)
             weight = log_wt.exp().clamp(max=cfg.max_weight)
         logp = self.pi.forward_agent(i, b["obs"], b["legal"]).gather(-1, act[:, None]).squeeze(-1)
         pi_loss = -masked_mean(weight * logp, valid)

@@ -56,18 +56,14 @@ class OMIGA(Algorithm):
         }
         self.optims = {
             "pi": torch.optim.Adam(self.pi.parameters(), lr=config.lr),
-            "critic": torch.optim.Adam(
-                [*self.qi.parameters(), *self.mixer.parameters()], lr=config.critic_lr
-            ),
+            "critic": torch.optim.Adam([*self.qi.parameters(), *self.mixer.parameters()], lr=config.critic_lr),
             "value": torch.optim.Adam(self.vi.parameters(), lr=config.critic_lr),
         }
 
     def update(self, b: Batch, step: int) -> dict[str, float]:
         cfg, mask = self.config, b["agent_mask"]
         with torch.no_grad():
-            v_next = self.mixer_targ(
-                b["next_state"], self.vi(b["next_obs"]).squeeze(-1), b["next_agent_mask"]
-            )
+            v_next = self.mixer_targ(b["next_state"], self.vi(b["next_obs"]).squeeze(-1), b["next_agent_mask"])
             y = td_target(b["rewards"], self.info.gamma, b["terminated"], v_next)
         q_i = gather_actions(self.qi(b["obs"]), b["actions"])
         critic_loss = (self.mixer(b["state"], q_i, mask) - y).pow(2).mean()

@@ -1,7 +1,15 @@
-"""Train a dispatch policy on a log dataset (behaviour cloning here; InSPO plugs into the same loop)."""
+"""Train a dispatch policy (BC or InSPO) on a log dataset, with checkpoints and full resume.
+
+The loop samples minibatches of decision epochs from the training view (:mod:`simulator.logs.view`),
+calls the algorithm's update, logs CSV rows, and checkpoints networks, optimisers, step and RNG streams
+atomically, so ``--resume`` continues bit-identically on CPU. Rewards are divided by a scale (the
+99th percentile of |r| in the data) so the algorithms' constants mean the same on any dataset.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -12,10 +20,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from simulator.logs.view import TrainingView
+from simulator.logs.view import STATE_FEATURES
 from simulator.logs.view import load as load_view
+from training.algos.base import DataInfo
+from training.dispatch.algo import make
 from training.dispatch.batches import minibatch
-from training.dispatch.nets import Scorer
+from training.harness import atomic_write_bytes, code_version, rng_state, set_rng_state
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_VERSION = 1
 
 
 @dataclass
@@ -23,54 +36,97 @@ class DispatchTrainConfig:
     """A dispatch training run."""
 
     data: str = ""
-    algo: str = "bc"
-    steps: int = 2000
+    algo: str = "inspo"
+    steps: int = 3000
     batch_size: int = 32
-    lr: float = 1e-3
-    hidden: int = 64
+    gamma: float = 0.95
     seed: int = 0
     out: str = "runs/dispatch"
+    ckpt_every: int = 500
+    resume: bool = False
+    stop_after: int | None = None
     progress: bool = True
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def bc_loss(scorer: Scorer, batch: dict[str, Any]) -> torch.Tensor:
-    """Mean negative log-likelihood of the logged actions (legal actions only)."""
-    obs = batch["obs"]
-    logits = scorer(obs["agent"], obs["cand"], obs["cand_mask"])
-    logits = logits.masked_fill(~batch["legal"], -1e9)
-    logp = torch.log_softmax(logits, -1).gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
-    m = batch["agent_mask"].float()
-    return -(logp * m).sum() / m.sum().clamp_min(1.0)
+def _save(
+    path: Path, algo: Any, step: int, cfg: DispatchTrainConfig, gen: torch.Generator, np_rng: np.random.Generator
+) -> None:
+    payload = {
+        "format_version": CHECKPOINT_VERSION,
+        "step": step,
+        "config": json.dumps(asdict(cfg)),
+        "algo": algo.state_dict(),
+        "rng": rng_state(gen),
+        "np_rng": json.dumps(np_rng.bit_generator.state),
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
-def train_bc(cfg: DispatchTrainConfig, view: TrainingView | None = None) -> tuple[Scorer, dict[str, float]]:
-    """Behaviour cloning of the logged joint actions with the shared scorer."""
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        payload: dict[str, Any] = torch.load(path, weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: say which and why
+        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
+    if payload.get("format_version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{path}: checkpoint format {payload.get('format_version')}, this code reads {CHECKPOINT_VERSION}"
+        )
+    return payload
+
+
+def train(cfg: DispatchTrainConfig) -> dict[str, Any]:
+    """Run or resume training; returns the resolved config and the run statistics."""
+    torch.set_num_threads(1)
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    view = view or load_view(cfg.data)
-    scorer = Scorer(cfg.hidden)
-    opt = torch.optim.Adam(scorer.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    np_rng = np.random.default_rng(cfg.seed)
+    view = load_view(cfg.data, progress=cfg.progress)
+    scale = float(np.percentile(np.abs(view.reward), 99)) or 1.0
+    view.reward = (view.reward / scale).astype(np.float32)
+    info = DataInfo(n_agents=0, n_actions=view.k + 1, obs_dim=0, state_dim=len(STATE_FEATURES), gamma=cfg.gamma)
+    algo = make(cfg.algo, dict(cfg.params), info, gen)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = 0
+    if cfg.resume and (out / CHECKPOINT).exists():
+        payload = _load(out / CHECKPOINT)
+        algo.load_state_dict(payload["algo"])
+        set_rng_state(payload["rng"], gen)
+        np_rng.bit_generator.state = json.loads(payload["np_rng"])
+        start = int(payload["step"])
+    resolved = {
+        "train": asdict(cfg),
+        "algo": algo.config_dict(),
+        "code_version": code_version(),
+        "reward_scale": scale,
+        "data_manifest": str(Path(cfg.data) / "manifest.json"),
+        "data_epochs": view.n_epochs,
+        "data_courier_decisions": view.n_agent_rows,
+    }
+    atomic_write_bytes(out / "config.json", json.dumps(resolved, indent=1).encode())
     live = np.flatnonzero(np.diff(view.agent_offset) > 0)
-    started = time.perf_counter()
-    rows = 0
-    loss = torch.zeros(())
-    for _ in tqdm(range(cfg.steps), disable=not cfg.progress, desc="bc"):
-        idx = rng.choice(live, size=min(cfg.batch_size, live.size), replace=False)
-        batch = minibatch(view, idx)
-        loss = bc_loss(scorer, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        rows += int(batch["agent_mask"].sum())  # type: ignore[attr-defined]
+    end = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
+    log_path = out / "train.csv"
+    fresh = not (cfg.resume and log_path.exists())
+    rows, started = 0, time.perf_counter()
+    with open(log_path, "w" if fresh else "a", newline="") as fh:
+        writer = csv.writer(fh)
+        if fresh:
+            writer.writerow(["step", "metric", "value"])
+        for step in tqdm(range(start, end), initial=start, total=cfg.steps, disable=not cfg.progress, desc=cfg.algo):
+            idx = np_rng.choice(live, size=min(cfg.batch_size, live.size), replace=False)
+            batch = minibatch(view, idx)
+            metrics = algo.update(batch, step)
+            rows += int(batch["agent_mask"].sum())  # type: ignore[attr-defined]
+            done = step + 1
+            if done % 100 == 0:
+                writer.writerows([done, k, f"{v:.6g}"] for k, v in metrics.items())
+            if done % cfg.ckpt_every == 0 or done == end:
+                _save(out / CHECKPOINT, algo, done, cfg, gen, np_rng)
     secs = time.perf_counter() - started
-    return scorer, {"final_loss": float(loss), "seconds": secs, "courier_decisions_per_s": rows / secs}
-
-
-def save_run(out: str | Path, cfg: DispatchTrainConfig, scorer: Scorer, stats: dict[str, float]) -> Path:
-    """Write the run's weights and resolved config."""
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(scorer.state_dict(), folder / "scorer.pt")
-    (folder / "config.json").write_text(json.dumps({"config": asdict(cfg), "stats": stats}, indent=1))
-    return folder
+    stats = {"steps_run": end - start, "seconds": secs, "courier_decisions_per_s": rows / max(secs, 1e-9)}
+    atomic_write_bytes(out / "stats.json", json.dumps(stats, indent=1).encode())
+    return {"config": resolved, "stats": stats, "algo": algo}

@@ -155,9 +155,7 @@ class BridgeGame:
     def dataset(self, name: str, seed: int) -> OfflineDataset:
         """Optimal episodes (half with each agent yielding) plus uniformly random episodes."""
         if name not in self.spec["datasets"]:
-            raise ValueError(
-                f"{self.name}: unknown dataset {name!r}; known: {', '.join(self.dataset_names())}"
-            )
+            raise ValueError(f"{self.name}: unknown dataset {name!r}; known: {', '.join(self.dataset_names())}")
         recipe = self.spec["datasets"][name]
         rng = np.random.default_rng(np.random.SeedSequence([seed, 0xB41D]))
         tables = self._optimal_q()

@@ -34,9 +34,7 @@ class MatrixGame:
     def joint_shares(self, name: str) -> list[tuple[tuple[int, ...], float]]:
         """The (joint action, share) pairs of a dataset, actions as indices."""
         if name not in self.spec["datasets"]:
-            raise ValueError(
-                f"{self.name}: unknown dataset {name!r}; known: {', '.join(self.dataset_names())}"
-            )
+            raise ValueError(f"{self.name}: unknown dataset {name!r}; known: {', '.join(self.dataset_names())}")
         out = []
         for item in self.spec["datasets"][name]:
             joint = tuple(self.action_names.index(a) for a in item["joint"])
@@ -51,9 +49,7 @@ class MatrixGame:
         counts = np.floor(raw).astype(int)
         for i in np.argsort(-(raw - counts), kind="stable")[: total - counts.sum()]:
             counts[i] += 1
-        joints = np.concatenate(
-            [np.tile(np.array(j), (c, 1)) for (j, _), c in zip(shares, counts, strict=True)]
-        )
+        joints = np.concatenate([np.tile(np.array(j), (c, 1)) for (j, _), c in zip(shares, counts, strict=True)])
         rng = np.random.default_rng(np.random.SeedSequence([seed, 0x4D41]))
         joints = joints[rng.permutation(total)].reshape(self.episodes, self.steps, self.n_agents)
         e, t, n, a = self.episodes, self.steps, self.n_agents, self.n_actions
@@ -89,9 +85,7 @@ class MatrixGame:
     def joint_policy(self, policy: PolicyFn) -> np.ndarray:
         """Probability of every joint action under the product of the agents' policies, shape [A]*N."""
         probs = np.asarray(
-            policy(
-                np.ones((1, self.n_agents, 1), np.float32), np.ones((1, self.n_agents, self.n_actions), bool)
-            )
+            policy(np.ones((1, self.n_agents, 1), np.float32), np.ones((1, self.n_agents, self.n_actions), bool))
         )
         joint = np.ones((self.n_actions,) * self.n_agents)
         for i in range(self.n_agents):

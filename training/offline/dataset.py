@@ -193,9 +193,7 @@ class OfflineDataset:
         with np.load(path, allow_pickle=False) as z:
             version = int(z["_format_version"]) if "_format_version" in z else -1
             if version != FORMAT_VERSION:
-                raise ValueError(
-                    f"{path}: dataset format version {version}, this code reads {FORMAT_VERSION}"
-                )
+                raise ValueError(f"{path}: dataset format version {version}, this code reads {FORMAT_VERSION}")
             kwargs: dict[str, Any] = {k: z[k] for k in z.files if not k.startswith("_")}
             kwargs["meta"] = json.loads(str(z["_meta"]))
         kwargs.setdefault("behaviour_probs", None)

@@ -1,0 +1,105 @@
+"""BC and InSPO for dispatch: the algorithms of ``training/algos`` with the dispatch networks.
+
+The update rules are exactly those of :mod:`training.algos.bc` and :mod:`training.algos.inspo` (shared
+parameters, the permutation + prefix-ratio form of InSPO); only the networks differ: the policy, μ̂
+and the local critic are :class:`~training.dispatch.nets.Scorer` heads over (courier, candidate)
+features, the critics are set networks over a varying number of couriers. Observations and states
+are dicts of padded tensors (see :mod:`training.dispatch.batches`).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from training.algos.base import Algorithm, DataInfo
+from training.algos.bc import BC, BCConfig
+from training.algos.inspo import InSPO, InSPOConfig
+from training.dispatch.nets import Scorer, SetQ, SetV
+from training.nets import masked_log_softmax
+
+DISPATCH_ALGOS = ("bc", "inspo")
+
+
+class PolicyHead(nn.Module):
+    """π(a | s) over each courier's candidates and wait: masked log-softmax of a Scorer."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.scorer = Scorer(hidden)
+
+    def forward(self, obs: dict[str, torch.Tensor], legal: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities [B, N, K + 1]."""
+        return masked_log_softmax(self.scorer(obs["agent"], obs["cand"], obs["cand_mask"]), legal)
+
+
+class LocalHead(nn.Module):
+    """The local critic q(s, a^i) over each courier's candidates and wait."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.scorer = Scorer(hidden)
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Values [B, N, K + 1] (illegal candidates carry a large negative value, never used)."""
+        return self.scorer(obs["agent"], obs["cand"], obs["cand_mask"])
+
+
+class DispatchBC(BC):
+    """Behaviour cloning of logged courier actions with the shared dispatch scorer."""
+
+    def __init__(self, config: BCConfig, info: DataInfo, generator: torch.Generator) -> None:
+        Algorithm.__init__(self, config, info, generator)
+        self.pi = PolicyHead(config.hidden)  # type: ignore[assignment]
+        self.modules = {"pi": self.pi}
+        self.optims = {"pi": torch.optim.Adam(self.pi.parameters(), lr=config.lr)}
+
+
+class DispatchInSPO(InSPO):
+    """InSPO with parameter sharing across couriers (its permutation form) and set critics."""
+
+    def __init__(self, config: InSPOConfig, info: DataInfo, generator: torch.Generator) -> None:
+        Algorithm.__init__(self, config, info, generator)
+        config.shared = True  # couriers are interchangeable: the permutation form of the update
+        h = config.hidden
+        self.pi = PolicyHead(h)  # type: ignore[assignment]
+        self.mu = PolicyHead(h)  # type: ignore[assignment]
+        self.local = LocalHead(h)  # type: ignore[assignment]
+        self.q = SetQ(info.state_dim, h)  # type: ignore[assignment]
+        self.q_targ = copy.deepcopy(self.q)
+        self.v = SetV(info.state_dim, h)  # type: ignore[assignment]
+        self.modules = {
+            "pi": self.pi,
+            "mu": self.mu,
+            "local": self.local,
+            "q": self.q,
+            "q_targ": self.q_targ,
+            "v": self.v,
+        }
+        self.optims = {
+            "pi": torch.optim.Adam(self.pi.parameters(), lr=config.lr),
+            "mu": torch.optim.Adam(self.mu.parameters(), lr=config.lr),
+            "local": torch.optim.Adam(self.local.parameters(), lr=config.local_lr),
+            "critic": torch.optim.Adam([*self.q.parameters(), *self.v.parameters()], lr=config.critic_lr),
+        }
+
+
+def make(name: str, params: dict[str, Any], info: DataInfo, generator: torch.Generator) -> Algorithm:
+    """A dispatch algorithm by name with config overrides."""
+    if name == "bc":
+        cfg_bc = BCConfig(**{"shared": True, **params})
+        return DispatchBC(cfg_bc, info, generator)
+    if name == "inspo":
+        cfg = InSPOConfig(**{"shared": True, **params})
+        return DispatchInSPO(cfg, info, generator)
+    raise ValueError(f"unknown dispatch algorithm {name!r}; known: {', '.join(DISPATCH_ALGOS)}")
+
+
+def scorer_of(algo: Algorithm) -> Scorer:
+    """The policy's scorer, for export."""
+    head = algo.modules["pi"]
+    assert isinstance(head, PolicyHead)
+    return head.scorer

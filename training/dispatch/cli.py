@@ -1,0 +1,116 @@
+"""``dispatch export`` and the dispatch side of ``dispatch train`` (imports torch inside handlers only)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    """Add ``export`` to the ``dispatch`` parser."""
+    p = sub.add_parser(
+        "export",
+        help="export a trained dispatch run to ONNX with its manifest",
+        description="Write RUN's policy as MODEL.onnx plus MODEL.json (feature schema, candidate and conflict "
+        "rules, training data hash, config, metrics at export, checksum), and check torch/ONNX parity.",
+    )
+    p.add_argument("run", type=Path, help="training run folder (holds checkpoint.pt and config.json)")
+    p.add_argument("--out", type=Path, required=True, help="MODEL.onnx to write (manifest goes beside it)")
+    p.add_argument("--name", default="", help="model name (default: the run folder's name)")
+    p.add_argument("--version", default="1", help="model version (default 1)")
+    p.add_argument("--conflict-rule", default="mass", help="joint-action rule recorded in the manifest (default mass)")
+    p.add_argument("--metrics", type=Path, help="JSON of metrics to record in the manifest")
+    p.set_defaults(handler=run_export)
+
+
+def run_dispatch_train(args: argparse.Namespace, params: dict[str, Any]) -> int:
+    """``dispatch train --data LOGS_DIR``: BC or InSPO on a dispatch log dataset."""
+    from simulator.logs.dataset import LogError
+    from training.dispatch.train import DispatchTrainConfig, train
+
+    if args.algo not in ("bc", "inspo"):
+        print(f"dispatch train: --algo {args.algo} is not available for dispatch logs (bc, inspo)", file=sys.stderr)
+        return 2
+    cfg = DispatchTrainConfig(
+        data=str(args.data),
+        algo=args.algo,
+        steps=args.steps,
+        batch_size=min(args.batch_size, 64),
+        seed=args.seed,
+        out=args.out,
+        ckpt_every=args.ckpt_every,
+        resume=args.resume,
+        stop_after=args.stop_after,
+        progress=not args.no_progress,
+        params=params,
+    )
+    try:
+        res = train(cfg)
+    except (LogError, ValueError) as exc:
+        print(f"dispatch train: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(res["stats"], indent=1))
+    print(f"run written to {args.out}; export it with: dispatch export {args.out} --out MODEL.onnx")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Handler of ``dispatch export``."""
+    import numpy as np
+    import torch
+
+    from dispatch.candidates import CandidateConfig
+    from simulator.logs.dataset import read_manifest
+    from training.algos.base import DataInfo
+    from training.dispatch.algo import make, scorer_of
+    from training.dispatch.export import export, parity
+    from training.dispatch.train import CHECKPOINT, _load
+
+    cfg_path = args.run / "config.json"
+    if not cfg_path.is_file() or not (args.run / CHECKPOINT).is_file():
+        print(
+            f"dispatch export: {args.run} is not a dispatch training run (config.json, {CHECKPOINT})", file=sys.stderr
+        )
+        return 2
+    resolved = json.loads(cfg_path.read_text())
+    train_cfg = resolved["train"]
+    data_dir = Path(train_cfg["data"])
+    manifest = read_manifest(data_dir)
+    k = int(manifest["args"]["candidates"]["k"])
+    info = DataInfo(n_agents=0, n_actions=k + 1, obs_dim=0, state_dim=4, gamma=train_cfg["gamma"])
+    algo = make(train_cfg["algo"], dict(train_cfg["params"]), info, torch.Generator())
+    algo.load_state_dict(_load(args.run / CHECKPOINT)["algo"])
+    scorer = scorer_of(algo)
+    import hashlib
+
+    data_hash = hashlib.sha256(json.dumps(manifest["episodes"], sort_keys=True).encode()).hexdigest()
+    metrics = json.loads(args.metrics.read_text()) if args.metrics else {}
+    path = export(
+        scorer,
+        args.out,
+        args.name or args.run.name,
+        args.version,
+        CandidateConfig(**manifest["args"]["candidates"]),
+        conflict_rule=args.conflict_rule,
+        metrics=metrics,
+        code_version=resolved.get("code_version", ""),
+        training={
+            "run": str(args.run),
+            "algo": train_cfg["algo"],
+            "config": resolved,
+            "data": str(data_dir),
+            "data_sha256": data_hash,
+        },
+    )
+    rng = np.random.default_rng(0)
+    batch = {
+        "agent": rng.normal(size=(2, 9, 8)).astype(np.float32),
+        "cand": rng.normal(size=(2, 9, k, 16)).astype(np.float32),
+        "cand_mask": rng.random((2, 9, k)) > 0.3,
+    }
+    diff = parity(scorer, path, batch)
+    print(f"exported {path} (+ {path.with_suffix('.json').name}); torch/ONNX max |diff| {diff:.2e}")
+    return 0 if diff <= 1e-5 else 1
