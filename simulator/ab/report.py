@@ -3,35 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from simulator.ab.files import fmt as _fmt
+from simulator.ab.files import write_json, write_text
 from simulator.ab.stats import METRICS, Paired, analyse, verdict
 
 if TYPE_CHECKING:
     from simulator.ab.run import ABConfig, Cell
 
 REPORT_VERSION = 1
-
-
-def _clean(v: Any) -> Any:
-    """JSON-safe copy: NaN and infinities become None."""
-    if isinstance(v, float):
-        return v if np.isfinite(v) else None
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_clean(x) for x in v]
-    return v
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _pairs(results: dict[Cell, dict[str, Any]]) -> list[tuple[str, int, dict[str, Any], dict[str, Any]]]:
@@ -91,12 +75,6 @@ def _plots(out: Path, pairs: list[tuple[str, int, dict[str, Any], dict[str, Any]
     fig.tight_layout()
     fig.savefig(out / "hourly.png", dpi=110)
     plt.close(fig)
-
-
-def _fmt(v: float | None, digits: int = 3) -> str:
-    if v is None or not np.isfinite(v):
-        return "–"
-    return f"{v:.{digits}g}" if abs(v) < 1e-3 and v != 0 else f"{v:.{digits}f}"
 
 
 def _markdown(config: ABConfig, rows: list[Paired], pairs: list[Any], identical: bool) -> str:
@@ -192,7 +170,7 @@ def write_report(out: Path, config: ABConfig, results: dict[Cell, dict[str, Any]
         ],
     }
     _plots(out, pairs, config.a, config.b)
-    _write_text(out / "report.json", json.dumps(_clean(payload), indent=1, allow_nan=False, default=str))
+    write_json(out / "report.json", payload, indent=1)
     # The Markdown goes last: its presence means the report is whole.
-    _write_text(out / "report.md", _markdown(config, rows, pairs, identical))
+    write_text(out / "report.md", _markdown(config, rows, pairs, identical))
     return payload

@@ -9,7 +9,6 @@ runs only the missing ones. The report is written only once every cell is done; 
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from tqdm import tqdm
 
 from dispatch.policy import Policy
 from simulator.ab.crn import NoiseConfig, entity_key, perturb, policy_seed
+from simulator.ab.files import read_json, write_json, write_text
 from simulator.engine import SimConfig
 
 FORMAT = "dispatch-ab"
@@ -109,13 +109,6 @@ def cells(config: ABConfig) -> list[Cell]:
     ]
 
 
-def _atomic_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, path)
-
-
 def run_cell(
     cell: Cell, out: str, noise: NoiseConfig, interval: int, resolver: Callable[[str], Policy] | None = None
 ) -> dict[str, Any]:
@@ -141,18 +134,14 @@ def run_cell(
         "epochs": res.epochs,
         "seconds": time.perf_counter() - start,
     }
-    _atomic_json(cell.path(Path(out)), payload)
+    write_json(cell.path(Path(out)), payload)
     return payload
 
 
 def load_cell(cell: Cell, out: Path) -> dict[str, Any] | None:
     """The cached result of a cell, or None when absent or unreadable (it is then rerun)."""
-    path = cell.path(out)
-    try:
-        payload = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return payload if isinstance(payload, dict) and payload.get("cell") == asdict(cell) else None
+    payload = read_json(cell.path(out))
+    return payload if payload is not None and payload.get("cell") == asdict(cell) else None
 
 
 def _prepare(out: Path, config: ABConfig) -> None:
@@ -175,7 +164,7 @@ def _prepare(out: Path, config: ABConfig) -> None:
                 "arguments to resume"
             )
         return
-    _atomic_json(man_path, {"format": FORMAT, "version": FORMAT_VERSION, "args": args})
+    write_json(man_path, {"format": FORMAT, "version": FORMAT_VERSION, "args": args})
 
 
 def _write_status(out: Path, total: int, missing: list[Cell], error: str | None) -> None:
@@ -190,9 +179,7 @@ def _write_status(out: Path, total: int, missing: list[Cell], error: str | None)
     lines += [f"- {c.instance} seed {c.seed} arm {c.arm.upper()} ({c.policy})" for c in missing[:200]]
     if len(missing) > 200:
         lines.append(f"- ... and {len(missing) - 200} more")
-    tmp = out / f"{STATUS}.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out / STATUS)
+    write_text(out / STATUS, "\n".join(lines) + "\n")
 
 
 def _describe_failure(cell: Cell, exc: BaseException) -> str:
