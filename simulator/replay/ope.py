@@ -10,7 +10,11 @@ counterfactual re-simulation answers that question, with the simulator as the mo
 and the joint weight is w_t = Π_i π(a_i | s, a_<i) / μ(a_i | s, a_<i) in the logged order: the sum
 of per-courier log-ratios, exponentiated. Its variance grows geometrically with the number of
 couriers acting together (the limit of every importance-sampling estimator with many agents);
-the effective sample size (Σw)²/Σw² is reported so the reader sees it.
+the effective sample size (Σw)²/Σw² is reported so the reader sees it. Importance weighting also
+needs support: every action the target may take must be one the logging policy could take. A
+target whose candidates differ (another heuristic's bundles) breaks it; since E_μ[w] equals the
+target's probability mass inside the logged support, a mean weight whose interval lies below 1
+flags it (``support_ok``).
 
 **Estimators** over the T logged decisions (t-quantile intervals on the per-decision terms):
 IPS mean(w·r); self-normalised IPS Σw·r / Σw (delta-method interval); doubly robust
@@ -285,8 +289,14 @@ def estimate(days: list[dict[str, Any]], level: float = 0.95) -> dict[str, Any]:
         out["snips"] = {"value": v, "low": v + lo, "high": v + hi}
     else:
         out["snips"] = {"value": float("nan"), "low": float("nan"), "high": float("nan")}
+    wm, wlo, whi = _ci(w, level)
     out["weights"] = {
-        "mean": float(w.mean()),
+        "mean": wm,
+        "mean_low": wlo,
+        "mean_high": whi,
+        # E_μ[w] = π(actions μ can take): an interval below 1 means the target puts mass where the log
+        # has none, and IPS/SNIPS are then biased (DR only as good as its reward model there).
+        "support_ok": bool(whi >= 1.0),
         "max": float(w.max()),
         "zero_share": float((w == 0).mean()),
         "ess": float(w.sum() ** 2 / (w**2).sum()) if (w**2).sum() > 0 else 0.0,

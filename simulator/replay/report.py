@@ -132,6 +132,12 @@ def _ope_md(e: dict[str, Any]) -> list[str]:
         f"effective sample size {_fmt(w['ess'], 1)} of {e['decisions']}.",
         "",
     ]
+    if not w["support_ok"]:
+        lines += [
+            f"**Support warning**: the mean weight's interval ({_fmt(w['mean_low'])} … {_fmt(w['mean_high'])}) lies "
+            "below 1, so the target takes actions the logging policy never could; IPS and SNIPS are biased.",
+            "",
+        ]
     return lines
 
 
