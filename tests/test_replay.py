@@ -194,3 +194,11 @@ def test_cli_replay_stops_cleanly_when_the_endpoint_is_down(
     assert "skipping off-policy estimates" in err
     rc = main(["replay", "--instance", INSTANCES[0], "--policy", "nearest", "--mode", "resim", "--out", str(out / "i")])
     assert rc == 0 and (out / "i" / "report.md").is_file()
+
+
+def test_recorded_pace_keeps_the_answers(greedy_log: Path, tmp_path: Path) -> None:
+    from simulator.replay.shadow import ShadowConfig
+
+    # 10^5 × the recorded pace: the day's ~13 hours of decisions are spaced over about half a second.
+    run = _replay(log_days(greedy_log), "reyes", ("shadow",), tmp_path / "r", shadow=ShadowConfig("recorded", 1e5))
+    assert run.report["shadow"]["joint_agreement"] == 1.0  # type: ignore[index]

@@ -187,36 +187,10 @@ def _describe_failure(cell: Cell, exc: BaseException) -> str:
     return f"arm {cell.arm.upper()} ({cell.policy}) failed on {where}: {type(exc).__name__}: {exc}"
 
 
-def run_ab(
-    config: ABConfig,
-    out: str | Path,
-    jobs: int = 1,
-    progress: bool = True,
-    resolver: Callable[[str], Policy] | None = None,
-) -> ABRun:
-    """Run (or resume) the A/B into ``out``; writes the report only when every cell is done.
-
-    ``resolver`` replaces :func:`simulator.policies.resolve` (tests inject failing policies); with
-    ``jobs > 1`` it must be picklable.
-    """
-    from simulator.ab.report import write_report
-
-    out = Path(out)
-    if config.a == "" or config.b == "" or not config.instances or config.seeds < 1:
-        raise ABError("an A/B needs two policies, at least one instance and --seeds >= 1")
-    _prepare(out, config)
-    todo_cells = cells(config)
-    done = {c for c in todo_cells if load_cell(c, out) is not None}
-    todo = [c for c in todo_cells if c not in done]
-    total = len(todo_cells)
-    if todo:
-        # A report from an earlier run must never sit beside missing cells as if it were whole.
-        for name in ("report.md", "report.json"):
-            (out / name).unlink(missing_ok=True)
-    bar = tqdm(total=total, initial=len(done), disable=not progress, unit="day", desc="A/B")
+def _execute(todo: list[Cell], args: tuple[Any, ...], jobs: int, bar: tqdm[Any]) -> tuple[int, str | None]:
+    """Run the cells; returns (cells run, first failure). A failure stops the remaining cells."""
     error: str | None = None
     ran = 0
-    args = (str(out), config.noise, config.interval, resolver)
     if jobs <= 1:
         for c in todo:
             try:
@@ -248,6 +222,43 @@ def run_ab(
                             ran += 1
                             bar.update()
                     break
+    return ran, error
+
+
+def run_ab(
+    config: ABConfig,
+    out: str | Path,
+    jobs: int = 1,
+    progress: bool = True,
+    resolver: Callable[[str], Policy] | None = None,
+) -> ABRun:
+    """Run (or resume) the A/B into ``out``; writes the report only when every cell is done.
+
+    ``resolver`` replaces :func:`simulator.policies.resolve` (tests inject failing policies); with
+    ``jobs > 1`` it must be picklable.
+    """
+    from simulator.ab.report import write_report
+
+    out = Path(out)
+    if config.a == "" or config.b == "" or not config.instances or config.seeds < 1:
+        raise ABError("an A/B needs two policies, at least one instance and --seeds >= 1")
+    _prepare(out, config)
+    todo_cells = cells(config)
+    done = {c for c in todo_cells if load_cell(c, out) is not None}
+    todo = [c for c in todo_cells if c not in done]
+    total = len(todo_cells)
+    if todo:
+        # A report from an earlier run must never sit beside missing cells as if it were whole.
+        for name in ("report.md", "report.json"):
+            (out / name).unlink(missing_ok=True)
+    bar = tqdm(total=total, initial=len(done), disable=not progress, unit="day", desc="A/B")
+    args = (str(out), config.noise, config.interval, resolver)
+    try:
+        ran, error = _execute(todo, args, jobs, bar)
+    except KeyboardInterrupt:
+        bar.close()
+        _write_status(out, total, [c for c in todo_cells if load_cell(c, out) is None], "interrupted")
+        raise
     bar.close()
     results = {c: load_cell(c, out) for c in todo_cells}
     missing = [c for c, r in results.items() if r is None]

@@ -129,26 +129,31 @@ def run_replay(
     policy: Policy | None = None
     error: str | None = None
     ran = 0
-    for mode, day in todo:
-        try:
-            if mode == "ope":
-                assert target is not None
-                payload = ope_day(day, target, config.samples, config.reward, config.truth_samples)
-            else:
-                policy = policy or resolver(config.policy)
-                if mode == "shadow":
-                    payload = shadow_day(day, policy, resolver, config.shadow)
+    try:
+        for mode, day in todo:
+            try:
+                if mode == "ope":
+                    assert target is not None
+                    payload = ope_day(day, target, config.samples, config.reward, config.truth_samples)
                 else:
-                    payload = resim_day(day, policy, resolver)
-        except ReplayStopped as exc:
-            error = str(exc)
-            break
-        except Exception as exc:  # an endpoint or policy failure during re-simulation/OPE stops the run too
-            error = f"{mode} of day {day.name} ({day.key}) failed: {type(exc).__name__}: {exc}"
-            break
-        write_json(paths[mode, day.key], payload)
-        ran += 1
-        bar.update()
+                    policy = policy or resolver(config.policy)
+                    if mode == "shadow":
+                        payload = shadow_day(day, policy, resolver, config.shadow)
+                    else:
+                        payload = resim_day(day, policy, resolver)
+            except ReplayStopped as exc:
+                error = str(exc)
+                break
+            except Exception as exc:  # an endpoint or policy failure during re-simulation/OPE stops the run too
+                error = f"{mode} of day {day.name} ({day.key}) failed: {type(exc).__name__}: {exc}"
+                break
+            write_json(paths[mode, day.key], payload)
+            ran += 1
+            bar.update()
+    except KeyboardInterrupt:
+        bar.close()
+        _write_status(out, len(parts), [(m, d) for m, d in parts if read_json(paths[m, d.key]) is None], "interrupted")
+        raise
     bar.close()
     results = {k: read_json(p) for k, p in paths.items()}
     missing = [(m, d) for m, d in parts if results[m, d.key] is None]
