@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dispatch.candidates import CandidateConfig
 from dispatch.policy import Decision, Policy
 from dispatch.snapshot import JointAction, Snapshot
 
@@ -40,11 +41,12 @@ def describe() -> str:
     )
 
 
-def resolve(spec: str, threads: int = 0) -> Policy:
+def resolve(spec: str, threads: int = 0, candidates: CandidateConfig | None = None) -> Policy:
     """The policy a spec names; PolicySpecError says what forms are accepted.
 
     ``threads`` bounds ONNX Runtime's intra-op threads (0: all usable cores); parallel runners pass 1
-    so that worker processes do not oversubscribe the cores.
+    so that worker processes do not oversubscribe the cores. ``candidates`` is the candidate set of
+    behaviour recipes (replay passes the log's, so a recipe sees the candidates it logged).
     """
     from simulator.behaviour import RECIPES, BehaviourPolicy
     from simulator.heuristics import NAMES, make
@@ -56,7 +58,7 @@ def resolve(spec: str, threads: int = 0) -> Policy:
         return make(spec)
     base = spec.removesuffix(GREEDY_SUFFIX)
     if base in RECIPES:
-        return BehaviourPolicy(base, greedy=spec.endswith(GREEDY_SUFFIX))
+        return BehaviourPolicy(base, candidates, greedy=spec.endswith(GREEDY_SUFFIX))
     if spec.endswith(".onnx") or Path(spec).is_file():
         from dispatch.model import ModelError
         from dispatch.onnx_policy import OnnxPolicy

@@ -202,3 +202,13 @@ def test_recorded_pace_keeps_the_answers(greedy_log: Path, tmp_path: Path) -> No
     # 10^5 × the recorded pace: the day's ~13 hours of decisions are spaced over about half a second.
     run = _replay(log_days(greedy_log), "reyes", ("shadow",), tmp_path / "r", shadow=ShadowConfig("recorded", 1e5))
     assert run.report["shadow"]["joint_agreement"] == 1.0  # type: ignore[index]
+
+
+def test_recipes_replay_with_the_candidates_of_their_log(tmp_path: Path) -> None:
+    # With K = 2 the exploring couriers choose among fewer actions than with the default K = 16.
+    logs = tmp_path / "k2"
+    generate(logs, "nearest-noisy", INSTANCES[:1], days=1, seed=2, cands=CandidateConfig(k=2), progress=False)
+    run = _replay(log_days(logs), "nearest-noisy", ("shadow",), tmp_path / "r", candidates=CandidateConfig(k=2))
+    assert run.report["shadow"]["joint_agreement"] == 1.0  # type: ignore[index]
+    other = _replay(log_days(logs), "nearest-noisy", ("shadow",), tmp_path / "k16")
+    assert other.report["shadow"]["joint_agreement"] < 1.0  # type: ignore[index]

@@ -116,7 +116,12 @@ def run_replay(
         raise ReplayError(f"modes {unknown or '(none)'}: expected some of {', '.join(MODES)}")
     if "ope" in config.modes and any(d.logged is None for d in days):
         raise ReplayError("off-policy estimates need logged days (behaviour probabilities); instance days have none")
-    resolver = resolver or resolve
+    if resolver is None:
+        cands = config.candidates
+
+        def resolver(spec: str) -> Policy:
+            return resolve(spec, candidates=cands)
+
     target = resolve_target(config.policy, config.candidates) if "ope" in config.modes else None
     _prepare(out, config)
     parts = [(m, d) for m in config.modes for d in days]
