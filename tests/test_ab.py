@@ -59,6 +59,9 @@ def test_paired_statistics_match_scipy_and_holm() -> None:
     assert r.t_low < r.diff < r.t_high and r.boot_low < r.diff < r.boot_high
     assert r.dz == pytest.approx(np.mean(b - a) / np.std(b - a, ddof=1))
     assert holm([0.01, 0.04, 0.03, float("nan")])[:3] == pytest.approx([0.03, 0.06, 0.06])
+    holes = a.copy()
+    holes[3] = np.nan  # a day where the metric is undefined (nothing delivered) drops out of that metric only
+    assert paired("ctd_mean", holes, b).n == 14
     zero = paired("ctd_mean", a, a)
     assert zero.diff == 0 and zero.p == 1 and zero.t_low == zero.t_high == 0
 

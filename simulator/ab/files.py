@@ -45,6 +45,6 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 def fmt(v: float | None, digits: int = 3) -> str:
     """A number for a Markdown table ('–' for missing)."""
-    if v is None or not np.isfinite(v):
+    if v is None or not np.isfinite(float(v)):
         return "–"
     return f"{v:.{digits}g}" if abs(v) < 1e-3 and v != 0 else f"{v:.{digits}f}"

@@ -37,7 +37,9 @@ def _plots(out: Path, pairs: list[tuple[str, int, dict[str, Any], dict[str, Any]
     labels = [f"{i if len(i) < 24 else '…' + i[-22:]} s{s}" for i, s, _, _ in pairs]
     y = np.arange(len(pairs))
     for ax, m in zip(axes, ("ctd_mean", "undelivered_pct"), strict=True):
-        d = np.array([b["metrics"][m] - a["metrics"][m] for _, _, a, b in pairs], dtype=np.float64)
+        d = np.array([b["metrics"][m] for *_, b in pairs], dtype=np.float64) - np.array(
+            [a["metrics"][m] for _, _, a, _ in pairs], dtype=np.float64
+        )
         ax.barh(y, d, color=np.where(d < 0, "tab:green", "tab:red"))
         ax.axvline(0, color="black", lw=0.8)
         ax.set_yticks(y, labels, fontsize=7)
@@ -133,9 +135,9 @@ def _markdown(config: ABConfig, rows: list[Paired], pairs: list[Any], identical:
     for inst, seed, a, b in pairs:
         ma, mb = a["metrics"], b["metrics"]
         out.append(
-            f"| {a['instance_name']} | {seed} | {ma['ctd_mean']:.2f} | {mb['ctd_mean']:.2f} | "
-            f"{ma['undelivered_pct']:.2f} | {mb['undelivered_pct']:.2f} | {ma['on_time_pct']:.1f} | "
-            f"{mb['on_time_pct']:.1f} |"
+            f"| {a['instance_name']} | {seed} | {_fmt(ma['ctd_mean'], 2)} | {_fmt(mb['ctd_mean'], 2)} | "
+            f"{_fmt(ma['undelivered_pct'], 2)} | {_fmt(mb['undelivered_pct'], 2)} | {_fmt(ma['on_time_pct'], 1)} | "
+            f"{_fmt(mb['on_time_pct'], 1)} |"
         )
         del inst
     out += ["", "Machine-readable: `report.json`. Method: `docs/ab-replay.md`.", ""]

@@ -42,7 +42,9 @@ def _plots(out: Path, results: dict[str, list[dict[str, Any]]]) -> list[str]:
         fig, axes = plt.subplots(1, 2, figsize=(11, 0.25 * len(days) + 2.5))
         y = np.arange(len(days))
         for ax, m in zip(axes, ("ctd_mean", "undelivered_pct"), strict=True):
-            d = np.array([x["policy"][m] - x["logged"][m] for x in days], dtype=np.float64)
+            d = np.array([x["policy"][m] for x in days], dtype=np.float64) - np.array(
+                [x["logged"][m] for x in days], dtype=np.float64
+            )
             ax.barh(y, d, color=np.where(d < 0, "tab:green", "tab:red"))
             ax.axvline(0, color="black", lw=0.8)
             ax.set_yticks(y, [x["name"] for x in days], fontsize=7)
@@ -100,8 +102,8 @@ def _resim_md(r: dict[str, Any], days: list[dict[str, Any]]) -> list[str]:
     for d in days:
         lo, po = d["logged"], d["policy"]
         lines.append(
-            f"| {d['name']} | {lo['ctd_mean']:.2f} | {po['ctd_mean']:.2f} | {lo['undelivered_pct']:.2f} | "
-            f"{po['undelivered_pct']:.2f} |"
+            f"| {d['name']} | {_fmt(lo['ctd_mean'], 2)} | {_fmt(po['ctd_mean'], 2)} | "
+            f"{_fmt(lo['undelivered_pct'], 2)} | {_fmt(po['undelivered_pct'], 2)} |"
         )
     return [*lines, "", "![re-simulation](resim.png)", ""]
 
