@@ -13,6 +13,7 @@ import sys
 # Modules exposing ``register(subparsers) -> None``; missing optional ones are skipped.
 COMMAND_MODULES = (
     "simulator.cli",
+    "simulator.ops_cli",
     "training.cli",
     "training.dispatch.cli",
     "service.cli",

@@ -1,0 +1,239 @@
+"""``dispatch ab`` and ``dispatch replay``: the operators' tools (handlers import lazily)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+POLICY_HELP = (
+    "a heuristic (nearest, reyes, ...), a behaviour recipe (reyes-soft, ...; add :greedy), "
+    "a path to an .onnx model, or grpc://host:port[/model]"
+)
+
+
+def register(sub: Any) -> None:
+    """Add ``ab`` and ``replay`` to the ``dispatch`` parser."""
+    p = sub.add_parser(
+        "ab",
+        help="A/B two policies in the simulator with common random numbers and a paired report",
+        description=(
+            "Simulate every instance × replicate seed under policy A and policy B on exactly the same day "
+            "(common random numbers), then compare them metric by metric with paired statistics (t and "
+            "bootstrap intervals, effect size, Holm-corrected p-values). Writes OUT/report.md (+ PNG plots) "
+            "and OUT/report.json once every day is done; a stopped run resumes when rerun with the same arguments."
+        ),
+    )
+    p.add_argument("--a", required=True, metavar="POLICY", help=f"arm A: {POLICY_HELP}")
+    p.add_argument("--b", required=True, metavar="POLICY", help=f"arm B: {POLICY_HELP}")
+    p.add_argument(
+        "--instances",
+        action="append",
+        default=[],
+        metavar="SPEC|GLOB",
+        help="instances: names, globs ('seed0/*', '*o50*'), paths, synthetic:SEED or synthetic:A-B (repeatable)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="replicate seeds per instance (default 1); seed 0 is the day as published, seeds >= 1 perturb it",
+    )
+    p.add_argument(
+        "--noise",
+        type=float,
+        default=1.0,
+        help="scale of the replicate perturbation (default 1: preparation σ=0.15, speed σ=0.05; 0: off)",
+    )
+    p.add_argument("--interval", type=int, default=2, help="minutes between decision epochs (default 2)")
+    p.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate for Holm (default 0.05)")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument("--out", type=Path, required=True, help="report folder (created, or resumed)")
+    p.add_argument("--jobs", type=int, default=0, help="worker processes (default: usable cores)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(handler=ab)
+
+    r = sub.add_parser(
+        "replay",
+        help="replay historical days through a policy: shadow, counterfactual re-simulation, off-policy estimates",
+        description=(
+            "Replay logged days (a log dataset folder) or MDRP instance days (--instance; their history is "
+            "played by --baseline) through a policy. shadow: every logged snapshot goes to the policy, "
+            "agreement/latency/errors are reported; resim: each day is re-simulated under the policy and its "
+            "MDRP metrics compared with the logged ones; ope: IPS, self-normalised IPS and doubly robust "
+            "estimates of the policy's per-decision reward from the logged behaviour probabilities. Writes "
+            "OUT/report.md and OUT/report.json once every part is done; a stopped run resumes when rerun."
+        ),
+    )
+    r.add_argument("logs", nargs="?", type=Path, help="log dataset folder (from `dispatch logs generate`)")
+    r.add_argument(
+        "--instance",
+        action="append",
+        default=[],
+        metavar="SPEC|GLOB",
+        help="MDRP instance day(s) instead of logs: names, globs, paths, synthetic:SEED (repeatable)",
+    )
+    r.add_argument("--baseline", default="reyes", metavar="POLICY", help="who dispatched instance days (default reyes)")
+    r.add_argument("--policy", required=True, metavar="POLICY", help=POLICY_HELP)
+    r.add_argument(
+        "--mode",
+        choices=("shadow", "resim", "ope", "all"),
+        default="all",
+        help="what to run (default all: shadow + resim, + ope when the days are logs and the policy has probabilities)",
+    )
+    r.add_argument("--pace", choices=("fast", "recorded"), default="fast", help="shadow pace (default fast)")
+    r.add_argument(
+        "--speedup",
+        type=float,
+        default=1.0,
+        help="with --pace recorded: simulated minutes per real minute (default 1 = the recorded pace itself)",
+    )
+    r.add_argument(
+        "--max-errors", type=int, default=0, help="shadow decisions allowed to fail before stopping (default 0)"
+    )
+    r.add_argument("--samples", type=int, default=8, help="target actions sampled per state for DR (default 8)")
+    r.add_argument(
+        "--truth",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also measure the OPE estimand's ground truth in the simulator with N samples per state (default off)",
+    )
+    r.add_argument("--interval", type=int, default=2, help="decision interval of instance days (default 2)")
+    r.add_argument("--out", type=Path, required=True, help="report folder (created, or resumed)")
+    r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    r.set_defaults(handler=replay)
+
+
+def ab(args: argparse.Namespace) -> int:
+    """Run or resume an A/B and print the verdicts."""
+    from simulator.ab.crn import NoiseConfig
+    from simulator.ab.run import ABConfig, ABError, run_ab
+    from simulator.batch import default_jobs
+    from simulator.instance import InstanceError
+    from simulator.policies import PolicySpecError, resolve
+    from simulator.sources import expand
+
+    if args.seeds < 1 or args.interval < 1 or args.noise < 0 or not 0 < args.alpha < 1 or args.bootstrap < 100:
+        print(
+            "dispatch ab: need --seeds >= 1, --interval >= 1, --noise >= 0, 0 < --alpha < 1, --bootstrap >= 100",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        instances = expand(args.instances or ["0o50t75s2p100"])
+        for spec in (args.a, args.b):
+            if not spec.startswith("grpc://"):
+                resolve(spec)  # fail before any simulation on a typo
+        config = ABConfig(
+            args.a,
+            args.b,
+            tuple(instances),
+            args.seeds,
+            NoiseConfig().scaled(args.noise),
+            args.interval,
+            args.alpha,
+            args.bootstrap,
+        )
+        run = run_ab(config, args.out, jobs=args.jobs or default_jobs(), progress=not args.no_progress)
+    except (InstanceError, PolicySpecError, ABError) as exc:
+        print(f"dispatch ab: {exc}", file=sys.stderr)
+        return 2
+    if not run.complete:
+        print(
+            f"dispatch ab: STOPPED — {run.error}\n{run.done} of {run.total} days finished and kept; no report was "
+            f"written (see {run.out / 'STATUS.md'}). Rerun the same command to resume.",
+            file=sys.stderr,
+        )
+        return 1
+    assert run.report is not None
+    for line in run.report["verdicts"].values():
+        print(line)
+    print(f"\nreport: {run.out / 'report.md'} (JSON: {run.out / 'report.json'})")
+    return 0
+
+
+def replay(args: argparse.Namespace) -> int:
+    """Run or resume a replay and print its headline numbers."""
+    from dispatch.candidates import CandidateConfig
+    from simulator.engine import RewardConfig
+    from simulator.instance import InstanceError
+    from simulator.logs.dataset import LogError, read_manifest
+    from simulator.policies import PolicySpecError, resolve
+    from simulator.replay.days import instance_days, log_days
+    from simulator.replay.ope import resolve_target
+    from simulator.replay.run import ReplayConfig, ReplayError, run_replay
+    from simulator.replay.shadow import ShadowConfig
+    from simulator.sources import expand
+
+    if (args.logs is None) == (not args.instance):
+        print("dispatch replay: give a log folder or --instance (one of the two)", file=sys.stderr)
+        return 2
+    if args.speedup <= 0 or args.max_errors < 0 or args.samples < 1 or args.truth < 0 or args.interval < 1:
+        print("dispatch replay: --speedup > 0, --max-errors >= 0, --samples >= 1, --truth >= 0", file=sys.stderr)
+        return 2
+    try:
+        if not args.policy.startswith("grpc://"):
+            resolve(args.policy)
+        reward, cands = RewardConfig(), CandidateConfig()
+        if args.logs is not None:
+            days = log_days(args.logs)
+            made = read_manifest(args.logs).get("args", {})
+            reward = RewardConfig(**made.get("reward", {}))
+            cands = CandidateConfig(**made.get("candidates", {}))
+            source: dict[str, Any] = {"logs": str(args.logs.resolve())}
+        else:
+            specs = expand(args.instance)
+            days = instance_days(specs, args.baseline, args.interval)
+            source = {"instances": specs, "baseline": args.baseline, "interval": args.interval}
+        modes: tuple[str, ...]
+        if args.mode != "all":
+            modes = (args.mode,)
+        else:
+            modes = ("shadow", "resim")
+            if args.logs is not None:
+                try:
+                    resolve_target(args.policy, cands)
+                    modes += ("ope",)
+                except PolicySpecError as exc:
+                    print(f"dispatch replay: skipping off-policy estimates: {exc}", file=sys.stderr)
+        config = ReplayConfig(
+            args.policy,
+            modes,
+            source,
+            ShadowConfig(args.pace, args.speedup, args.max_errors),
+            args.samples,
+            args.truth,
+            reward,
+            cands,
+        )
+        run = run_replay(config, days, args.out, progress=not args.no_progress)
+    except (InstanceError, LogError, PolicySpecError, ReplayError) as exc:
+        print(f"dispatch replay: {exc}", file=sys.stderr)
+        return 2
+    if not run.complete:
+        print(
+            f"dispatch replay: STOPPED — {run.error}\n{run.done} of {run.total} parts finished and kept; no report "
+            f"was written (see {run.out / 'STATUS.md'}). Rerun the same command to resume.",
+            file=sys.stderr,
+        )
+        return 1
+    rep = run.report or {}
+    if "shadow" in rep:
+        s = rep["shadow"]
+        print(
+            f"shadow: per-courier agreement {100 * s['per_courier_agreement']:.2f}%, joint "
+            f"{100 * s['joint_agreement']:.2f}%, latency p50 {s['latency_ms']['p50']:.2f} ms, errors {len(s['errors'])}"
+        )
+    if "resim" in rep:
+        m = rep["resim"]["metrics"]["ctd_mean"]
+        print(f"resim: mean CtD logged {m['mean_a']:.2f} -> policy {m['mean_b']:.2f} min")
+    if "ope" in rep:
+        e = rep["ope"]
+        print(
+            "ope (per-decision reward): logged "
+            + ", ".join(f"{k} {e[k]['value']:.4f}" for k in ("behaviour", "ips", "snips", "dr"))
+        )
+    print(f"\nreport: {run.out / 'report.md'} (JSON: {run.out / 'report.json'})")
+    return 0

@@ -1,0 +1,136 @@
+"""Policies addressed by one string: a heuristic, a behaviour recipe, an ONNX file or a gRPC endpoint.
+
+``resolve(spec)`` is the only way the operator tools (``dispatch ab``, ``dispatch replay``) turn a
+``--policy`` argument into a :class:`~dispatch.policy.Policy`:
+
+- ``nearest``, ``reyes``, ``assignment``, ``random``: the heuristics;
+- ``reyes-soft``, ``nearest-noisy``, ...: stochastic behaviour recipes (exact per-courier
+  probabilities); ``reyes-soft:greedy`` follows the recipe's heuristic without exploring;
+- ``path/to/model.onnx``: an exported model run in-process with ONNX Runtime;
+- ``grpc://host:port[/model]``: the decision service, through :class:`RemotePolicy`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dispatch.candidates import CandidateConfig
+from dispatch.policy import Decision, Policy
+from dispatch.snapshot import JointAction, Snapshot
+
+GRPC_PREFIX = "grpc://"
+GREEDY_SUFFIX = ":greedy"
+
+Resolver = Callable[[str], Policy]
+
+
+class PolicySpecError(ValueError):
+    """A policy spec that names nothing this program can run."""
+
+
+def describe() -> str:
+    """One line listing every accepted form of a policy spec."""
+    from simulator.behaviour import RECIPES
+    from simulator.heuristics import NAMES
+
+    return (
+        f"heuristics {', '.join(NAMES)}; recipes {', '.join(RECIPES)} (add {GREEDY_SUFFIX} for no exploration); "
+        f"a path to an .onnx model; or {GRPC_PREFIX}host:port[/model]"
+    )
+
+
+def resolve(spec: str, threads: int = 0, candidates: CandidateConfig | None = None) -> Policy:
+    """The policy a spec names; PolicySpecError says what forms are accepted.
+
+    ``threads`` bounds ONNX Runtime's intra-op threads (0: all usable cores); parallel runners pass 1
+    so that worker processes do not oversubscribe the cores. ``candidates`` is the candidate set of
+    behaviour recipes (replay passes the log's, so a recipe sees the candidates it logged).
+    """
+    from simulator.behaviour import RECIPES, BehaviourPolicy
+    from simulator.heuristics import NAMES, make
+
+    spec = spec.strip()
+    if spec.startswith(GRPC_PREFIX):
+        return RemotePolicy(spec)
+    if spec in NAMES:
+        return make(spec)
+    base = spec.removesuffix(GREEDY_SUFFIX)
+    if base in RECIPES:
+        return BehaviourPolicy(base, candidates, greedy=spec.endswith(GREEDY_SUFFIX))
+    if spec.endswith(".onnx") or Path(spec).is_file():
+        from dispatch.model import ModelError
+        from dispatch.onnx_policy import OnnxPolicy
+
+        if not Path(spec).is_file():
+            raise PolicySpecError(f"policy {spec!r}: no such ONNX file")
+        try:
+            return OnnxPolicy(spec, threads=threads)
+        except ModelError as exc:
+            raise PolicySpecError(f"policy {spec!r}: {exc}") from None
+    raise PolicySpecError(f"policy {spec!r} is not known; expected {describe()}")
+
+
+def parse_grpc(spec: str) -> tuple[str, str | None]:
+    """``grpc://host:port[/model]`` as (``host:port``, model or None)."""
+    if not spec.startswith(GRPC_PREFIX):
+        raise PolicySpecError(f"policy {spec!r}: a remote policy starts with {GRPC_PREFIX}")
+    rest = spec[len(GRPC_PREFIX) :]
+    address, _, model = rest.partition("/")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise PolicySpecError(f"policy {spec!r}: expected {GRPC_PREFIX}host:port[/model]")
+    return address, (model or None)
+
+
+class RemotePolicy:
+    """A policy answered by the gRPC decision service (issue 6), through ``service.client``.
+
+    Expectation on ``service.client`` (imported lazily, so the simulator never needs grpc):
+    it exposes ``DispatchClient(address: str, model: str | None)`` whose ``decide(snapshot)``
+    sends the snapshot as a request and returns the service's joint action, either as a
+    :class:`~dispatch.policy.Decision` or a :class:`~dispatch.snapshot.JointAction` over the
+    snapshot's courier/order indices, and raises on transport errors (which stop A/B and replay
+    runs; they resume on rerun). ``close()`` is optional. A missing module raises a clear error.
+    """
+
+    def __init__(self, spec: str, client: Any | None = None) -> None:
+        self.spec = spec
+        self.address, self.model = parse_grpc(spec)
+        self.name = spec
+        self._client = client
+
+    def _connect(self) -> Any:
+        """The client, created on first use (so a policy object can be built before the service is up)."""
+        if self._client is None:
+            try:
+                from service import client as client_mod  # type: ignore[attr-defined]
+            except ImportError as exc:
+                raise PolicySpecError(
+                    f"policy {self.spec!r} needs the gRPC client (service.client, install the 'serve' extra): {exc}"
+                ) from None
+            factory = getattr(client_mod, "DispatchClient", None)
+            if factory is None:
+                raise PolicySpecError(f"policy {self.spec!r}: service.client has no DispatchClient")
+            self._client = factory(self.address, self.model)
+        return self._client
+
+    def reset(self, seed: int) -> None:
+        """The service is stateless per request: nothing to seed."""
+
+    def decide(self, snapshot: Snapshot) -> Decision:
+        """Ask the service for the joint action of this snapshot."""
+        out = self._connect().decide(snapshot)
+        if isinstance(out, Decision):
+            return out
+        if isinstance(out, JointAction):
+            return Decision(out)
+        raise TypeError(f"{self.spec}: service client returned {type(out).__name__}, not a Decision/JointAction")
+
+    def close(self) -> None:
+        """Close the channel if the client has one."""
+        close = getattr(self._client, "close", None)
+        if callable(close):
+            close()
+        self._client = None

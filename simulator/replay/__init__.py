@@ -1,0 +1,1 @@
+"""Replay of logged days through a policy: shadow, counterfactual re-simulation, off-policy estimates."""
