@@ -20,9 +20,7 @@ def test_xor_dataset_shares_are_exact():
     game = load_game("xor")
     ds = game.dataset("aa_ab_ba", seed=3)
     acts = ds.actions.reshape(-1, 2)
-    counts = {
-        j: int(((acts[:, 0] == j[0]) & (acts[:, 1] == j[1])).sum()) for j in [(0, 0), (0, 1), (1, 0), (1, 1)]
-    }
+    counts = {j: int(((acts[:, 0] == j[0]) & (acts[:, 1] == j[1])).sum()) for j in [(0, 0), (0, 1), (1, 0), (1, 1)]}
     assert counts[(1, 1)] == 0 and sum(counts.values()) == 5000
     assert max(counts.values()) - min(v for v in counts.values() if v) <= 1
     assert ds.truncated[:, -1].all() and not ds.terminated.any()

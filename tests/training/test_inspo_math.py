@@ -27,9 +27,7 @@ def brute_force_policy(q, mu, alpha, beta):
 
     best = min(
         (
-            minimize(
-                neg, z0, method="Nelder-Mead", options={"xatol": 1e-10, "fatol": 1e-13, "maxiter": 20000}
-            )
+            minimize(neg, z0, method="Nelder-Mead", options={"xatol": 1e-10, "fatol": 1e-13, "maxiter": 20000})
             for z0 in [np.zeros(len(q)), np.log(mu)]
         ),
         key=lambda r: r.fun,

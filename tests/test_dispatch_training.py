@@ -1,0 +1,108 @@
+"""Dispatch training on logs: InSPO/BC updates, bit-identical resume, export through the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dispatch.onnx_policy import OnnxPolicy
+from dispatch_cli.main import main as dispatch
+from simulator.instance import load
+from simulator.logs.generate import generate
+from simulator.run import run_episode
+from training.dispatch.train import CHECKPOINT, DispatchTrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dlogs") / "ds"
+    generate(out, "mixed", ["0o50t75s2p100"], days=2, seed=1, jobs=1, progress=False)
+    return out
+
+
+def _params(run: Path) -> dict[str, torch.Tensor]:
+    payload = torch.load(run / CHECKPOINT, weights_only=True)
+    return {f"{m}.{k}": v for m, sd in payload["algo"]["modules"].items() for k, v in sd.items()}
+
+
+@pytest.mark.parametrize("algo", ["inspo", "bc"])
+def test_resume_is_bit_identical(algo: str, logs: Path, tmp_path: Path) -> None:
+    params = {"warmup_steps": 10} if algo == "inspo" else {}
+    base = DispatchTrainConfig(
+        data=str(logs), algo=algo, steps=24, batch_size=8, ckpt_every=8, progress=False, params=params
+    )
+    full = tmp_path / "full"
+    train(DispatchTrainConfig(**{**base.__dict__, "out": str(full)}))
+    cut = tmp_path / "cut"
+    train(DispatchTrainConfig(**{**base.__dict__, "out": str(cut), "stop_after": 16}))
+    assert torch.load(cut / CHECKPOINT, weights_only=True)["step"] == 16
+    train(DispatchTrainConfig(**{**base.__dict__, "out": str(cut), "resume": True}))
+    a, b = _params(full), _params(cut)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    other = tmp_path / "other"
+    train(DispatchTrainConfig(**{**base.__dict__, "out": str(other), "seed": 1}))
+    assert not all(torch.equal(a[k], _params(other)[k]) for k in a)  # the seed matters: the test can fail
+
+
+def test_bc_learns_the_logged_actions(logs: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    from simulator.logs.view import load as load_view
+    from training.algos.base import masked_mean
+    from training.dispatch.batches import minibatch
+    from training.nets import gather_actions
+
+    view = load_view(logs)
+    idx = np.flatnonzero(np.diff(view.agent_offset) > 0)[:64]
+    batch = minibatch(view, idx)
+
+    def nll(algo: object) -> float:
+        with torch.no_grad():
+            logp = gather_actions(algo.pi(batch["obs"], batch["legal"]), batch["actions"])  # type: ignore[attr-defined]
+            return float(-masked_mean(logp, batch["agent_mask"]))
+
+    untrained = train(
+        DispatchTrainConfig(data=str(logs), algo="bc", steps=0, progress=False, out=str(tmp_path / "bc0"))
+    )
+    trained = train(
+        DispatchTrainConfig(
+            data=str(logs), algo="bc", steps=150, batch_size=16, progress=False, out=str(tmp_path / "bc")
+        )
+    )
+    assert nll(trained["algo"]) < 0.5 * nll(untrained["algo"])
+    assert trained["stats"]["courier_decisions_per_s"] > 0
+
+
+def test_cli_train_then_export_then_run(logs: Path, tmp_path: Path) -> None:
+    run, model = tmp_path / "run", tmp_path / "m" / "p.onnx"
+    assert (
+        dispatch(
+            [
+                "train",
+                "--algo",
+                "inspo",
+                "--data",
+                str(logs),
+                "--steps",
+                "12",
+                "--batch-size",
+                "8",
+                "--out",
+                str(run),
+                "--no-progress",
+                "--set",
+                "warmup_steps=6",
+            ]
+        )
+        == 0
+    )
+    assert dispatch(["export", str(run), "--out", str(model)]) == 0
+    policy = OnnxPolicy(model, sample=True)
+    assert policy.manifest.training["algo"] == "inspo"
+    assert policy.manifest.training["data_sha256"]
+    result = run_episode(load("0o50t75s2p100"), policy, seed=0)
+    assert result.metrics["delivered"] > 0
+    assert dispatch(["export", str(tmp_path / "nothing"), "--out", str(model)]) == 2
