@@ -55,7 +55,7 @@ class ReyesParams:
     force_after: int = 20
     max_ready_gap: int = 40
     interval: int = 2
-    expiry_margin: int = 10
+    expiry_margin: int = 20
 
 
 class ReyesPolicy:
