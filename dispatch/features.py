@@ -72,50 +72,50 @@ def encode(snapshot: Snapshot, cands: CandidateSet) -> Encoded:
         agent[:, 6] = (t % 1440) / 1440.0
         agent[:, 7] = cands.mask.sum(axis=1) / max(k, 1)
     cand = np.zeros((n, k, len(CANDIDATE_FEATURES)), dtype=np.float32)
-    if n and k:
+    if n and k and cands.bundles.n:
         tm = cands.times
-        b = cands.bundles
-        size = b.size.astype(np.float64)
-        safe = np.where(b.orders >= 0, b.orders, 0)
-        valid = b.orders >= 0
-        since = np.where(valid, t - snapshot.order_placement[safe], 0).sum(axis=1) / size
-        ready_from_now = b.ready - t
-        pickup = tm.pickup.astype(np.float64)
-        travel = tm.travel_to_restaurant.astype(np.float64)
-        arrival = tm.start + travel + p.half_pickup
-        route = np.maximum(tm.free_at - t, 1).astype(np.float64)
-        slack = np.where(
-            valid[None],
-            snapshot.order_placement[safe][None] + p.target_ctd - (pickup[:, :, None] + b.dropoff_offset[None]),
-            np.inf,
-        ).min(axis=2)
+        bun = cands.bundles
+        # Gather every (agent, bundle) quantity at the K candidate slots first: (n, K) work, not (n, B).
+        slot = np.where(cands.mask, cands.bundle, 0)
+        rows = np.arange(n)[:, None]
+        pickup = tm.pickup[rows, slot].astype(np.float64)
+        travel = tm.travel_to_restaurant[rows, slot].astype(np.float64)
+        start = tm.start[rows, slot].astype(np.float64)
+        free_at = tm.free_at[rows, slot].astype(np.float64)
+        sum_ctd = tm.sum_ctd[rows, slot].astype(np.float64)
+        max_ctd = tm.max_ctd[rows, slot].astype(np.float64)
+        size = bun.size[slot].astype(np.float64)
+        ready = bun.ready[slot].astype(np.float64)
+        members = bun.orders[slot]  # (n, K, S)
+        valid = members >= 0
+        placed = snapshot.order_placement[np.where(valid, members, 0)]
+        since = np.where(valid, t - placed, 0).sum(axis=2) / size
+        arrival = start + travel + p.half_pickup
+        route = np.maximum(free_at - t, 1)
+        slack = np.where(valid, placed + p.target_ctd - (pickup[:, :, None] + bun.dropoff_offset[slot]), np.inf).min(2)
         # Coordination context: how many agents hold the bundle and how far behind the best one this is.
-        held = np.zeros(b.n)
+        held = np.zeros(bun.n)
         np.add.at(held, cands.bundle[cands.mask], 1)
-        best_pickup = np.where(tm.feasible, pickup, np.inf).min(axis=0)
+        # Earliest pickup any agent could make for each bundle (one pass over the feasible pairs).
+        best_pickup = np.where(tm.feasible, tm.pickup, np.iinfo(np.int64).max).min(axis=0).astype(np.float64)
         cols = [
-            travel,
-            np.maximum(b.ready[None] - arrival, 0),
-            pickup - t,
-            np.broadcast_to(size, pickup.shape),
-            tm.sum_ctd / size / 4.0,
-            tm.max_ctd / 4.0,
-            np.maximum(tm.max_ctd - p.target_ctd, 0),
-            slack,
-            np.broadcast_to(since, pickup.shape),
-            np.broadcast_to(ready_from_now, pickup.shape),
-            route,
-            size * 600.0 / route,
-            pickup - b.ready[None],
-            None,
-            np.broadcast_to(held, pickup.shape),
-            pickup - best_pickup[None],
+            travel / 10,
+            np.maximum(ready - arrival, 0) / 10,
+            (pickup - t) / 10,
+            size,
+            sum_ctd / size / 40.0,
+            max_ctd / 40.0,
+            np.maximum(max_ctd - p.target_ctd, 0) / 10,
+            slack / 10,
+            since / 10,
+            (ready - t) / 10,
+            route / 10,
+            size * 6.0 / route,
+            (pickup - ready) / 10,
+            np.broadcast_to(np.arange(k)[None, :] / k, (n, k)),
+            held[slot] / 10,
+            (pickup - best_pickup[slot]) / 10,
         ]
-        scale = [10, 10, 10, 1, 10, 10, 10, 10, 10, 10, 10, 100, 10, 1, 10, 10]
-        for j, (col, s) in enumerate(zip(cols, scale, strict=True)):
-            if col is None:
-                cand[:, :, j] = np.arange(k)[None, :] / k
-            else:
-                cand[:, :, j] = cands.take(np.asarray(col, dtype=np.float64)) / s
+        cand[:] = np.stack(cols, axis=-1)
         cand[~cands.mask] = 0.0
     return Encoded(agent, cand, cands.mask.copy())

@@ -46,24 +46,6 @@ class Bundles:
         return tuple(int(o) for o in row[row >= 0])
 
 
-def _sequence_offsets(snapshot: Snapshot, seq: tuple[int, ...]) -> tuple[list[int], int]:
-    """Drop-off offsets from pickup, and the offset at which the courier is free, for one sequence."""
-    p = snapshot.params
-    mpm = p.meters_per_minute
-    r = snapshot.order_restaurant[seq[0]]
-    prev = snapshot.restaurant_xy[r]
-    clock = p.pickup_service - p.half_pickup  # leave the restaurant
-    offsets = []
-    for o in seq:
-        here = snapshot.order_xy[o]
-        clock += int(travel_minutes(here[0] - prev[0], here[1] - prev[1], mpm))
-        clock += p.half_dropoff
-        offsets.append(clock)
-        clock += p.dropoff_service - p.half_dropoff
-        prev = here
-    return offsets, clock
-
-
 def make_bundles(
     snapshot: Snapshot,
     orders: IntArray | None = None,
@@ -73,55 +55,107 @@ def make_bundles(
     """Singles for every open order plus same-restaurant bundles up to ``max_size``.
 
     Bundles join orders whose ready times lie within ``max_ready_gap`` minutes; each bundle's drop-off
-    sequence minimises the summed drop-off offsets.
+    sequence minimises the summed drop-off offsets. Rows: singles (in ``orders`` order), then pairs,
+    then larger bundles, members listed by ready time.
     """
     if orders is None:
         orders = np.arange(snapshot.n_orders, dtype=np.int64)
+    orders = np.asarray(orders, dtype=np.int64)
     candidates: list[tuple[int, ...]] = [(int(o),) for o in orders]
-    if max_size >= 2 and len(orders):
-        by_rest: dict[int, list[int]] = {}
-        for o in orders:
-            by_rest.setdefault(int(snapshot.order_restaurant[o]), []).append(int(o))
-        for members in by_rest.values():
-            if len(members) < 2:
-                continue
-            members.sort(key=lambda o: int(snapshot.order_ready[o]))
-            for k in range(2, min(max_size, len(members)) + 1):
-                for combo in itertools.combinations(members, k):
-                    ready = snapshot.order_ready[list(combo)]
-                    if int(ready.max() - ready.min()) <= max_ready_gap:
-                        candidates.append(combo)
+    if max_size >= 2 and orders.size > 1:
+        # Members in ready-time order (stable), so a bundle lists its orders by ready time.
+        by_ready = orders[np.argsort(snapshot.order_ready[orders], kind="stable")]
+        rest = snapshot.order_restaurant[by_ready]
+        ready = snapshot.order_ready[by_ready]
+        close = (rest[:, None] == rest[None, :]) & (np.abs(ready[:, None] - ready[None, :]) <= max_ready_gap)
+        i, j = np.nonzero(np.triu(close, k=1))
+        candidates.extend((int(by_ready[x]), int(by_ready[y])) for x, y in zip(i, j, strict=True))
+        if max_size >= 3:
+            groups: dict[int, list[int]] = {}
+            for o in by_ready:
+                groups.setdefault(int(snapshot.order_restaurant[o]), []).append(int(o))
+            for members in groups.values():
+                for k in range(3, min(max_size, len(members)) + 1):
+                    for combo in itertools.combinations(members, k):
+                        r = snapshot.order_ready[list(combo)]
+                        if int(r.max() - r.min()) <= max_ready_gap:
+                            candidates.append(combo)
     return sequence_bundles(snapshot, candidates, reorder=True)
 
 
+def _offsets(snapshot: Snapshot, seqs: IntArray) -> tuple[IntArray, IntArray]:
+    """Drop-off offsets from pickup (B, S) and the offset at which the courier is free (B,).
+
+    ``seqs`` is (B, S) order indices in drop-off sequence, padded with -1; vectorised over bundles.
+    """
+    p = snapshot.params
+    n, width = seqs.shape
+    prev = snapshot.restaurant_xy[snapshot.order_restaurant[np.maximum(seqs[:, 0], 0)]] if n else np.zeros((0, 2))
+    clock = np.full(n, p.pickup_service - p.half_pickup, dtype=np.int64)  # leave the restaurant
+    offs = np.zeros((n, width), dtype=np.int64)
+    for s in range(width):
+        valid = seqs[:, s] >= 0
+        here = snapshot.order_xy[np.where(valid, seqs[:, s], 0)]
+        arrive = clock + travel_minutes(here[:, 0] - prev[:, 0], here[:, 1] - prev[:, 1], p.meters_per_minute)
+        drop = arrive + p.half_dropoff
+        offs[:, s] = np.where(valid, drop, 0)
+        clock = np.where(valid, drop + (p.dropoff_service - p.half_dropoff), clock)
+        prev = np.where(valid[:, None], here, prev)
+    return offs, clock
+
+
+def _matrix(groups: list[tuple[int, ...]], width: int) -> IntArray:
+    if width <= 2 and groups:
+        # Singles and pairs (the common case) without a Python loop per group.
+        flat = [g + (-1,) * (width - len(g)) for g in groups]
+        return np.array(flat, dtype=np.int64).reshape(len(groups), width)
+    out = np.full((len(groups), width), -1, dtype=np.int64)
+    for i, g in enumerate(groups):
+        out[i, : len(g)] = g
+    return out
+
+
 def sequence_bundles(snapshot: Snapshot, groups: list[tuple[int, ...]], reorder: bool = False) -> Bundles:
-    """Tabulate the timing of each group; with ``reorder`` pick its best drop-off sequence first."""
+    """Tabulate the timing of each group (kept in the given drop-off sequence).
+
+    With ``reorder``, each group first takes the sequence with the smallest summed drop-off offsets
+    (ties: the first in ``itertools.permutations`` order).
+    """
     n = len(groups)
     width = max((len(g) for g in groups), default=1)
-    orders = np.full((n, width), -1, dtype=np.int64)
-    offs = np.zeros((n, width), dtype=np.int64)
-    free = np.zeros(n, dtype=np.int64)
-    size = np.zeros(n, dtype=np.int64)
-    last_xy = np.zeros((n, 2), dtype=np.float64)
-    for b, group in enumerate(groups):
-        best: tuple[int, tuple[int, ...], list[int], int] | None = None
-        perms = itertools.permutations(group) if reorder and len(group) > 1 else [group]
-        for seq in perms:
-            offsets, free_off = _sequence_offsets(snapshot, tuple(seq))
-            cost = sum(offsets)
-            if best is None or cost < best[0]:
-                best = (cost, tuple(seq), offsets, free_off)
-        assert best is not None
-        _, seq, offsets, free_off = best
-        orders[b, : len(seq)] = seq
-        offs[b, : len(seq)] = offsets
-        free[b] = free_off
-        size[b] = len(seq)
-        last_xy[b] = snapshot.order_xy[seq[-1]]
+    orders = _matrix(groups, width)
+    if reorder and width == 2:
+        # Pairs: keep (a, b) unless (b, a) has strictly smaller summed offsets.
+        pair = orders[:, 1] >= 0
+        swapped = orders[:, ::-1].copy()
+        keep_cost = _offsets(snapshot, orders)[0].sum(axis=1)
+        swap_cost = _offsets(snapshot, np.where(pair[:, None], swapped, orders))[0].sum(axis=1)
+        orders = np.where((pair & (swap_cost < keep_cost))[:, None], swapped, orders)
+    elif reorder and width > 2:
+        # Every permutation of every multi-order group, evaluated in one vectorised pass.
+        rows: list[tuple[int, ...]] = []
+        owner: list[int] = []
+        for b, g in enumerate(groups):
+            if len(g) > 1:
+                for perm in itertools.permutations(g):
+                    rows.append(perm)
+                    owner.append(b)
+        if rows:
+            cand = _matrix(rows, width)
+            cost = _offsets(snapshot, cand)[0].sum(axis=1)
+            own = np.asarray(owner)
+            order = np.lexsort((np.arange(len(rows)), cost, own))  # per group: cheapest, then first
+            first = np.ones(len(rows), dtype=bool)
+            first[1:] = own[order][1:] != own[order][:-1]
+            best = order[first]
+            orders[own[best]] = cand[best]
+    offs, free = _offsets(snapshot, orders)
+    size = (orders >= 0).sum(axis=1).astype(np.int64)
     safe = np.where(orders >= 0, orders, 0)
     ready = np.where(orders >= 0, snapshot.order_ready[safe], np.iinfo(np.int64).min).max(axis=1)
     placement = np.where(orders >= 0, snapshot.order_placement[safe], np.iinfo(np.int64).max).min(axis=1)
     restaurant = snapshot.order_restaurant[orders[:, 0]] if n else np.zeros(0, dtype=np.int64)
+    last = np.take_along_axis(orders, np.maximum(size - 1, 0)[:, None], axis=1)[:, 0] if n else size
     return Bundles(
         orders=orders,
         size=size,
@@ -129,8 +163,8 @@ def sequence_bundles(snapshot: Snapshot, groups: list[tuple[int, ...]], reorder:
         ready=ready.astype(np.int64),
         placement_min=placement.astype(np.int64),
         dropoff_offset=offs,
-        free_offset=free,
-        last_xy=last_xy,
+        free_offset=free.astype(np.int64),
+        last_xy=snapshot.order_xy[last] if n else np.zeros((0, 2)),
     )
 
 
@@ -160,14 +194,15 @@ def route_times(snapshot: Snapshot, couriers: IntArray, bundles: Bundles) -> Rou
         snapshot.courier_xy[couriers], snapshot.restaurant_xy[bundles.restaurant], p.meters_per_minute
     )
     pickup = np.maximum(bundles.ready[None, :], start + travel + p.half_pickup)
-    drop = pickup[:, :, None] + bundles.dropoff_offset[None, :, :]
-    safe = np.where(bundles.orders >= 0, bundles.orders, 0)
-    placement = snapshot.order_placement[safe]
+    # Every drop-off is pickup + a per-bundle offset, so click-to-door splits into pickup + a bundle
+    # constant: (couriers × bundles) work only, never (couriers × bundles × bundle size).
     valid = bundles.orders >= 0
-    ctd = np.where(valid[None], drop - placement[None], 0)
-    max_ctd = ctd.max(axis=2)
-    sum_ctd = ctd.sum(axis=2)
-    last = np.take_along_axis(drop, (bundles.size - 1)[None, :, None].repeat(len(couriers), 0), axis=2)[..., 0]
+    placement = snapshot.order_placement[np.where(valid, bundles.orders, 0)]
+    rel = np.where(valid, bundles.dropoff_offset - placement, np.iinfo(np.int64).min)
+    max_ctd = pickup + rel.max(axis=1)[None, :]
+    sum_ctd = pickup * bundles.size[None, :] + np.where(valid, rel, 0).sum(axis=1)[None, :]
+    last_offset = np.take_along_axis(bundles.dropoff_offset, np.maximum(bundles.size - 1, 0)[:, None], axis=1)[:, 0]
+    last = pickup + last_offset[None, :]
     feasible = (pickup <= snapshot.courier_off_time[couriers][:, None]) & (max_ctd <= p.max_ctd)
     return RouteTimes(
         start=np.broadcast_to(start, pickup.shape),
