@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,9 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from dispatch.assemble import Assembled
 from dispatch.model import ModelError
+from dispatch.snapshot import FloatArray, Snapshot
 from service.auth import TokenAuth, server_credentials
 from service.batcher import BatcherClosed, ModelRunError, QueueFull
 from service.decision import (
@@ -60,6 +62,7 @@ class ServerConfig:
     metrics_host: str = "127.0.0.1"
     device: str = "cpu"
     threads: int = 0
+    cpu_threads: int = 0
     max_batch: int = 32
     max_queue_delay_ms: float = 0.0
     max_queue: int = 256
@@ -93,7 +96,10 @@ def _us(seconds: float) -> int:
 class DecisionService:
     """The request path, independent of the transport: request → validated snapshot → joint action."""
 
-    def __init__(self, registry: Registry, metrics: Metrics, limits: Limits, fallback_margin_s: float) -> None:
+    def __init__(
+        self, registry: Registry, metrics: Metrics, limits: Limits, fallback_margin_s: float, cpu_threads: int
+    ) -> None:
+        self.cpu = ThreadPoolExecutor(cpu_threads, thread_name_prefix="dispatch-cpu")
         self.registry = registry
         self.metrics = metrics
         self.limits = limits
@@ -109,15 +115,17 @@ class DecisionService:
         budget_end = None if remaining_s is None else t0 + remaining_s
         if not self.registry.ready:
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, "no model loaded yet")
-        try:
-            snapshot = to_snapshot(request, self.limits)
-        except ValidationError as exc:
-            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        loop = asyncio.get_running_loop()
         queue_s = inference_s = 0.0
         reason = ""
+        snapshot: Snapshot | None = None
         while True:
             model = self._pick(request)
-            prepared = prepare(snapshot, model.manifest.candidates)
+            try:
+                # CPU-heavy numpy work runs off the event loop so health checks and I/O stay responsive.
+                snapshot, prepared = await loop.run_in_executor(self.cpu, self._prepare, request, snapshot, model)
+            except ValidationError as exc:
+                raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
             reason = ""
             scores = None
             if prepared.encoded is None:
@@ -145,21 +153,11 @@ class DecisionService:
                 log.warning("model %s:%s failed, fallback answers: %s", model.name, model.version, exc)
                 reason = "model_error"
             break
-        rule = model.rule
         if reason:
             self.metrics.fallbacks.labels(model.name, model.version, reason).inc()
-            scores = fallback_scores(prepared)
-            rule = FALLBACK_RULE
-        assert scores is not None
-        try:
-            assembled = finish(prepared, scores, rule)
-        except Exception as exc:  # a model's NaN scores can break a rule: still answer, flagged
-            log.warning("assembly failed on %s:%s scores, fallback answers: %s", model.name, model.version, exc)
-            reason = "model_error"
-            self.metrics.fallbacks.labels(model.name, model.version, reason).inc()
-            scores = fallback_scores(prepared)
-            rule = FALLBACK_RULE
-            assembled = finish(prepared, scores, rule)
+        assembled, scores, rule, reason = await loop.run_in_executor(
+            self.cpu, self._assemble, prepared, scores, model, reason
+        )
         response = build_response(prepared, assembled, scores, request.include_scores)
         total = time.perf_counter() - t0
         response.request_id = request.request_id
@@ -173,9 +171,31 @@ class DecisionService:
         lat.labels("inference", model.name, model.version).observe(inference_s)
         lat.labels("assembly", model.name, model.version).observe(max(0.0, total - queue_s - inference_s))
         lat.labels("total", model.name, model.version).observe(total)
-        if not reason:
+        if not reason and snapshot is not None:
             self._shadow(model, prepared, assembled.action.to_ids(snapshot))
         return response, model.name, model.version
+
+    def _prepare(
+        self, request: pb.DecideRequest, snapshot: Snapshot | None, model: LoadedModel
+    ) -> tuple[Snapshot, Prepared]:
+        """Validate (once) and build the candidates and features for ``model``."""
+        if snapshot is None:
+            snapshot = to_snapshot(request, self.limits)
+        return snapshot, prepare(snapshot, model.manifest.candidates)
+
+    def _assemble(
+        self, prepared: Prepared, scores: FloatArray | None, model: LoadedModel, reason: str
+    ) -> tuple[Assembled, FloatArray, str, str]:
+        """The joint action under the model's rule, or the fallback's when ``reason`` is set or the rule fails."""
+        if not reason and scores is not None:
+            try:
+                return finish(prepared, scores, model.rule), scores, model.rule, ""
+            except Exception as exc:  # NaN or otherwise broken model scores: still answer, flagged
+                log.warning("assembly failed on %s:%s scores, fallback answers: %s", model.name, model.version, exc)
+                reason = "model_error"
+                self.metrics.fallbacks.labels(model.name, model.version, reason).inc()
+        fallback = fallback_scores(prepared)
+        return finish(prepared, fallback, FALLBACK_RULE), fallback, FALLBACK_RULE, reason
 
     def _pick(self, request: pb.DecideRequest) -> LoadedModel:
         try:
@@ -339,7 +359,13 @@ class DispatchServer:
             ab=config.ab,
             shadow=config.shadow,
         )
-        self.service = DecisionService(self.registry, self.metrics, config.limits, config.fallback_margin_ms / 1000.0)
+        self.service = DecisionService(
+            self.registry,
+            self.metrics,
+            config.limits,
+            config.fallback_margin_ms / 1000.0,
+            config.cpu_threads or usable_cores(),
+        )
         self.health = health.aio.HealthServicer()
         self.port = 0
         self.metrics_port = 0
@@ -403,6 +429,7 @@ class DispatchServer:
             await self._server.stop(self.config.grace_s if grace_s is None else grace_s)
         await self.service.drain_shadow()
         await self.registry.close()
+        self.service.cpu.shutdown(wait=False)
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
