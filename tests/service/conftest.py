@@ -58,6 +58,8 @@ def snapshots(model_dir: Path) -> list[Snapshot]:
 @pytest.fixture(scope="module")
 def server(model_dir: Path) -> Iterator[ThreadedServer]:
     """A server with two slots (lin v1 default, lin2 v2) on a free loopback port."""
-    cfg = ServerConfig(models=[("lin", model_dir / "lin.onnx"), ("lin2", model_dir / "lin2.onnx")], port=0, metrics_port=0)
+    cfg = ServerConfig(
+        models=[("lin", model_dir / "lin.onnx"), ("lin2", model_dir / "lin2.onnx")], port=0, metrics_port=0
+    )
     with ThreadedServer(cfg) as srv:
         yield srv

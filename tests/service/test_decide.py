@@ -101,7 +101,9 @@ def test_selector_errors(server: ThreadedServer, snapshots: list[Snapshot]):
         assert err.value.code() == grpc.StatusCode.NOT_FOUND and "model_name" in (err.value.details() or "")
         with pytest.raises(grpc.RpcError) as err:
             client.decide(snapshots[0], model_name="lin", model_version="7")
-        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "model_version" in (err.value.details() or "")
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "model_version" in (
+            err.value.details() or ""
+        )
         assert client.decide(snapshots[0], model_name="lin", model_version="1").model_version == "1"
 
 

@@ -9,7 +9,9 @@ from service.protogen import GEN, generate
 
 def test_generated_code_is_fresh(tmp_path: Path) -> None:
     fresh = {p.relative_to(tmp_path): p.read_bytes() for p in generate(tmp_path)}
-    committed = {p.relative_to(GEN): p.read_bytes() for p in GEN.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    committed = {
+        p.relative_to(GEN): p.read_bytes() for p in GEN.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    }
     assert sorted(fresh) == sorted(committed), "service/gen has other files than `make protos` writes"
     stale = [str(p) for p in fresh if fresh[p] != committed[p]]
     assert not stale, f"service/gen is stale, run `make protos`: {stale}"

@@ -104,7 +104,8 @@ def test_corrupt_or_mismatched_model_is_refused_and_old_keeps_serving(
             assert (r.model_version, r.fallback) == ("1", False)
         registry = srv.server.metrics.registry
         errors = registry.get_sample_value(
-            "dispatch_model_events_total", {"slot": "m", "model": "", "version": "", "event": "reload", "result": "error"}
+            "dispatch_model_events_total",
+            {"slot": "m", "model": "", "version": "", "event": "reload", "result": "error"},
         )
         assert errors == 3
 
@@ -161,9 +162,12 @@ def test_shadow_scores_every_request_without_answering(model_dir: Path, snapshot
         registry = srv.server.metrics.registry
 
         def shadow(outcome: str) -> float:
-            return registry.get_sample_value(
-                "dispatch_shadow_decisions_total", {"model": "arm_b", "version": "1", "outcome": outcome}
-            ) or 0.0
+            return (
+                registry.get_sample_value(
+                    "dispatch_shadow_decisions_total", {"model": "arm_b", "version": "1", "outcome": outcome}
+                )
+                or 0.0
+            )
 
         n = len(snapshots)
         assert _wait_for(lambda: shadow("agree") + shadow("differ") == 6 * n)

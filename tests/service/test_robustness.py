@@ -19,7 +19,6 @@ from service.server import ServerConfig, ThreadedServer
 
 def write_failing_model(path: Path) -> Path:
     """A model that loads and passes its manifest check but fails in every ONNX Runtime run."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     from dispatch.features import CANDIDATE_FEATURES
