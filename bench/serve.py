@@ -100,9 +100,19 @@ async def _load(target: str, request, concurrency: int, seconds: float, min_n: i
 
 
 def _rss_mib(pid: int) -> tuple[float, float]:
+    """(current, peak) resident MiB of a process."""
     status = Path(f"/proc/{pid}/status").read_text()
     values = {ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in status.splitlines() if ln.startswith("Vm")}
     return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes (the --prep-processes workers and their spawn helper)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        out.extend(int(c) for c in text)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"| {_ms(lat, 0.99)} | {ratio:.0f}× | {q:.2f} / {inf:.2f} / {rest:.2f} |"
                 )
         rss, peak = _rss_mib(proc.pid)
-        print(f"\nserver RSS {rss:.0f} MiB (peak {peak:.0f} MiB); load average after {os.getloadavg()[0]:.2f}")
+        kids = [_rss_mib(c)[0] for c in _children(proc.pid)]
+        extra = f" + {len(kids)} child processes {sum(kids):.0f} MiB" if kids else ""
+        print(f"\nserver RSS {rss:.0f} MiB (peak {peak:.0f} MiB){extra}; load average after {os.getloadavg()[0]:.2f}")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)

@@ -63,6 +63,12 @@ def register(sub: Any) -> None:
     s.add_argument(
         "--cpu-threads", type=int, default=0, help="threads for validation/encoding/assembly (default: usable cores)"
     )
+    s.add_argument(
+        "--prep-processes",
+        type=int,
+        default=0,
+        help="processes for candidate generation and encoding (default 0: threads; >0 uses several cores)",
+    )
     s.add_argument("--max-batch", type=int, default=32, help="snapshots per ONNX Runtime run (default 32)")
     s.add_argument(
         "--max-queue-delay-ms",
@@ -140,6 +146,7 @@ def serve(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         cpu_threads=args.cpu_threads,
+        prep_processes=args.prep_processes,
         max_batch=args.max_batch,
         max_queue_delay_ms=args.max_queue_delay_ms,
         max_queue=args.max_queue,

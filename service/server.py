@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import os
 import signal
 import threading
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ class ServerConfig:
     device: str = "cpu"
     threads: int = 0
     cpu_threads: int = 0
+    prep_processes: int = 0
     max_batch: int = 32
     max_queue_delay_ms: float = 0.0
     max_queue: int = 256
@@ -89,6 +91,13 @@ class ServiceError(Exception):
         self.message = message
 
 
+def _warm() -> int:
+    """Runs in a preparation process: import the decision path; returns the worker's pid."""
+    import service.decision  # noqa: F401
+
+    return os.getpid()
+
+
 def _us(seconds: float) -> int:
     return round(seconds * 1e6)
 
@@ -97,9 +106,23 @@ class DecisionService:
     """The request path, independent of the transport: request → validated snapshot → joint action."""
 
     def __init__(
-        self, registry: Registry, metrics: Metrics, limits: Limits, fallback_margin_s: float, cpu_threads: int
+        self,
+        registry: Registry,
+        metrics: Metrics,
+        limits: Limits,
+        fallback_margin_s: float,
+        cpu_threads: int,
+        prep_processes: int = 0,
     ) -> None:
         self.cpu = ThreadPoolExecutor(cpu_threads, thread_name_prefix="dispatch-cpu")
+        # Candidate generation is Python-heavy and holds the GIL: processes (spawned, since forking a
+        # process that runs gRPC threads is unsafe) let it use every core.
+        self._prep_processes = prep_processes
+        self.procs = (
+            ProcessPoolExecutor(prep_processes, mp_context=multiprocessing.get_context("spawn"))
+            if prep_processes > 0
+            else None
+        )
         self.registry = registry
         self.metrics = metrics
         self.limits = limits
@@ -181,7 +204,16 @@ class DecisionService:
         """Validate (once) and build the candidates and features for ``model``."""
         if snapshot is None:
             snapshot = to_snapshot(request, self.limits)
+        if self.procs is not None:
+            return snapshot, self.procs.submit(prepare, snapshot, model.manifest.candidates).result()
         return snapshot, prepare(snapshot, model.manifest.candidates)
+
+    def warm_up(self) -> None:
+        """Start the preparation processes now rather than on the first requests."""
+        if self.procs is not None:
+            # Each worker imports numpy and the decision path once; a slow first call would blow deadlines.
+            for future in [self.procs.submit(_warm) for _ in range(self._prep_processes)]:
+                future.result()
 
     def _assemble(
         self, prepared: Prepared, scores: FloatArray | None, model: LoadedModel, reason: str
@@ -365,6 +397,7 @@ class DispatchServer:
             config.limits,
             config.fallback_margin_ms / 1000.0,
             config.cpu_threads or usable_cores(),
+            config.prep_processes,
         )
         self.health = health.aio.HealthServicer()
         self.port = 0
@@ -409,6 +442,7 @@ class DispatchServer:
     async def load_models(self) -> None:
         """Load every model, then report SERVING (and write the port file)."""
         await self.registry.load_all()
+        await asyncio.get_running_loop().run_in_executor(None, self.service.warm_up)
         for name in ("", DISPATCH_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.config.watch_s > 0:
@@ -430,6 +464,8 @@ class DispatchServer:
         await self.service.drain_shadow()
         await self.registry.close()
         self.service.cpu.shutdown(wait=False)
+        if self.service.procs is not None:
+            self.service.procs.shutdown(wait=True, cancel_futures=True)
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()

@@ -12,7 +12,7 @@ from dispatch.onnx_policy import OnnxPolicy
 from dispatch.snapshot import Snapshot
 from service.client import AsyncDispatchClient, DispatchClient, response_to_action, response_to_ids, snapshot_to_request
 from service.gen.dispatch.v1 import dispatch_pb2 as pb
-from service.server import ThreadedServer
+from service.server import ServerConfig, ThreadedServer
 
 
 def test_same_joint_action_as_in_process_policy(server: ThreadedServer, snapshots: list[Snapshot], model_dir: Path):
@@ -26,6 +26,17 @@ def test_same_joint_action_as_in_process_policy(server: ThreadedServer, snapshot
                 assert r.request_id == f"r{i}"
                 assert (r.model_name, r.model_version) == (policy.manifest.name, policy.manifest.version)
                 assert not r.fallback and r.conflict_rule == "greedy"
+
+
+def test_preparation_processes_give_the_same_answer(model_dir: Path, snapshots: list[Snapshot]):
+    policy = OnnxPolicy(model_dir / "lin.onnx")
+    cfg = ServerConfig(models=[("lin", model_dir / "lin.onnx")], port=0, metrics_port=None, prep_processes=1)
+    with ThreadedServer(cfg) as srv, DispatchClient(srv.target) as client:
+        for snap in snapshots:
+            assert response_to_ids(client.decide(snap)) == policy.decide(snap).action.to_ids(snap)
+        with pytest.raises(grpc.RpcError) as err:
+            client.decide(pb.DecideRequest(time=-1.0))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_joint_action_is_feasible_and_busy_couriers_wait(server: ThreadedServer, snapshots: list[Snapshot]):
