@@ -173,6 +173,8 @@ class Registry:
             on_batch=lambda n, _s: self.metrics.batch_size.labels(model.name, model.version).observe(n),
         )
         model.batcher.start()
+        batcher = model.batcher
+        self.metrics.queue_depth.labels(model.name, model.version).set_function(lambda: batcher.depth)
         self.metrics.model_events.labels(slot, model.name, model.version, event, "ok").inc()
         log.info(
             "%s slot %r: %s version %s on %s %s", event, slot, model.name, model.version, model.policy.info.device, path

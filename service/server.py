@@ -295,6 +295,13 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("Decide failed")
+            await context.abort(code, "internal error (logged on the server)")
+            raise
         finally:
             self.service.metrics.requests.labels("Decide", code.name, *labels).inc()
 
@@ -308,9 +315,16 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
         async def one(request: pb.DecideRequest) -> None:
             try:
                 response, name, version = await self.service.decide(request, None)
-            except ServiceError as exc:
-                metrics.requests.labels("DecideStream", exc.code.name, "", "").inc()
-                err = pb.StreamError(request_id=request.request_id, code=exc.code.value[0], message=exc.message)
+            except Exception as exc:  # one bad message must not end the caller's stream
+                code, message = (
+                    (exc.code, exc.message)
+                    if isinstance(exc, ServiceError)
+                    else (grpc.StatusCode.INTERNAL, "internal error (logged on the server)")
+                )
+                if not isinstance(exc, ServiceError):
+                    log.exception("DecideStream message failed")
+                metrics.requests.labels("DecideStream", code.name, "", "").inc()
+                err = pb.StreamError(request_id=request.request_id, code=code.value[0], message=message)
                 await out.put(pb.DecideStreamResponse(error=err))
                 return
             metrics.requests.labels("DecideStream", "OK", name, version).inc()

@@ -128,3 +128,14 @@ def test_async_client_concurrent_calls(server: ThreadedServer, snapshots: list[S
     responses = asyncio.run(run())
     for snap, r in zip(snapshots * 4, responses, strict=True):
         assert response_to_ids(r) == policy.decide(snap).action.to_ids(snap)
+
+
+def test_reflection_lists_the_services(server: ThreadedServer):
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    with grpc.insecure_channel(server.target) as channel:
+        db = ProtoReflectionDescriptorDatabase(channel)
+        services = set(db.get_services())
+        assert {"dispatch.v1.DispatchService", "dispatch.v1.ModelAdminService", "grpc.health.v1.Health"} <= services
+        proto = db.FindFileContainingSymbol("dispatch.v1.DecideRequest")
+        assert proto.package == "dispatch.v1"

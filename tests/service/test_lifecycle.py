@@ -121,6 +121,7 @@ def test_metrics_endpoint_passes_promtool(server: ThreadedServer, snapshots: lis
         'dispatch_requests_total{code="NOT_FOUND",method="Decide",model="",version=""}',
         'dispatch_request_latency_seconds_bucket{le="0.001",model="linear",stage="inference",version="1"}',
         'dispatch_batch_size_count{model="linear",version="1"}',
+        'dispatch_queue_depth{model="linear",version="1"} 0.0',
         'dispatch_model_events_total{event="load",model="linear",result="ok",slot="lin",version="1"} 1.0',
         'dispatch_model_loaded{device="cpu",model="linear",slot="lin2",version="2"} 1.0',
     ):
@@ -170,6 +171,19 @@ def test_image_entrypoint_serves_and_stops_on_sigterm(model_dir: Path, tmp_path:
         assert subprocess.run(probe, env=_env(), timeout=60).returncode == 0
         with DispatchClient(f"127.0.0.1:{port}") as client:
             assert client.decide(snapshots[0]).actions
+        call = subprocess.run(
+            [sys.executable, "-m", "dispatch_cli.main", "call", "--target", f"127.0.0.1:{port}", "--time", "60"],
+            env=_env(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert call.returncode == 0, call.stderr
+        answer = json.loads(call.stdout)
+        assert answer["model"] == "linear:1" and answer["fallback"] is False and answer["time"] >= 60
+        given = [o for orders in answer["assignments"].values() for o in orders]
+        assert len(given) == len(set(given))
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
