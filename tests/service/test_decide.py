@@ -139,3 +139,14 @@ def test_reflection_lists_the_services(server: ThreadedServer):
         assert {"dispatch.v1.DispatchService", "dispatch.v1.ModelAdminService", "grpc.health.v1.Health"} <= services
         proto = db.FindFileContainingSymbol("dispatch.v1.DecideRequest")
         assert proto.package == "dispatch.v1"
+
+
+def test_readme_client_example_runs(
+    server: ThreadedServer, snapshots: list[Snapshot], capsys: pytest.CaptureFixture[str]
+):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    serving = readme.split("## Serving", 1)[1]
+    code = serving.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(code.replace("127.0.0.1:50051", server.target), {"snapshot": snapshots[0]})
+    out = capsys.readouterr().out
+    assert out.startswith("linear 1 False") and snapshots[0].courier_ids[0] in out
