@@ -77,7 +77,11 @@ def register(sub: Any) -> None:
         help="hold a batch open this long for more snapshots (default 0: batch what waits while the model runs)",
     )
     s.add_argument(
-        "--max-queue", type=int, default=256, help="waiting snapshots before RESOURCE_EXHAUSTED (default 256)"
+        "--max-queue",
+        type=int,
+        default=256,
+        help="requests waiting for preparation, and snapshots waiting for inference, before RESOURCE_EXHAUSTED "
+        "(default 256)",
     )
     s.add_argument("--max-couriers", type=int, default=2000, help="couriers per request (default 2000)")
     s.add_argument("--max-orders", type=int, default=10000, help="orders per request (default 10000)")

@@ -113,8 +113,14 @@ class DecisionService:
         fallback_margin_s: float,
         cpu_threads: int,
         prep_processes: int = 0,
+        max_waiting: int = 256,
     ) -> None:
-        self.cpu = ThreadPoolExecutor(cpu_threads, thread_name_prefix="dispatch-cpu")
+        # Two pools: assembly never queues behind the preparation of newer requests, so requests finish
+        # in arrival order and few prepared snapshots (large arrays) are alive at once.
+        self.cpu = ThreadPoolExecutor(cpu_threads, thread_name_prefix="dispatch-prep")
+        self.post = ThreadPoolExecutor(cpu_threads, thread_name_prefix="dispatch-assemble")
+        self.max_waiting = max(1, max_waiting)
+        self._waiting = 0
         # Candidate generation is Python-heavy and holds the GIL: processes (spawned, since forking a
         # process that runs gRPC threads is unsafe) let it use every core.
         self._prep_processes = prep_processes
@@ -144,11 +150,20 @@ class DecisionService:
         snapshot: Snapshot | None = None
         while True:
             model = self._pick(request)
+            if self._waiting >= self.max_waiting:
+                self.metrics.shed.labels(model.name, model.version).inc()
+                raise ServiceError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"server busy: {self._waiting} requests waiting for preparation (--max-queue)",
+                )
+            self._waiting += 1
             try:
                 # CPU-heavy numpy work runs off the event loop so health checks and I/O stay responsive.
                 snapshot, prepared = await loop.run_in_executor(self.cpu, self._prepare, request, snapshot, model)
             except ValidationError as exc:
                 raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+            finally:
+                self._waiting -= 1
             reason = ""
             scores = None
             if prepared.encoded is None:
@@ -179,7 +194,7 @@ class DecisionService:
         if reason:
             self.metrics.fallbacks.labels(model.name, model.version, reason).inc()
         assembled, scores, rule, reason = await loop.run_in_executor(
-            self.cpu, self._assemble, prepared, scores, model, reason
+            self.post, self._assemble, prepared, scores, model, reason
         )
         response = build_response(prepared, assembled, scores, request.include_scores)
         total = time.perf_counter() - t0
@@ -412,6 +427,7 @@ class DispatchServer:
             config.fallback_margin_ms / 1000.0,
             config.cpu_threads or usable_cores(),
             config.prep_processes,
+            config.max_queue,
         )
         self.health = health.aio.HealthServicer()
         self.port = 0
@@ -478,6 +494,7 @@ class DispatchServer:
         await self.service.drain_shadow()
         await self.registry.close()
         self.service.cpu.shutdown(wait=False)
+        self.service.post.shutdown(wait=False)
         if self.service.procs is not None:
             self.service.procs.shutdown(wait=True, cancel_futures=True)
         if self._http is not None:

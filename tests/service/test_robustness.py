@@ -110,3 +110,22 @@ def test_full_queue_sheds_with_resource_exhausted(slow_server: ThreadedServer, s
         "dispatch_shed_total", {"model": "linear", "version": "1"}
     )
     assert shed == codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def test_preparation_backlog_is_bounded(model_dir: Path):
+    from bench.serve import synthetic_snapshot
+
+    cfg = ServerConfig(models=[("lin", model_dir / "lin.onnx")], port=0, metrics_port=None, cpu_threads=1, max_queue=1)
+    snap = synthetic_snapshot(64, 256)  # tens of milliseconds of candidate generation each
+    with ThreadedServer(cfg) as srv, DispatchClient(srv.target) as client, cf.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(client.decide, snap, timeout=30.0) for _ in range(8)]
+        answered = shed = 0
+        for f in futures:
+            try:
+                assert not f.result().fallback
+                answered += 1
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "waiting for preparation (--max-queue)" in (exc.details() or "")
+                shed += 1
+        assert answered >= 1 and shed >= 1 and answered + shed == 8
