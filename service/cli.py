@@ -90,8 +90,9 @@ def register(sub: Any) -> None:
     s.add_argument(
         "--fallback-margin-ms",
         type=float,
-        default=2.0,
-        help="answer with the heuristic when less than this is left of the deadline (default 2)",
+        default=10.0,
+        help="answer with the heuristic when less than this is left of the deadline; it must cover assembly "
+        "(default 10)",
     )
     s.add_argument(
         "--ab", action="append", type=_weight, default=[], metavar="NAME=WEIGHT", help="A/B arm (repeatable)"

@@ -70,7 +70,7 @@ class ServerConfig:
     max_queue: int = 256
     limits: Limits = field(default_factory=Limits)
     max_message_bytes: int = 16 * 1024 * 1024
-    fallback_margin_ms: float = 2.0
+    fallback_margin_ms: float = 10.0
     ab: dict[str, float] = field(default_factory=dict)
     shadow: str | None = None
     watch_s: float = 0.0

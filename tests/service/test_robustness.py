@@ -44,7 +44,7 @@ def write_failing_model(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def slow_server(model_dir: Path) -> Iterator[ThreadedServer]:
-    """Batches are held open 400 ms (so a short deadline cannot wait for the model), queue of 3."""
+    """Batches held open 400 ms (a short deadline cannot wait for the model), queue of 3, fallback margin 100 ms."""
     cfg = ServerConfig(
         models=[("lin", model_dir / "lin.onnx"), ("failing", write_failing_model(model_dir / "failing.onnx"))],
         port=0,
@@ -52,6 +52,7 @@ def slow_server(model_dir: Path) -> Iterator[ThreadedServer]:
         max_batch=64,
         max_queue_delay_ms=400,
         max_queue=3,
+        fallback_margin_ms=100,  # generous: the machine running the tests may be heavily loaded
     )
     with ThreadedServer(cfg) as srv:
         yield srv
@@ -62,8 +63,8 @@ def test_near_deadline_answers_with_flagged_fallback(slow_server: ThreadedServer
     with DispatchClient(slow_server.target) as client:
         waited = client.decide(snap, timeout=5.0)
         assert not waited.fallback and waited.timings.queue_us >= 300_000  # it did wait for the batch
-        hinted = client.decide(snap, timeout=5.0, deadline_hint_ms=100)
-        r = client.decide(snap, timeout=0.15)  # the gRPC deadline alone
+        hinted = client.decide(snap, timeout=5.0, deadline_hint_ms=250)
+        r = client.decide(snap, timeout=0.3)  # the gRPC deadline alone
     for resp in (hinted, r):
         assert resp.fallback and resp.fallback_reason == "deadline"
         response_to_action(resp, snap).check(snap)
