@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from dispatch.assemble import Assembled
+from dispatch.candidates import CandidateConfig
 from dispatch.model import ModelError
 from dispatch.snapshot import FloatArray, Snapshot
 from service.auth import TokenAuth, server_credentials
@@ -256,22 +257,35 @@ class DecisionService:
         shadow = self.registry.shadow_model()
         if shadow is None or shadow.slot == served.slot:
             return
-        task = asyncio.get_running_loop().create_task(self._run_shadow(shadow, prepared, answer))
+        task = asyncio.get_running_loop().create_task(
+            self._run_shadow(shadow, prepared, served.manifest.candidates, answer)
+        )
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
 
-    async def _run_shadow(self, shadow: LoadedModel, primary: Prepared, answer: dict[str, tuple[str, ...]]) -> None:
+    async def _run_shadow(
+        self,
+        shadow: LoadedModel,
+        primary: Prepared,
+        primary_config: CandidateConfig,
+        answer: dict[str, tuple[str, ...]],
+    ) -> None:
         """Score the same snapshot with the shadow model; only logged and counted, never returned."""
         counter = self.metrics.shadow
+        loop = asyncio.get_running_loop()
         try:
-            prepared = prepare(primary.snapshot, shadow.manifest.candidates)
+            if shadow.manifest.candidates == primary_config:
+                prepared = primary  # same candidate rule: reuse the served request's encoding
+            else:
+                prepared = await loop.run_in_executor(self.cpu, prepare, primary.snapshot, shadow.manifest.candidates)
             if prepared.encoded is None:
                 ids: dict[str, tuple[str, ...]] = {}
             else:
                 assert shadow.batcher is not None
                 result = await shadow.batcher.submit(prepared.encoded)
                 scores = model_scores(prepared.cands, result.logits, shadow.k)
-                ids = finish(prepared, scores, shadow.rule).action.to_ids(primary.snapshot)
+                assembled = await loop.run_in_executor(self.post, finish, prepared, scores, shadow.rule)
+                ids = assembled.action.to_ids(primary.snapshot)
         except (QueueFull, BatcherClosed):
             counter.labels(shadow.name, shadow.version, "shed").inc()
             return

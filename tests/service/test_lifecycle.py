@@ -90,6 +90,11 @@ def test_cuda_refuses_to_start_without_cuda(model_dir: Path):
     cfg = ServerConfig(models=[("lin", model_dir / "lin.onnx")], port=0, metrics_port=None, device="cuda")
     with pytest.raises(ModelError, match="device 'cuda' requested"):
         ThreadedServer(cfg)
+    cmd = [sys.executable, "-m", "dispatch_cli.main", "serve", "--model", str(model_dir / "lin.onnx"),
+           "--device", "cuda", "--port", "0", "--metrics-port", "-1"]  # fmt: skip
+    out = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "cannot start" in out.stderr and "device 'cuda' requested but the session got only" in out.stderr
 
 
 def test_auto_device_falls_back_to_cpu_with_metric(model_dir: Path):
