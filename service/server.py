@@ -311,28 +311,24 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
 
     async def Decide(self, request: pb.DecideRequest, context: grpc.aio.ServicerContext) -> pb.DecideResponse:
         """One snapshot in, one joint action out."""
-        labels = ("", "")
-        code = grpc.StatusCode.OK
+        # Counted before the status leaves, so a scrape right after the reply already sees it.
+        count = self.service.metrics.requests
         try:
-            response, *labels_ = await self.service.decide(request, context.time_remaining())
-            labels = (labels_[0], labels_[1])
-            return response
+            response, name, version = await self.service.decide(request, context.time_remaining())
         except ServiceError as exc:
-            code = exc.code
+            count.labels("Decide", exc.code.name, "", "").inc()
             await context.abort(exc.code, exc.message)
             raise  # unreachable: abort raises
         except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except grpc.aio.AbortError:
+            count.labels("Decide", grpc.StatusCode.CANCELLED.name, "", "").inc()
             raise
         except Exception:
-            code = grpc.StatusCode.INTERNAL
+            count.labels("Decide", grpc.StatusCode.INTERNAL.name, "", "").inc()
             log.exception("Decide failed")
-            await context.abort(code, "internal error (logged on the server)")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error (logged on the server)")
             raise
-        finally:
-            self.service.metrics.requests.labels("Decide", code.name, *labels).inc()
+        count.labels("Decide", "OK", name, version).inc()
+        return response
 
     async def DecideStream(
         self, request_iterator: AsyncIterator[pb.DecideRequest], context: grpc.aio.ServicerContext
@@ -545,8 +541,16 @@ class ThreadedServer:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="dispatch-server", daemon=True)
         self._thread.start()
-        self.server: DispatchServer = self.call(self._make(config))
-        self.call(self.server.start(load_models))
+        try:
+            self.server: DispatchServer = self.call(self._make(config))
+            self.call(self.server.start(load_models))
+        except BaseException:
+            # A refused start (bad model, cuda missing) must not leave a listening port or a thread behind.
+            with contextlib.suppress(Exception):
+                self.call(self.server.stop(0))
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            raise
 
     @staticmethod
     async def _make(config: ServerConfig) -> DispatchServer:

@@ -53,7 +53,7 @@ def test_health_not_serving_until_a_model_is_loaded(model_dir: Path, snapshots: 
 
 def test_graceful_shutdown_completes_in_flight_calls(model_dir: Path, snapshots: list[Snapshot]):
     cfg = ServerConfig(
-        models=[("lin", model_dir / "lin.onnx")], port=0, metrics_port=None, max_batch=64, max_queue_delay_ms=700
+        models=[("lin", model_dir / "lin.onnx")], port=0, metrics_port=None, max_batch=64, max_queue_delay_ms=1500
     )
     srv = ThreadedServer(cfg)
     client = DispatchClient(srv.target, timeout=20.0)
