@@ -69,6 +69,12 @@ def register(sub: Any) -> None:
         default=0,
         help="processes for candidate generation and encoding (default 0: threads; >0 uses several cores)",
     )
+    s.add_argument(
+        "--inline-max-cells",
+        type=int,
+        default=1024,
+        help="couriers x orders up to which a request is prepared on the event loop, not a thread (default 1024)",
+    )
     s.add_argument("--max-batch", type=int, default=32, help="snapshots per ONNX Runtime run (default 32)")
     s.add_argument(
         "--max-queue-delay-ms",
@@ -152,6 +158,7 @@ def serve(args: argparse.Namespace) -> int:
         threads=args.threads,
         cpu_threads=args.cpu_threads,
         prep_processes=args.prep_processes,
+        inline_max_cells=args.inline_max_cells,
         max_batch=args.max_batch,
         max_queue_delay_ms=args.max_queue_delay_ms,
         max_queue=args.max_queue,

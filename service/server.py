@@ -66,6 +66,7 @@ class ServerConfig:
     threads: int = 0
     cpu_threads: int = 0
     prep_processes: int = 0
+    inline_max_cells: int = 1024
     max_batch: int = 32
     max_queue_delay_ms: float = 0.0
     max_queue: int = 256
@@ -115,12 +116,14 @@ class DecisionService:
         cpu_threads: int,
         prep_processes: int = 0,
         max_waiting: int = 256,
+        inline_max_cells: int = 1024,
     ) -> None:
         # Two pools: assembly never queues behind the preparation of newer requests, so requests finish
         # in arrival order and few prepared snapshots (large arrays) are alive at once.
         self.cpu = ThreadPoolExecutor(cpu_threads, thread_name_prefix="dispatch-prep")
         self.post = ThreadPoolExecutor(cpu_threads, thread_name_prefix="dispatch-assemble")
         self.max_waiting = max(1, max_waiting)
+        self.inline_max_cells = inline_max_cells
         self._waiting = 0
         # Candidate generation is Python-heavy and holds the GIL: processes (spawned, since forking a
         # process that runs gRPC threads is unsafe) let it use every core.
@@ -149,6 +152,9 @@ class DecisionService:
         queue_s = inference_s = 0.0
         reason = ""
         snapshot: Snapshot | None = None
+        # Small snapshots take well under a millisecond of CPU: a thread hand-off would cost more than
+        # the work, and blocking the event loop that briefly is harmless.
+        small = self.procs is None and len(request.couriers) * len(request.orders) <= self.inline_max_cells
         while True:
             model = self._pick(request)
             if self._waiting >= self.max_waiting:
@@ -160,7 +166,10 @@ class DecisionService:
             self._waiting += 1
             try:
                 # CPU-heavy numpy work runs off the event loop so health checks and I/O stay responsive.
-                snapshot, prepared = await loop.run_in_executor(self.cpu, self._prepare, request, snapshot, model)
+                if small:
+                    snapshot, prepared = self._prepare(request, snapshot, model)
+                else:
+                    snapshot, prepared = await loop.run_in_executor(self.cpu, self._prepare, request, snapshot, model)
             except ValidationError as exc:
                 raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
             finally:
@@ -194,9 +203,12 @@ class DecisionService:
             break
         if reason:
             self.metrics.fallbacks.labels(model.name, model.version, reason).inc()
-        assembled, scores, rule, reason = await loop.run_in_executor(
-            self.post, self._assemble, prepared, scores, model, reason
-        )
+        if small:
+            assembled, scores, rule, reason = self._assemble(prepared, scores, model, reason)
+        else:
+            assembled, scores, rule, reason = await loop.run_in_executor(
+                self.post, self._assemble, prepared, scores, model, reason
+            )
         response = build_response(prepared, assembled, scores, request.include_scores)
         total = time.perf_counter() - t0
         response.request_id = request.request_id
@@ -438,6 +450,7 @@ class DispatchServer:
             config.cpu_threads or usable_cores(),
             config.prep_processes,
             config.max_queue,
+            config.inline_max_cells,
         )
         self.health = health.aio.HealthServicer()
         self.port = 0

@@ -28,9 +28,17 @@ def test_same_joint_action_as_in_process_policy(server: ThreadedServer, snapshot
                 assert not r.fallback and r.conflict_rule == "greedy"
 
 
-def test_preparation_processes_give_the_same_answer(model_dir: Path, snapshots: list[Snapshot]):
+@pytest.mark.parametrize("where", ["threads", "processes"])
+def test_every_preparation_path_gives_the_same_answer(model_dir: Path, snapshots: list[Snapshot], where: str):
+    """Small snapshots are prepared inline by default; force the thread pool, or a worker process."""
     policy = OnnxPolicy(model_dir / "lin.onnx")
-    cfg = ServerConfig(models=[("lin", model_dir / "lin.onnx")], port=0, metrics_port=None, prep_processes=1)
+    cfg = ServerConfig(
+        models=[("lin", model_dir / "lin.onnx")],
+        port=0,
+        metrics_port=None,
+        inline_max_cells=0,
+        prep_processes=1 if where == "processes" else 0,
+    )
     with ThreadedServer(cfg) as srv, DispatchClient(srv.target) as client:
         for snap in snapshots:
             assert response_to_ids(client.decide(snap)) == policy.decide(snap).action.to_ids(snap)
