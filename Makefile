@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 JOBS ?= 2
 
-.PHONY: setup demo test lint bench results clean
+.PHONY: setup demo test lint bench results clean protos
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,10 @@ bench: setup
 
 results: setup
 	$(BIN)/python -m simulator.results --jobs $(JOBS) --out docs/results.md
+
+# Regenerate service/gen from protos/ (the generated files are committed; a test checks they are fresh).
+protos: setup
+	$(BIN)/python -m service.protogen
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,204 @@
+"""Serving benchmark: end-to-end gRPC latency and throughput next to raw ONNX Runtime on the same inputs.
+
+The server runs as ``dispatch serve`` in its own process (so client and server do not share a GIL);
+the client is one asyncio process keeping C calls in flight. Snapshots are synthetic (seeded): N
+couriers (70% idle) and M open orders over M/4 restaurants in a 10 km square. In the same run it
+times, in-process: ONNX Runtime ``run`` on the encoded snapshot (batch 1), the shared decision path
+without the network (candidates + features + run + assembly = ``OnnxPolicy.decide``), and its
+candidate generation alone. Prints Markdown tables. Usage: ``python -m bench.serve``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dispatch.onnx_policy import OnnxPolicy, pad_batch
+from dispatch.snapshot import ServiceParams, Snapshot
+from service.decision import prepare
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def synthetic_snapshot(n_couriers: int, n_orders: int, seed: int = 0) -> Snapshot:
+    """A busy city at minute 600: couriers mostly idle, orders placed in the last 20 minutes."""
+    rng = np.random.default_rng(seed)
+    n_rest = max(4, n_orders // 4)
+    t, side = 600, 10_000.0
+    placement = t - rng.integers(0, 20, n_orders)
+    busy = rng.random(n_couriers) >= 0.7
+    return Snapshot(
+        time=t,
+        params=ServiceParams(),
+        restaurant_ids=tuple(f"r{i}" for i in range(n_rest)),
+        restaurant_xy=rng.uniform(0, side, (n_rest, 2)),
+        courier_ids=tuple(f"c{i}" for i in range(n_couriers)),
+        courier_xy=rng.uniform(0, side, (n_couriers, 2)),
+        courier_free_at=np.where(busy, t + rng.integers(1, 30, n_couriers), t - rng.integers(0, 10, n_couriers)),
+        courier_on_time=np.full(n_couriers, t - 120, dtype=np.int64),
+        courier_off_time=np.full(n_couriers, t + 240, dtype=np.int64),
+        order_ids=tuple(f"o{i}" for i in range(n_orders)),
+        order_restaurant=rng.integers(0, n_rest, n_orders).astype(np.int64),
+        order_xy=rng.uniform(0, side, (n_orders, 2)),
+        order_placement=placement.astype(np.int64),
+        order_ready=(placement + rng.integers(5, 30, n_orders)).astype(np.int64),
+    )
+
+
+def _timed(fn, seconds: float, min_n: int = 5) -> np.ndarray:  # type: ignore[no-untyped-def]
+    fn()  # warm-up
+    out = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(out) < min_n:
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return np.array(out)
+
+
+def _ms(x: np.ndarray, q: float) -> str:
+    return f"{np.quantile(x, q) * 1000:.2f}"
+
+
+async def _load(target: str, request, concurrency: int, seconds: float, min_n: int):  # type: ignore[no-untyped-def]
+    from service.client import AsyncDispatchClient
+
+    async with AsyncDispatchClient(target, timeout=600.0) as client:
+        await client.decide(request)  # warm-up
+        lat: list[float] = []
+        server: list[tuple[int, int, int, int]] = []
+        start = time.perf_counter()
+        end = start + seconds
+        failures = 0
+
+        async def worker() -> None:
+            nonlocal failures
+            while time.perf_counter() < end or len(lat) < min_n:
+                t = time.perf_counter()
+                try:
+                    r = await client.decide(request)
+                except Exception:  # counted: a benchmark reports failures instead of dying on one
+                    failures += 1
+                    continue
+                lat.append(time.perf_counter() - t)
+                tm = r.timings
+                server.append((tm.queue_us, tm.inference_us, tm.assembly_us, tm.total_us))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    return np.array(lat), np.array(server), wall, failures
+
+
+def _rss_mib(pid: int) -> tuple[float, float]:
+    """(current, peak) resident MiB of a process."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    values = {ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in status.splitlines() if ln.startswith("Vm")}
+    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes (the --prep-processes workers and their spawn helper)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        out.extend(int(c) for c in text)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the tables."""
+    ap = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__)
+    ap.add_argument("--shapes", default="64x256,512x2048", help="COURIERSxORDERS list")
+    ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--seconds", type=float, default=5.0, help="per cell (at least 2 x concurrency requests)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model", type=Path, help="ONNX model (default: the linear baseline, written to a temp dir)")
+    ap.add_argument("--server-args", default="", help="extra `dispatch serve` flags")
+    args = ap.parse_args(argv)
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    concurrency = [int(c) for c in args.concurrency.split(",")]
+    tmp = tempfile.TemporaryDirectory()
+    model = args.model
+    if model is None:
+        from dispatch.linear_model import write_linear_model
+
+        model = write_linear_model(Path(tmp.name) / "linear.onnx")
+    cores = len(os.sched_getaffinity(0))
+    print(
+        f"python {platform.python_version()}, {cores} usable cores, device {args.device}, "
+        f"load average before {os.getloadavg()[0]:.2f}"
+    )
+    policy = OnnxPolicy(model, device=args.device)
+
+    print("\nIn-process, same snapshots (no network):\n")
+    print("| shape | agents | ORT run p50 / p99 ms | candidates+features p50 ms | OnnxPolicy.decide p50 / p99 ms |")
+    print("|---|---|---|---|---|")
+    raw_p50: dict[tuple[int, int], float] = {}
+    for nc, no in shapes:
+        snap = synthetic_snapshot(nc, no)
+        prep = prepare(snap, policy.manifest.candidates)
+        assert prep.encoded is not None
+        batch = pad_batch([prep.encoded], policy.manifest.candidates.k)
+        secs = args.seconds / 2
+        run = _timed(lambda b=batch: policy.session.run(None, b), secs, 50)
+        path = _timed(lambda s=snap: prepare(s, policy.manifest.candidates), secs)
+        decide = _timed(lambda s=snap: policy.decide(s), secs)
+        raw_p50[(nc, no)] = float(np.median(run))
+        print(
+            f"| {nc} × {no} | {prep.cands.n_agents} | {_ms(run, 0.5)} / {_ms(run, 0.99)} | {_ms(path, 0.5)} "
+            f"| {_ms(decide, 0.5)} / {_ms(decide, 0.99)} |"
+        )
+
+    port_file = Path(tmp.name) / "ports"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    cmd = [sys.executable, "-m", "dispatch_cli.main", "serve", "--model", str(model), "--port", "0",
+           "--metrics-port", "-1", "--port-file", str(port_file), "--device", args.device,
+           "--log-level", "WARNING", *args.server_args.split()]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
+    try:
+        while not port_file.exists():
+            if proc.poll() is not None:
+                raise SystemExit(f"server exited with {proc.returncode}")
+            time.sleep(0.05)
+        target = f"127.0.0.1:{port_file.read_text().split()[0]}"
+        from service.client import snapshot_to_request
+
+        print(f"\nEnd to end over gRPC (`dispatch serve --device {args.device} {args.server_args}`, asyncio client):\n")
+        print(
+            "| shape | concurrency | requests | failed | throughput req/s | p50 ms | p99 ms | p50 / raw ORT p50 "
+            "| server p50 ms: queue / inference / rest |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
+        for nc, no in shapes:
+            request = snapshot_to_request(synthetic_snapshot(nc, no))
+            for c in concurrency:
+                lat, server, wall, failed = asyncio.run(_load(target, request, c, args.seconds, 2 * c))
+                q, inf, rest = (np.median(server[:, i]) / 1000 for i in range(3))
+                ratio = np.median(lat) / raw_p50[(nc, no)]
+                print(
+                    f"| {nc} × {no} | {c} | {len(lat)} | {failed} | {len(lat) / wall:.1f} | {_ms(lat, 0.5)} "
+                    f"| {_ms(lat, 0.99)} | {ratio:.0f}× | {q:.2f} / {inf:.2f} / {rest:.2f} |"
+                )
+        rss, peak = _rss_mib(proc.pid)
+        kids = [_rss_mib(c)[0] for c in _children(proc.pid)]
+        extra = f" + {len(kids)} child processes {sum(kids):.0f} MiB" if kids else ""
+        print(f"\nserver RSS {rss:.0f} MiB (peak {peak:.0f} MiB){extra}; load average after {os.getloadavg()[0]:.2f}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

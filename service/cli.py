@@ -1,0 +1,231 @@
+"""``dispatch serve`` and ``dispatch call``: run the decision service, or ask one for a joint action.
+
+Nothing heavy is imported here at import time (grpc, onnxruntime, the simulator): ``dispatch --help``
+builds every parser, and the serving image must start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+TOKEN_ENV = "DISPATCH_TOKEN"
+
+
+def _model_spec(text: str) -> tuple[str, Path]:
+    """``NAME=PATH`` or ``PATH`` (slot named after the file stem)."""
+    name, sep, path = text.partition("=")
+    if not sep:
+        return Path(text).stem, Path(text)
+    if not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH or PATH, got {text!r}")
+    return name, Path(path)
+
+
+def _weight(text: str) -> tuple[str, float]:
+    name, sep, weight = text.partition("=")
+    try:
+        value = float(weight)
+    except ValueError:
+        value = -1.0
+    if not sep or not name or not value > 0:
+        raise argparse.ArgumentTypeError(f"expected NAME=WEIGHT with WEIGHT > 0, got {text!r}")
+    return name, value
+
+
+def register(sub: Any) -> None:
+    """Add ``serve`` and ``call`` to the ``dispatch`` parser."""
+    s = sub.add_parser(
+        "serve",
+        help="serve ONNX dispatch models over gRPC (health, reflection, Prometheus metrics)",
+        description="Run the gRPC decision service. The first --model is the default; --ab splits traffic, "
+        "--shadow scores every request with a second model (logged and counted only). SIGTERM drains in-flight calls.",
+    )
+    s.add_argument(
+        "--model",
+        action="append",
+        type=_model_spec,
+        required=True,
+        metavar="[NAME=]PATH",
+        help="model slot (repeatable)",
+    )
+    s.add_argument("--host", default="127.0.0.1", help="gRPC bind address (default 127.0.0.1; 0.0.0.0 in containers)")
+    s.add_argument("--port", type=int, default=50051, help="gRPC port (default 50051; 0 picks a free one)")
+    s.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics port (default 9464; -1: off)")
+    s.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address (default 127.0.0.1)")
+    s.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="ONNX Runtime device (default cpu)")
+    s.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: usable cores)")
+    s.add_argument(
+        "--cpu-threads", type=int, default=0, help="threads for validation/encoding/assembly (default: usable cores)"
+    )
+    s.add_argument(
+        "--prep-processes",
+        type=int,
+        default=0,
+        help="processes for candidate generation and encoding (default 0: threads; >0 uses several cores)",
+    )
+    s.add_argument(
+        "--inline-max-cells",
+        type=int,
+        default=1024,
+        help="couriers x orders up to which a request is prepared on the event loop, not a thread (default 1024)",
+    )
+    s.add_argument("--max-batch", type=int, default=32, help="snapshots per ONNX Runtime run (default 32)")
+    s.add_argument(
+        "--max-queue-delay-ms",
+        type=float,
+        default=0.0,
+        help="hold a batch open this long for more snapshots (default 0: batch what waits while the model runs)",
+    )
+    s.add_argument(
+        "--max-queue",
+        type=int,
+        default=256,
+        help="requests waiting for preparation, and snapshots waiting for inference, before RESOURCE_EXHAUSTED "
+        "(default 256)",
+    )
+    s.add_argument("--max-couriers", type=int, default=2000, help="couriers per request (default 2000)")
+    s.add_argument("--max-orders", type=int, default=10000, help="orders per request (default 10000)")
+    s.add_argument("--max-restaurants", type=int, default=10000, help="restaurants per request (default 10000)")
+    s.add_argument("--max-message-mb", type=float, default=16.0, help="largest request in MiB (default 16)")
+    s.add_argument(
+        "--fallback-margin-ms",
+        type=float,
+        default=10.0,
+        help="answer with the heuristic when less than this is left of the deadline; it must cover assembly "
+        "(default 10)",
+    )
+    s.add_argument(
+        "--ab", action="append", type=_weight, default=[], metavar="NAME=WEIGHT", help="A/B arm (repeatable)"
+    )
+    s.add_argument("--shadow", metavar="NAME", help="slot that shadows the served model")
+    s.add_argument("--watch", type=float, default=0.0, metavar="SECONDS", help="reload models whose files change")
+    s.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS")
+    s.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    s.add_argument("--tls-client-ca", type=Path, help="CA of client certificates; enables mutual TLS")
+    s.add_argument("--token-file", type=Path, help=f"require this bearer token (default: ${TOKEN_ENV} when set)")
+    s.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls get at shutdown (default 10)")
+    s.add_argument("--port-file", type=Path, help="write 'GRPC_PORT METRICS_PORT' here once serving")
+    s.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    s.set_defaults(handler=serve)
+
+    c = sub.add_parser(
+        "call",
+        help="send one snapshot of an MDRP instance to a running service and print the joint action",
+        description="Build the snapshot of an MDRP instance at minute --time (nobody assigned before), "
+        "ask the service, print the answer as JSON.",
+    )
+    c.add_argument("--target", default="127.0.0.1:50051", help="host:port (default 127.0.0.1:50051)")
+    c.add_argument("--instance", default="0o100t100s1p100", help="MDRP instance name or folder")
+    c.add_argument("--time", type=int, help="minute of the snapshot (default: first order's placement + 20)")
+    c.add_argument("--model", default="", help="model slot (default: the server's choice)")
+    c.add_argument("--sticky-key", default="", help="A/B sticky key, e.g. a city id")
+    c.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds (default 10)")
+    c.add_argument("--tls-ca", type=Path, help="CA to verify the server (enables TLS)")
+    c.add_argument("--tls-cert", type=Path, help="client certificate for mutual TLS")
+    c.add_argument("--tls-key", type=Path, help="client key for mutual TLS")
+    c.add_argument("--token-file", type=Path, help=f"bearer token file (default: ${TOKEN_ENV} when set)")
+    c.set_defaults(handler=call)
+
+
+def _token(path: Path | None) -> str | None:
+    if path is not None:
+        return path.read_text().strip()
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the server until SIGTERM/SIGINT."""
+    import asyncio
+
+    from service.server import ServerConfig
+    from service.server import serve as run
+    from service.validation import Limits
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServerConfig(
+        models=args.model,
+        host=args.host,
+        port=args.port,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        metrics_host=args.metrics_host,
+        device=args.device,
+        threads=args.threads,
+        cpu_threads=args.cpu_threads,
+        prep_processes=args.prep_processes,
+        inline_max_cells=args.inline_max_cells,
+        max_batch=args.max_batch,
+        max_queue_delay_ms=args.max_queue_delay_ms,
+        max_queue=args.max_queue,
+        limits=Limits(args.max_couriers, args.max_orders, args.max_restaurants),
+        max_message_bytes=int(args.max_message_mb * 1024 * 1024),
+        fallback_margin_ms=args.fallback_margin_ms,
+        ab=dict(args.ab),
+        shadow=args.shadow,
+        watch_s=args.watch,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        token=_token(args.token_file),
+        grace_s=args.grace,
+        port_file=args.port_file,
+    )
+    try:
+        return asyncio.run(run(config))
+    except ValueError as exc:
+        print(f"dispatch serve: {exc}", file=sys.stderr)
+        return 2
+
+
+def instance_snapshot(instance: str, minute: int | None) -> Any:
+    """The snapshot of an MDRP instance at the first epoch >= ``minute`` when nobody was assigned before."""
+    from dispatch.snapshot import JointAction
+    from simulator.engine import Engine
+    from simulator.instance import load
+
+    engine = Engine(load(instance))
+    target = engine.time + 20 if minute is None else minute
+    while engine.time < target and not engine.done:
+        engine.step(JointAction())
+    return engine.snapshot()
+
+
+def call(args: argparse.Namespace) -> int:
+    """Ask a running service for the joint action of one instance snapshot."""
+    import grpc
+
+    from service.client import DispatchClient, response_to_ids
+
+    snapshot = instance_snapshot(args.instance, args.time)
+    client = DispatchClient(
+        args.target,
+        root_certificates=args.tls_ca,
+        client_cert=args.tls_cert,
+        client_key=args.tls_key,
+        token=_token(args.token_file),
+        timeout=args.timeout,
+    )
+    with client:
+        try:
+            r = client.decide(snapshot, request_id=f"{args.instance}@{snapshot.time}", model_name=args.model,
+                              sticky_key=args.sticky_key)  # fmt: skip
+        except grpc.RpcError as exc:
+            print(f"dispatch call: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    out = {
+        "request_id": r.request_id,
+        "time": snapshot.time,
+        "couriers": snapshot.n_couriers,
+        "open_orders": snapshot.n_orders,
+        "model": f"{r.model_name}:{r.model_version}",
+        "fallback": r.fallback_reason if r.fallback else False,
+        "server_us": r.timings.total_us,
+        "assignments": {c: list(o) for c, o in response_to_ids(r).items()},
+    }
+    print(json.dumps(out, indent=1))
+    return 0

@@ -1,0 +1,82 @@
+"""The service's side of the shared decision path: candidates → features → (batched) scores → joint action.
+
+Every step calls ``dispatch`` (the code the simulator and OnnxPolicy run); this module only splits
+the path where the micro-batcher sits between encoding and assembly, and adds the fallback scorer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dispatch import assemble
+from dispatch.assemble import WAIT, Assembled
+from dispatch.candidates import CandidateConfig, CandidateSet, generate
+from dispatch.features import Encoded, encode
+from dispatch.snapshot import FloatArray, Snapshot
+from service.gen.dispatch.v1 import dispatch_pb2 as pb
+
+FALLBACK_RULE = "greedy"
+_FALLBACK_WAIT = -1e6
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A snapshot's candidates and model inputs (``encoded`` is None when no courier can act)."""
+
+    snapshot: Snapshot
+    cands: CandidateSet
+    encoded: Encoded | None
+
+
+def prepare(snapshot: Snapshot, config: CandidateConfig) -> Prepared:
+    """Candidates and features exactly as OnnxPolicy builds them."""
+    cands = generate(snapshot, config)
+    return Prepared(snapshot, cands, encode(snapshot, cands) if cands.n_agents else None)
+
+
+def model_scores(cands: CandidateSet, logits: np.ndarray, k: int) -> FloatArray:
+    """(agents, K+1) scores from a model's masked logits row block (wait last), as OnnxPolicy.decide slices them."""
+    rows = logits[: cands.n_agents]
+    return np.concatenate([rows[:, : cands.k], rows[:, k : k + 1]], axis=1)
+
+
+def fallback_scores(prepared: Prepared) -> FloatArray:
+    """Earliest-pickup heuristic: score = -(minutes until pickup); waiting only when nothing is feasible."""
+    cands = prepared.cands
+    pickup = cands.take(cands.times.pickup).astype(np.float64) - prepared.snapshot.time
+    scores = np.where(cands.mask, -pickup, -np.inf)
+    wait = np.full((cands.n_agents, 1), _FALLBACK_WAIT)
+    return np.concatenate([scores, wait], axis=1)
+
+
+def finish(prepared: Prepared, scores: FloatArray, rule: str) -> Assembled:
+    """The conflict-free joint action for ``scores`` under the named rule (dispatch.assemble)."""
+    return assemble.assemble(prepared.cands, scores, rule)
+
+
+def build_response(
+    prepared: Prepared,
+    assembled: Assembled | None,
+    scores: FloatArray | None,
+    include_scores: bool,
+) -> pb.DecideResponse:
+    """Per-courier actions in request order (everyone not assigned waits)."""
+    snap = prepared.snapshot
+    orders_of: dict[int, tuple[int, ...]] = {}
+    if assembled is not None:
+        orders_of = {a.courier: a.orders for a in assembled.action.assignments}
+    agent_row = {int(c): i for i, c in enumerate(prepared.cands.agents)}
+    k = prepared.cands.k
+    actions = []
+    for ci, cid in enumerate(snap.courier_ids):
+        mine = orders_of.get(ci, ())
+        act = pb.CourierAction(courier_id=cid, order_ids=[snap.order_ids[o] for o in mine], wait=not mine)
+        row = agent_row.get(ci)
+        if include_scores and scores is not None and assembled is not None and row is not None:
+            c = int(assembled.choice[row])
+            act.score = float(scores[row, k] if c == WAIT else scores[row, c])
+            act.wait_score = float(scores[row, k])
+        actions.append(act)
+    return pb.DecideResponse(actions=actions)

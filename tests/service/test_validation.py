@@ -1,0 +1,137 @@
+"""Every kind of bad request is refused with INVALID_ARGUMENT naming the field; the server keeps serving."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from dispatch.snapshot import Snapshot
+from service.client import DispatchClient, snapshot_to_request
+from service.gen.dispatch.v1 import dispatch_pb2 as pb
+from service.server import ServerConfig, ThreadedServer
+from service.validation import Limits
+
+Mutation = Callable[[pb.DecideRequest], None]
+
+
+def _set(path: str, value: object) -> Mutation:
+    """Set a (possibly indexed) field, e.g. 'couriers[1].x'."""
+
+    def apply(req: pb.DecideRequest) -> None:
+        obj: object = req
+        parts = path.split(".")
+        for part in parts[:-1]:
+            name, _, idx = part.partition("[")
+            obj = getattr(obj, name)
+            if idx:
+                obj = obj[int(idx.rstrip("]"))]  # type: ignore[index]
+        setattr(obj, parts[-1], value)
+
+    return apply
+
+
+def _dup(field: str) -> Mutation:
+    def apply(req: pb.DecideRequest) -> None:
+        items = getattr(req, field)
+        items[1].id = items[0].id
+
+    return apply
+
+
+NAN, INF = float("nan"), float("inf")
+CASES: list[tuple[str, Mutation, str]] = [
+    ("empty courier id", _set("couriers[1].id", ""), "couriers[1].id"),
+    ("empty order id", _set("orders[0].id", ""), "orders[0].id"),
+    ("empty restaurant id", _set("restaurants[2].id", ""), "restaurants[2].id"),
+    ("duplicate courier id", _dup("couriers"), "couriers[1].id"),
+    ("duplicate order id", _dup("orders"), "orders[1].id"),
+    ("duplicate restaurant id", _dup("restaurants"), "restaurants[1].id"),
+    ("NaN time", _set("time", NAN), "time"),
+    ("negative time", _set("time", -2.0), "time"),
+    ("fractional time", _set("time", 30.5), "time"),
+    ("NaN courier x", _set("couriers[0].x", NAN), "couriers[0].x"),
+    ("inf order y", _set("orders[1].y", INF), "orders[1].y"),
+    ("negative restaurant x", _set("restaurants[0].x", -1.0), "restaurants[0].x"),
+    ("NaN free_at", _set("couriers[0].free_at", NAN), "couriers[0].free_at"),
+    ("negative on_time", _set("couriers[1].on_time", -5.0), "couriers[1].on_time"),
+    ("off before on", _set("couriers[0].off_time", 0.0), "couriers[0].off_time"),
+    ("NaN placement", _set("orders[0].placement_time", NAN), "orders[0].placement_time"),
+    ("negative ready", _set("orders[0].ready_time", -1.0), "orders[0].ready_time"),
+    ("placement in the future", _set("orders[0].placement_time", 1e6), "orders[0].placement_time"),
+    ("unknown restaurant", _set("orders[1].restaurant_id", "nowhere"), "orders[1].restaurant_id"),
+    ("zero speed", _set("params.meters_per_minute", 0.0), "params.meters_per_minute"),
+    ("NaN speed", _set("params.meters_per_minute", NAN), "params.meters_per_minute"),
+    ("negative service", _set("params.pickup_service_minutes", -1), "params.pickup_service_minutes"),
+    ("limit below target", _set("params.max_click_to_door_minutes", 10), "params.max_click_to_door_minutes"),
+]
+
+
+@pytest.fixture(scope="module")
+def small_server(model_dir: Path) -> Iterator[ThreadedServer]:
+    """A server with tight size limits."""
+    cfg = ServerConfig(
+        models=[("lin", model_dir / "lin.onnx")],
+        port=0,
+        metrics_port=None,
+        limits=Limits(max_couriers=20, max_orders=6, max_restaurants=300),
+        max_message_bytes=64 * 1024,
+    )
+    with ThreadedServer(cfg) as srv:
+        yield srv
+
+
+def _code(client: DispatchClient, req: pb.DecideRequest) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as err:
+        client.decide(req)
+    return err.value.code(), err.value.details() or ""
+
+
+@pytest.mark.parametrize(("case", "mutate", "field"), CASES, ids=[c[0] for c in CASES])
+def test_bad_field_is_named(server: ThreadedServer, snapshots: list[Snapshot], case: str, mutate: Mutation, field: str):
+    snap = snapshots[0]
+    req = snapshot_to_request(snap)
+    mutate(req)
+    with DispatchClient(server.target) as client:
+        code, details = _code(client, req)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+        assert details.startswith(field), f"{case}: {details!r} does not name {field}"
+        # The same connection keeps serving good requests.
+        assert client.decide(snap).actions
+
+
+def test_over_limit_counts_name_the_limit(small_server: ThreadedServer, snapshots: list[Snapshot]):
+    snap = max(snapshots, key=lambda s: s.n_couriers)
+    req = snapshot_to_request(snap)
+    assert len(req.couriers) > 20 or len(req.orders) > 6
+    with DispatchClient(small_server.target) as client:
+        while len(req.orders) < 7:
+            o = req.orders.add()
+            o.CopyFrom(req.orders[0])
+            o.id = f"extra{len(req.orders)}"
+        code, details = _code(client, req)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert ("couriers" in details and "--max-couriers" in details) or (
+            details.startswith("orders") and "limit of 6" in details and "--max-orders" in details
+        ), details
+        del req.couriers[20:]
+        code, details = _code(client, req)
+        assert details.startswith("orders: 7 entries exceed the limit of 6 (--max-orders)")
+        req = snapshot_to_request(snapshots[0])
+        del req.orders[6:]
+        del req.couriers[20:]
+        assert client.decide(req).actions
+
+
+def test_oversized_message_is_refused(small_server: ThreadedServer, snapshots: list[Snapshot]):
+    req = snapshot_to_request(snapshots[0])
+    req.request_id = "x" * (80 * 1024)
+    with DispatchClient(small_server.target) as client:
+        code, details = _code(client, req)
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
+        req.request_id = "small"
+        del req.orders[6:]
+        del req.couriers[20:]
+        assert client.decide(req).request_id == "small"
