@@ -18,7 +18,7 @@ import numpy as np
 
 def _time(fn, seconds: float = 2.0) -> np.ndarray:  # type: ignore[no-untyped-def]
     fn()
-    out = []
+    out: list[float] = []
     end = time.perf_counter() + seconds
     while time.perf_counter() < end or len(out) < 5:
         t = time.perf_counter()
@@ -52,13 +52,17 @@ def main(argv: list[str] | None = None) -> int:
         for batch in (1, 32):
             for n in (64, 256, 512):
                 k = 16
-                feed = {"agent": rng.normal(size=(batch, n, FA)).astype(np.float32),
-                        "cand": rng.normal(size=(batch, n, k, FC)).astype(np.float32),
-                        "cand_mask": rng.random((batch, n, k)) > 0.3}
-                ms = _time(lambda feed=feed: sess.run(["logits"], feed), 1.5)
+                feed = {
+                    "agent": rng.normal(size=(batch, n, FA)).astype(np.float32),
+                    "cand": rng.normal(size=(batch, n, k, FC)).astype(np.float32),
+                    "cand_mask": rng.random((batch, n, k)) > 0.3,
+                }
+                ms = _time(lambda feed=feed, sess=sess: sess.run(["logits"], feed), 1.5)
                 p50 = float(np.percentile(ms, 50))
-                print(f"| {threads} | {batch} | {n} | {k} | {p50:.2f} | {np.percentile(ms, 99):.2f} | "
-                      f"{batch * n / p50 * 1000:,.0f} |")
+                print(
+                    f"| {threads} | {batch} | {n} | {k} | {p50:.2f} | {np.percentile(ms, 99):.2f} | "
+                    f"{batch * n / p50 * 1000:,.0f} |"
+                )
     from simulator.logs.generate import generate
     from training.dispatch.train import DispatchTrainConfig, train
 
@@ -67,8 +71,17 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| algorithm | steps | batch (epochs) | courier-decisions/s |")
     print("|---|---|---|---|")
     for algo, params in (("bc", {}), ("inspo", {"warmup_steps": args.train_steps // 2})):
-        res = train(DispatchTrainConfig(data=str(logs), algo=algo, steps=args.train_steps, batch_size=32,
-                                        progress=False, out=str(tmp / algo), params=params))
+        res = train(
+            DispatchTrainConfig(
+                data=str(logs),
+                algo=algo,
+                steps=args.train_steps,
+                batch_size=32,
+                progress=False,
+                out=str(tmp / algo),
+                params=params,
+            )
+        )
         print(f"| {algo} | {args.train_steps} | 32 | {res['stats']['courier_decisions_per_s']:,.0f} |")
     return 0
 

@@ -57,7 +57,7 @@ def synthetic_snapshot(n_couriers: int, n_orders: int, seed: int = 0) -> Snapsho
 
 def _timed(fn, seconds: float, min_n: int = 5) -> np.ndarray:  # type: ignore[no-untyped-def]
     fn()  # warm-up
-    out = []
+    out: list[float] = []
     end = time.perf_counter() + seconds
     while time.perf_counter() < end or len(out) < min_n:
         t = time.perf_counter()

@@ -67,8 +67,22 @@ def main(argv: list[str] | None = None) -> int:
     run = args.out / "run-inspo"
     model = args.out / "models" / "inspo-demo.onnx"
     step("4. train a small InSPO policy on the demo logs")
-    rc = dispatch(["train", "--algo", "inspo", "--data", str(logs), "--steps", str(args.train_steps),
-                   "--out", str(run), "--no-progress", "--set", "warmup_steps=" + str(args.train_steps // 2)])
+    rc = dispatch(
+        [
+            "train",
+            "--algo",
+            "inspo",
+            "--data",
+            str(logs),
+            "--steps",
+            str(args.train_steps),
+            "--out",
+            str(run),
+            "--no-progress",
+            "--set",
+            "warmup_steps=" + str(args.train_steps // 2),
+        ]
+    )
     if rc:
         return rc
     step("5. export it to ONNX (with its manifest) and check torch/ONNX parity")

@@ -18,7 +18,7 @@ from typing import Any
 
 from dispatch.candidates import CandidateConfig
 from dispatch.policy import Decision, Policy
-from dispatch.snapshot import JointAction, Snapshot
+from dispatch.snapshot import Snapshot
 
 GRPC_PREFIX = "grpc://"
 GREEDY_SUFFIX = ":greedy"
@@ -87,12 +87,10 @@ def parse_grpc(spec: str) -> tuple[str, str | None]:
 class RemotePolicy:
     """A policy answered by the gRPC decision service (issue 6), through ``service.client``.
 
-    Expectation on ``service.client`` (imported lazily, so the simulator never needs grpc):
-    it exposes ``DispatchClient(address: str, model: str | None)`` whose ``decide(snapshot)``
-    sends the snapshot as a request and returns the service's joint action, either as a
-    :class:`~dispatch.policy.Decision` or a :class:`~dispatch.snapshot.JointAction` over the
-    snapshot's courier/order indices, and raises on transport errors (which stop A/B and replay
-    runs; they resume on rerun). ``close()`` is optional. A missing module raises a clear error.
+    ``service.client`` is imported lazily, so the simulator never needs grpc: ``DispatchClient``
+    sends the snapshot as a ``DecideRequest`` (selecting ``/model`` when the spec names one) and
+    ``response_to_action`` maps the answer back onto the snapshot's indices. Transport errors raise
+    (they stop A/B and replay runs, which resume on rerun). A missing module raises a clear error.
     """
 
     def __init__(self, spec: str, client: Any | None = None) -> None:
@@ -110,10 +108,8 @@ class RemotePolicy:
                 raise PolicySpecError(
                     f"policy {self.spec!r} needs the gRPC client (service.client, install the 'serve' extra): {exc}"
                 ) from None
-            factory = getattr(client_mod, "DispatchClient", None)
-            if factory is None:
-                raise PolicySpecError(f"policy {self.spec!r}: service.client has no DispatchClient")
-            self._client = factory(self.address, self.model)
+            # A short per-call timeout: a dead endpoint must stop a run quickly, not hang it.
+            self._client = client_mod.DispatchClient(self.address, timeout=30.0)
         return self._client
 
     def reset(self, seed: int) -> None:
@@ -121,12 +117,10 @@ class RemotePolicy:
 
     def decide(self, snapshot: Snapshot) -> Decision:
         """Ask the service for the joint action of this snapshot."""
-        out = self._connect().decide(snapshot)
-        if isinstance(out, Decision):
-            return out
-        if isinstance(out, JointAction):
-            return Decision(out)
-        raise TypeError(f"{self.spec}: service client returned {type(out).__name__}, not a Decision/JointAction")
+        from service.client import response_to_action
+
+        response = self._connect().decide(snapshot, model_name=self.model or "")
+        return Decision(response_to_action(response, snapshot))
 
     def close(self) -> None:
         """Close the channel if the client has one."""
