@@ -1,8 +1,10 @@
 """``make demo``: the main job end to end on an embedded default, in minutes on 2 CPU cores.
 
-Steps so far: simulate one public MDRP day under every heuristic, print their metrics side by side,
-write the MDRP solution files and verify each with the independent checker; generate a small
-offline log dataset under the ``mixed`` behaviour recipe and print its dataset card.
+Simulate one public MDRP day under every heuristic (metrics side by side, solution files verified by
+the independent checker) → generate a small offline log dataset (``mixed`` recipe) and print its card
+→ train a small InSPO policy on it → export it to ONNX with its manifest → evaluate it next to the
+heuristics → serve it over gRPC and dispatch through the real client → A/B it, served over gRPC,
+against the best heuristic, and print where the report is.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--instance", default=DEFAULT_INSTANCE, help=f"MDRP day to use (default {DEFAULT_INSTANCE})")
     ap.add_argument("--log-instance", default="0o50t75s2p100", help="day the demo logs are generated on")
     ap.add_argument("--train-steps", type=int, default=400, help="InSPO gradient steps (default 400)")
+    ap.add_argument("--ab-baseline", default="reyes", help="heuristic the A/B compares the model with (default reyes)")
     args = ap.parse_args(argv)
     started = time.perf_counter()
     sim = args.out / "simulate"
@@ -93,6 +96,23 @@ def main(argv: list[str] | None = None) -> int:
     rc = dispatch(["evaluate", "--model", str(model), "--instances", args.instance, "--no-progress"])
     if rc:
         return rc
+    step("7. serve the exported model over gRPC (a real server process) and dispatch through the client")
+    from service.demo import serve_and_call
+
+    rc = serve_and_call(model, args.instance)
+    if rc:
+        return rc
+    ab_out = args.out / "ab"
+    step(f"8. A/B in the simulator: the InSPO model served over gRPC against {args.ab_baseline}")
+    from service.server import ServerConfig, ThreadedServer
+
+    with ThreadedServer(ServerConfig(models=[("inspo-demo", model)], port=0, metrics_port=0)) as srv:
+        rc = dispatch(["ab", "--a", args.ab_baseline, "--b", f"grpc://{srv.target}/inspo-demo",
+                       "--instances", args.log_instance, "--instances", args.instance, "--seeds", "2",
+                       "--jobs", "1", "--out", str(ab_out), "--no-progress"])
+    if rc:
+        return rc
+    print(f"\nA/B report: {ab_out / 'report.md'} (JSON: {ab_out / 'report.json'})")
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; artefacts under {args.out}/")
     return 0
 
