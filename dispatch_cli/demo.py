@@ -112,7 +112,6 @@ def main(argv: list[str] | None = None) -> int:
                        "--jobs", "1", "--out", str(ab_out), "--no-progress"])
     if rc:
         return rc
-    print(f"\nA/B report: {ab_out / 'report.md'} (JSON: {ab_out / 'report.json'})")
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; artefacts under {args.out}/")
     return 0
 
