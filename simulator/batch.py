@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -59,6 +60,15 @@ def run_task(task: Task) -> TaskResult:
     return TaskResult(task, inst.name, result.metrics, time.perf_counter() - start)
 
 
+def worker_pool(jobs: int) -> ProcessPoolExecutor:
+    """A process pool whose workers start fresh (spawn), never as forks of this process.
+
+    A fork inherits every lock held by another thread at that instant; once a process runs gRPC or
+    ONNX Runtime threads (the service, the tests), a forked worker can deadlock on one of them.
+    """
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+
+
 def default_jobs() -> int:
     """Worker processes: the cores this process may use."""
     try:
@@ -78,7 +88,7 @@ def run_many(tasks: Iterable[Task], jobs: int | None = None, progress: bool = Tr
             results[i] = run_task(t)
             bar.update()
     else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        with worker_pool(jobs) as pool:
             futures = {pool.submit(run_task, t): i for i, t in enumerate(tasks)}
             for fut in as_completed(futures):
                 results[futures[fut]] = fut.result()

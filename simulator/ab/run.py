@@ -12,7 +12,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +24,7 @@ from tqdm import tqdm
 from dispatch.policy import Policy
 from simulator.ab.crn import NoiseConfig, entity_key, perturb, policy_seed
 from simulator.ab.files import read_json, write_json, write_text
+from simulator.batch import worker_pool
 from simulator.engine import SimConfig
 
 FORMAT = "dispatch-ab"
@@ -201,7 +202,7 @@ def _execute(todo: list[Cell], args: tuple[Any, ...], jobs: int, bar: tqdm[Any])
             ran += 1
             bar.update()
     else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        with worker_pool(max(1, jobs)) as pool:
             futures: dict[Future[dict[str, Any]], Cell] = {pool.submit(run_cell, c, *args): c for c in todo}
             pending = set(futures)
             while pending:

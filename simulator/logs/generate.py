@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from dispatch.candidates import CandidateConfig
 from simulator import SIMULATOR_VERSION
+from simulator.batch import worker_pool
 from simulator.behaviour import recipe_for_day
 from simulator.engine import RewardConfig, SimConfig
 from simulator.logs.dataset import MANIFEST, LogError, read_manifest
@@ -160,7 +161,7 @@ def generate(
     _write_manifest(out, man)
     bar = tqdm(total=len(specs), initial=len(done), disable=not progress, unit="day", desc=f"logs {recipe}")
     if todo:
-        with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
+        with worker_pool(max(1, jobs)) as pool:
             futures = [pool.submit(_run, s, str(out), sim, cands, reward) for s in todo]
             for fut in as_completed(futures):
                 entry = fut.result()
