@@ -38,7 +38,7 @@ class Job:
 
 def budget(data: str, scale: float) -> int:
     """Gradient steps for a dataset: the same for every algorithm on it."""
-    return int((6000 if data.startswith("bridge") else 2000) * scale)
+    return int((4000 if data.startswith("bridge") else 1500) * scale)
 
 
 def plan(seeds: int, scale: float, only: list[str] | None) -> list[Job]:

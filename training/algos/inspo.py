@@ -47,7 +47,7 @@ class InSPOConfig:
     ratio_clip: float = 10.0  # c: upper clip of each teammate ratio π^j/μ̂^j
     joint_ratio_clip: float = 10.0  # c_joint: upper clip of the product of teammate ratios
     max_weight: float = 100.0  # w_max: upper clip of the weighted-ML weight
-    expectile: float = 0.9
+    expectile: float = 0.97
     polyak: float = 0.005
     lr: float = 1e-3
     critic_lr: float = 1e-3
