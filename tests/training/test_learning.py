@@ -4,7 +4,7 @@ import pytest
 
 from training.harness import TrainConfig, train
 
-FAST = {"warmup_steps": 150, "hidden": 32}
+FAST = {"warmup_steps": 150, "hidden": 32, "critic_hidden": 64}
 
 
 def run(algo, data, steps, params=None, seed=0, tmp=None):

@@ -13,7 +13,7 @@ import torch
 from training.harness import TrainConfig, final_parameters, load_checkpoint, train
 
 REPO = Path(__file__).resolve().parents[2]
-PARAMS = {"warmup_steps": 40, "hidden": 16}
+PARAMS = {"warmup_steps": 40, "hidden": 16, "critic_hidden": 32}
 
 
 def config(out, **kw):
@@ -44,8 +44,15 @@ def assert_identical(a, b):
 @pytest.mark.parametrize("algo", ["inspo", "icq"])
 def test_stop_and_resume_is_bit_identical(tmp_path, algo):
     full, part = tmp_path / "full", tmp_path / "part"
-    train(config(full, algo=algo, steps=200, algo_params={"hidden": 16} if algo == "icq" else dict(PARAMS)))
-    params = {"hidden": 16} if algo == "icq" else dict(PARAMS)
+    train(
+        config(
+            full,
+            algo=algo,
+            steps=200,
+            algo_params={"hidden": 16, "critic_hidden": 32} if algo == "icq" else dict(PARAMS),
+        )
+    )
+    params = {"hidden": 16, "critic_hidden": 32} if algo == "icq" else dict(PARAMS)
     out = train(config(part, algo=algo, steps=200, stop_after=90, algo_params=params))
     assert out["stopped_at"] == 90 and load_checkpoint(part / "checkpoint.pt")["step"] == 90
     train(config(part, algo=algo, steps=200, resume=True, algo_params=params))

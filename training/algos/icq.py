@@ -33,6 +33,7 @@ class ICQConfig:
     critic_lr: float = 1e-3
     polyak: float = 0.005
     hidden: int = 64
+    critic_hidden: int = 256  # same critic width as InSPO's
     shared: bool = False
 
 
@@ -43,10 +44,10 @@ class ICQ(Algorithm):
 
     def __init__(self, config: ICQConfig, info: DataInfo, generator: torch.Generator) -> None:
         super().__init__(config, info, generator)
-        n, o, a, h = info.n_agents, info.obs_dim, info.n_actions, config.hidden
+        n, o, a, h, ch = info.n_agents, info.obs_dim, info.n_actions, config.hidden, config.critic_hidden
         self.pi = Policy(n, o, a, h, config.shared)
-        self.qi = PerAgent(n, o, a, h, config.shared)
-        self.mixer = LinearMixer(info.state_dim, n, h)
+        self.qi = PerAgent(n, o, a, ch, config.shared)
+        self.mixer = LinearMixer(info.state_dim, n, ch)
         self.qi_targ, self.mixer_targ = copy.deepcopy(self.qi), copy.deepcopy(self.mixer)
         self.modules = {
             "pi": self.pi,

@@ -47,12 +47,13 @@ class InSPOConfig:
     ratio_clip: float = 10.0  # c: upper clip of each teammate ratio π^j/μ̂^j
     joint_ratio_clip: float = 10.0  # c_joint: upper clip of the product of teammate ratios
     max_weight: float = 100.0  # w_max: upper clip of the weighted-ML weight
-    expectile: float = 0.9
+    expectile: float = 0.97
     polyak: float = 0.005
     lr: float = 1e-3
     critic_lr: float = 1e-3
     local_lr: float = 3e-3
     hidden: int = 64
+    critic_hidden: int = 256  # the joint critic must resolve every (state, joint action) pair it was given
     warmup_steps: int = 300  # μ̂ and critics train alone first; then π starts as a copy of μ̂
     shared: bool = False  # parameter sharing with the permutation form (dispatch); False: agent by agent
 
@@ -106,9 +107,9 @@ class InSPO(Algorithm):
         self.pi = Policy(n, o, a, h, sh)
         self.mu = Policy(n, o, a, h, sh)
         self.local = PerAgent(n, o, a, h, sh)
-        self.q = JointQ(info.state_dim, n, a, h)
+        self.q = JointQ(info.state_dim, n, a, config.critic_hidden)
         self.q_targ = copy.deepcopy(self.q)
-        self.v = StateValue(info.state_dim, h)
+        self.v = StateValue(info.state_dim, config.critic_hidden)
         self.modules = {
             "pi": self.pi,
             "mu": self.mu,

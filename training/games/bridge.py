@@ -228,6 +228,19 @@ class BridgeGame:
         )
 
     # --- evaluation -----------------------------------------------------------------------------
+    def _greedy_return(self, policy: PolicyFn) -> float:
+        pos: list[Any] = list(self.starts)
+        total = 0.0
+        for _ in range(self.max_steps):
+            obs = np.stack([self.observe(pos)] * N_AGENTS)[None]
+            legal = self.legal(pos)[None]
+            probs = np.asarray(policy(obs, legal)) * legal
+            pos, r = self.step(pos, tuple(int(a) for a in probs[0].argmax(-1)))
+            total += r
+            if all(p is None for p in pos):
+                break
+        return total
+
     def evaluate(self, policy: PolicyFn, dataset: OfflineDataset, seed: int = 0) -> dict[str, float]:
         """Monte-Carlo mean episode return over ``eval_episodes`` episodes, sampled actions."""
         rng = np.random.default_rng(np.random.SeedSequence([seed, 0xE7A1]))
@@ -254,12 +267,15 @@ class BridgeGame:
                     alive[i] = False
         best = float(dataset.episode_returns().max())
         mean = float(returns.mean())
+        greedy = self._greedy_return(policy)
         return {
             "return": mean,
             "return_std": float(returns.std()),
             "reward_per_step": float(returns.sum() / lengths.sum()),
             "best_dataset_return": best,
             "success": float((~alive).mean()),
+            # The same policy acting greedily (argmax); the environment is deterministic, one episode.
+            "greedy_return": greedy,
             # Fraction of the gap to the best logged return still missing (0 = matches it).
             "gap_to_best": float(abs(mean - best) / max(abs(best), 1e-9)),
         }
