@@ -16,6 +16,18 @@ from simulator.engine import Engine
 from simulator.instance import load
 
 INSTANCE = "0o100t100s1p100"
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the service tests after every other test of the session.
+
+    Once gRPC has run in a process, a child forked from it can hang (gRPC's threads and locks do not
+    survive fork), and other suites fork process pools (``simulator.logs.generate``, ``simulator.batch``).
+    """
+    mine = [i for i in items if HERE in i.path.resolve().parents]
+    if mine:
+        items[:] = [i for i in items if HERE not in i.path.resolve().parents] + mine
 
 
 def other_weights() -> tuple[np.ndarray, float, np.ndarray, float]:
