@@ -107,9 +107,26 @@ def main(argv: list[str] | None = None) -> int:
     from service.server import ServerConfig, ThreadedServer
 
     with ThreadedServer(ServerConfig(models=[("inspo-demo", model)], port=0, metrics_port=0)) as srv:
-        rc = dispatch(["ab", "--a", args.ab_baseline, "--b", f"grpc://{srv.target}/inspo-demo",
-                       "--instances", args.log_instance, "--instances", args.instance, "--seeds", "2",
-                       "--jobs", "1", "--out", str(ab_out), "--no-progress"])
+        rc = dispatch(
+            [
+                "ab",
+                "--a",
+                args.ab_baseline,
+                "--b",
+                f"grpc://{srv.target}/inspo-demo",
+                "--instances",
+                args.log_instance,
+                "--instances",
+                args.instance,
+                "--seeds",
+                "2",
+                "--jobs",
+                "1",
+                "--out",
+                str(ab_out),
+                "--no-progress",
+            ]
+        )
     if rc:
         return rc
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; artefacts under {args.out}/")
