@@ -89,6 +89,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
         "warmup_steps=40",
         "--set",
         "hidden=16",
+        "--set",
+        "critic_hidden=32",
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
