@@ -104,25 +104,25 @@ class InSPO(Algorithm):
     def __init__(self, config: InSPOConfig, info: DataInfo, generator: torch.Generator) -> None:
         super().__init__(config, info, generator)
         n, o, a, h, sh = info.n_agents, info.obs_dim, info.n_actions, config.hidden, config.shared
-        self.pi = Policy(n, o, a, h, sh)
-        self.mu = Policy(n, o, a, h, sh)
-        self.local = PerAgent(n, o, a, h, sh)
-        self.q = JointQ(info.state_dim, n, a, config.critic_hidden)
-        self.q_targ = copy.deepcopy(self.q)
-        self.v = StateValue(info.state_dim, config.critic_hidden)
-        self.modules = {
-            "pi": self.pi,
-            "mu": self.mu,
-            "local": self.local,
-            "q": self.q,
-            "q_targ": self.q_targ,
-            "v": self.v,
-        }
+        self._install(
+            Policy(n, o, a, h, sh),
+            Policy(n, o, a, h, sh),
+            PerAgent(n, o, a, h, sh),
+            JointQ(info.state_dim, n, a, config.critic_hidden),
+            StateValue(info.state_dim, config.critic_hidden),
+        )
+
+    def _install(self, pi: Policy, mu: Policy, local: PerAgent, q: JointQ, v: StateValue) -> None:
+        """Adopt π, μ̂, the local critic, Q and V, and build their optimisers (dispatch brings its own nets)."""
+        cfg = self.config
+        self.pi, self.mu, self.local, self.q, self.v = pi, mu, local, q, v
+        self.q_targ = copy.deepcopy(q)
+        self.modules = {"pi": pi, "mu": mu, "local": local, "q": q, "q_targ": self.q_targ, "v": v}
         self.optims = {
-            "pi": torch.optim.Adam(self.pi.parameters(), lr=config.lr),
-            "mu": torch.optim.Adam(self.mu.parameters(), lr=config.lr),
-            "local": torch.optim.Adam(self.local.parameters(), lr=config.local_lr),
-            "critic": torch.optim.Adam([*self.q.parameters(), *self.v.parameters()], lr=config.critic_lr),
+            "pi": torch.optim.Adam(pi.parameters(), lr=cfg.lr),
+            "mu": torch.optim.Adam(mu.parameters(), lr=cfg.lr),
+            "local": torch.optim.Adam(local.parameters(), lr=cfg.local_lr),
+            "critic": torch.optim.Adam([*q.parameters(), *v.parameters()], lr=cfg.critic_lr),
         }
 
     # --- pieces ---------------------------------------------------------------------------------

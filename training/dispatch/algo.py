@@ -9,7 +9,6 @@ are dicts of padded tensors (see :mod:`training.dispatch.batches`).
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -65,26 +64,7 @@ class DispatchInSPO(InSPO):
         Algorithm.__init__(self, config, info, generator)
         config.shared = True  # couriers are interchangeable: the permutation form of the update
         h = config.hidden
-        self.pi = PolicyHead(h)  # type: ignore[assignment]
-        self.mu = PolicyHead(h)  # type: ignore[assignment]
-        self.local = LocalHead(h)  # type: ignore[assignment]
-        self.q = SetQ(info.state_dim, h)  # type: ignore[assignment]
-        self.q_targ = copy.deepcopy(self.q)
-        self.v = SetV(info.state_dim, h)  # type: ignore[assignment]
-        self.modules = {
-            "pi": self.pi,
-            "mu": self.mu,
-            "local": self.local,
-            "q": self.q,
-            "q_targ": self.q_targ,
-            "v": self.v,
-        }
-        self.optims = {
-            "pi": torch.optim.Adam(self.pi.parameters(), lr=config.lr),
-            "mu": torch.optim.Adam(self.mu.parameters(), lr=config.lr),
-            "local": torch.optim.Adam(self.local.parameters(), lr=config.local_lr),
-            "critic": torch.optim.Adam([*self.q.parameters(), *self.v.parameters()], lr=config.critic_lr),
-        }
+        self._install(PolicyHead(h), PolicyHead(h), LocalHead(h), SetQ(info.state_dim, h), SetV(info.state_dim, h))  # type: ignore[arg-type]
 
 
 def make(name: str, params: dict[str, Any], info: DataInfo, generator: torch.Generator) -> Algorithm:
