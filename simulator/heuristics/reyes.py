@@ -46,7 +46,7 @@ GROUP_BONUS = (1e9, 1e6, 1e3, 0.0)
 
 @dataclass(frozen=True, slots=True)
 class ReyesParams:
-    """Tunable parameters (tuned on instance seeds 0–5 only; see docs/results.md)."""
+    """Tunable parameters, tuned on instance seeds 0–5 only (``python -m simulator.heuristics.tune``)."""
 
     lookahead: int = 20
     theta: float = 1.0
