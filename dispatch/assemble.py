@@ -39,16 +39,36 @@ class Assembled:
 
 
 def _to_action(cands: CandidateSet, choice: IntArray) -> JointAction:
-    out = []
-    for i, c in enumerate(choice):
-        if c != WAIT:
-            b = int(cands.bundle[i, c])
-            out.append(Assignment(int(cands.agents[i]), cands.bundles.members(b)))
-    return JointAction(tuple(out))
+    rows = np.flatnonzero(choice != WAIT)
+    if rows.size == 0:
+        return JointAction()
+    agents = cands.agents[rows].tolist()
+    members = _members(cands, cands.bundle[rows, choice[rows]])
+    return JointAction(tuple(Assignment(a, m) for a, m in zip(agents, members, strict=True)))
 
 
-def _bundle_orders(cands: CandidateSet, b: int) -> tuple[int, ...]:
-    return cands.bundles.members(b)
+def _members(cands: CandidateSet, bundles: IntArray) -> list[tuple[int, ...]]:
+    """Order indices of each listed bundle, as tuples (one conversion for all, not one per bundle)."""
+    return [tuple(o for o in row if o >= 0) for row in cands.bundles.orders[bundles].tolist()]
+
+
+def _descending(values: FloatArray) -> IntArray:
+    """Flat indices of ``values`` in descending order (stable), cut at the first non-positive or non-finite one."""
+    flat = values.ravel()
+    order = np.argsort(-flat, kind="stable")
+    top = flat[order]
+    good = (top > 0) & np.isfinite(top)
+    stop = order.size if good.all() else int(np.argmin(good))
+    return order[:stop]
+
+
+def _slot_members(cands: CandidateSet) -> list[list[tuple[int, tuple[int, ...]]]]:
+    """Per agent: (slot, order indices) of each unmasked candidate, built in one pass."""
+    r, s = np.nonzero(cands.mask)
+    out: list[list[tuple[int, tuple[int, ...]]]] = [[] for _ in range(cands.n_agents)]
+    for i, slot, members in zip(r.tolist(), s.tolist(), _members(cands, cands.bundle[r, s]), strict=True):
+        out[i].append((slot, members))
+    return out
 
 
 def greedy(cands: CandidateSet, scores: FloatArray) -> Assembled:
@@ -57,21 +77,21 @@ def greedy(cands: CandidateSet, scores: FloatArray) -> Assembled:
     choice = np.full(n, WAIT, dtype=np.int64)
     gain = scores[:, :k] - scores[:, k : k + 1]
     gain = np.where(cands.mask, gain, -np.inf)
-    flat = np.argsort(-gain, axis=None, kind="stable")
-    used_orders: set[int] = set()
-    done = np.zeros(n, dtype=bool)
-    for f in flat:
-        i, c = divmod(int(f), k)
-        if gain[i, c] <= 0 or not np.isfinite(gain[i, c]):
-            break
-        if done[i]:
+    flat = _descending(gain)
+    rows, slots = np.divmod(flat, k) if k else (flat, flat)
+    used: set[int] = set()
+    done = [False] * n
+    left = n
+    # Plain Python over lists: per pair this is a few set lookups, far cheaper than numpy calls.
+    for i, c, members in zip(rows.tolist(), slots.tolist(), _members(cands, cands.bundle[rows, slots]), strict=True):
+        if done[i] or not used.isdisjoint(members):
             continue
-        members = _bundle_orders(cands, int(cands.bundle[i, c]))
-        if used_orders.intersection(members):
-            continue
-        used_orders.update(members)
+        used.update(members)
         choice[i] = c
         done[i] = True
+        left -= 1
+        if not left:
+            break
     return Assembled(_to_action(cands, choice), choice, np.zeros(n))
 
 
@@ -87,17 +107,20 @@ def assignment(cands: CandidateSet, scores: FloatArray, max_rounds: int = 20) ->
     cols = np.unique(cands.bundle[cands.mask])
     if cols.size == 0:
         return Assembled(JointAction(), choice, np.zeros(n))
-    col_of = {int(b): j for j, b in enumerate(cols)}
     mat = np.full((n, cols.size), -np.inf)
     slot = np.full((n, cols.size), -1, dtype=np.int64)
-    for i in range(n):
-        for s in np.flatnonzero(cands.mask[i]):
-            j = col_of[int(cands.bundle[i, s])]
-            if gain[i, s] > mat[i, j]:
-                mat[i, j] = gain[i, s]
-                slot[i, j] = s
+    ar, sl = np.nonzero(cands.mask)
+    j = np.searchsorted(cols, cands.bundle[ar, sl])
+    g = gain[ar, sl]
+    # Should an agent list a bundle twice, its best slot (the first among equals) holds the cell.
+    keep = np.lexsort((sl, -g, j, ar))
+    first = np.ones(keep.size, dtype=bool)
+    first[1:] = (ar[keep][1:] != ar[keep][:-1]) | (j[keep][1:] != j[keep][:-1])
+    keep = keep[first & (g[keep] > -np.inf)]
+    mat[ar[keep], j[keep]] = g[keep]
+    slot[ar[keep], j[keep]] = sl[keep]
     banned = np.zeros(cols.size, dtype=bool)
-    members = [set(_bundle_orders(cands, int(b))) for b in cols]
+    members = [set(m) for m in _members(cands, cols)]
     for _ in range(max_rounds):
         m = np.where(banned[None, :] | ~(mat > 0), 0.0, mat)
         # The wait option is implicit: a zero-gain pair is the same as waiting.
@@ -140,12 +163,13 @@ def sequential(
     used: set[int] = set()
     if order is None:
         order = np.arange(n)
+    slots = _slot_members(cands)
     for i in order:
         i = int(i)
         row = np.full(k + 1, -np.inf)
-        for s in np.flatnonzero(cands.mask[i]):
-            if not used.intersection(_bundle_orders(cands, int(cands.bundle[i, s]))):
-                row[s] = logits[i, s]
+        mine = dict(slots[i])
+        free = [slot for slot, members in mine.items() if used.isdisjoint(members)]
+        row[free] = logits[i, free]
         row[k] = logits[i, k]
         z = row - row.max()
         p = np.exp(z)
@@ -154,7 +178,7 @@ def sequential(
         logp[i] = float(np.log(p[c]))
         if c < k:
             choice[i] = c
-            used.update(_bundle_orders(cands, int(cands.bundle[i, c])))
+            used.update(mine[c])
     return Assembled(_to_action(cands, choice), choice, logp)
 
 
@@ -171,20 +195,19 @@ def mass(cands: CandidateSet, logits: FloatArray, threshold: float = 0.5) -> Ass
     p = np.where(cands.mask, prob[:, :k], 0.0)
     total = np.zeros(cands.bundles.n)
     np.add.at(total, cands.bundle[cands.mask], p[cands.mask])
-    flat = np.argsort(-p, axis=None, kind="stable")
+    flat = _descending(p)
+    rows, slots = np.divmod(flat, k)
+    bundles = cands.bundle[rows, slots]
+    wanted = total[bundles] >= threshold
+    rows, slots, bundles = rows[wanted], slots[wanted], bundles[wanted]
     used: set[int] = set()
-    for f in flat:
-        i, c = divmod(int(f), k)
-        if p[i, c] <= 0:
-            break
-        b = int(cands.bundle[i, c])
-        if choice[i] != WAIT or total[b] < threshold:
-            continue
-        members = _bundle_orders(cands, b)
-        if used.intersection(members):
+    done = [False] * n
+    for i, c, members in zip(rows.tolist(), slots.tolist(), _members(cands, bundles), strict=True):
+        if done[i] or not used.isdisjoint(members):
             continue
         used.update(members)
         choice[i] = c
+        done[i] = True
     return Assembled(_to_action(cands, choice), choice, np.zeros(n))
 
 
@@ -220,13 +243,11 @@ def sequential_mixture(
     choice = np.full(n, WAIT, dtype=np.int64)
     logp = np.zeros(n)
     used: set[int] = set()
+    slots = _slot_members(cands)
     for i in order:
         i = int(i)
-        legal = [
-            int(s)
-            for s in np.flatnonzero(cands.mask[i])
-            if not used.intersection(_bundle_orders(cands, int(cands.bundle[i, s])))
-        ]
+        mine = dict(slots[i])
+        legal = [slot for slot, members in mine.items() if used.isdisjoint(members)]
         legal.append(WAIT)
         goal = int(target[i]) if int(target[i]) in legal else WAIT
         explore = rng is not None and epsilon > 0 and rng.random() < epsilon
@@ -234,5 +255,5 @@ def sequential_mixture(
         logp[i] = float(np.log((1 - epsilon) * (c == goal) + epsilon / len(legal)))
         choice[i] = c
         if c != WAIT:
-            used.update(_bundle_orders(cands, int(cands.bundle[i, c])))
+            used.update(mine[c])
     return Assembled(_to_action(cands, choice), choice, logp)

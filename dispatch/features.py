@@ -80,11 +80,12 @@ def encode(snapshot: Snapshot, cands: CandidateSet) -> Encoded:
         rows = np.arange(n)[:, None]
         pickup = tm.pickup[rows, slot].astype(np.float64)
         travel = tm.travel_to_restaurant[rows, slot].astype(np.float64)
-        start = tm.start[rows, slot].astype(np.float64)
-        free_at = tm.free_at[rows, slot].astype(np.float64)
-        sum_ctd = tm.sum_ctd[rows, slot].astype(np.float64)
+        start = np.broadcast_to(tm.start_at[:, None], (n, k)).astype(np.float64)
         max_ctd = tm.max_ctd[rows, slot].astype(np.float64)
         size = bun.size[slot].astype(np.float64)
+        # The other pair times are the pickup plus a per-bundle constant (dispatch.routes.RouteTimes).
+        free_at = pickup + tm.free_offset[slot]
+        sum_ctd = pickup * size + tm.ctd_offset_sum[slot]
         ready = bun.ready[slot].astype(np.float64)
         members = bun.orders[slot]  # (n, K, S)
         valid = members >= 0

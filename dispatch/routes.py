@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -61,15 +62,21 @@ def make_bundles(
     if orders is None:
         orders = np.arange(snapshot.n_orders, dtype=np.int64)
     orders = np.asarray(orders, dtype=np.int64)
-    candidates: list[tuple[int, ...]] = [(int(o),) for o in orders]
-    if max_size >= 2 and orders.size > 1:
+    width = 1 if max_size < 2 or orders.size < 2 else 2
+    singles = np.full((orders.size, width), -1, dtype=np.int64)
+    singles[:, 0] = orders
+    rows = [singles]
+    larger: list[tuple[int, ...]] = []
+    if width == 2:
         # Members in ready-time order (stable), so a bundle lists its orders by ready time.
         by_ready = orders[np.argsort(snapshot.order_ready[orders], kind="stable")]
         rest = snapshot.order_restaurant[by_ready]
         ready = snapshot.order_ready[by_ready]
-        close = (rest[:, None] == rest[None, :]) & (np.abs(ready[:, None] - ready[None, :]) <= max_ready_gap)
-        i, j = np.nonzero(np.triu(close, k=1))
-        candidates.extend((int(by_ready[x]), int(by_ready[y])) for x, y in zip(i, j, strict=True))
+        i, j = _close_pairs(rest, ready, max_ready_gap)
+        if i.size:
+            rows.append(np.stack([by_ready[i], by_ready[j]], axis=1))
+        else:
+            rows[0] = rows[0][:, :1]
         if max_size >= 3:
             groups: dict[int, list[int]] = {}
             for o in by_ready:
@@ -79,8 +86,37 @@ def make_bundles(
                     for combo in itertools.combinations(members, k):
                         r = snapshot.order_ready[list(combo)]
                         if int(r.max() - r.min()) <= max_ready_gap:
-                            candidates.append(combo)
-    return sequence_bundles(snapshot, candidates, reorder=True)
+                            larger.append(combo)
+    matrix = np.concatenate(rows, axis=0)
+    if larger:
+        wide = max(len(g) for g in larger)
+        padded = np.pad(matrix, ((0, 0), (0, wide - width)), constant_values=-1)
+        matrix = np.concatenate([padded, _matrix(larger, wide)])
+    return _tabulate(snapshot, matrix, reorder=True)
+
+
+def _close_pairs(rest: IntArray, ready: IntArray, gap: int) -> tuple[IntArray, IntArray]:
+    """Index pairs i < j with the same restaurant and ready times at most ``gap`` apart, in row-major order.
+
+    ``ready`` must be non-decreasing. Equivalent to ``np.nonzero(np.triu(close, 1))`` of the dense
+    (n × n) test, in O(n × largest restaurant group) instead of O(n²).
+    """
+    n = rest.size
+    perm = np.lexsort((np.arange(n), rest))  # by restaurant, then position (hence ready time)
+    r, t = rest[perm], ready[perm]
+    firsts, seconds = [], []
+    for d in range(1, n):
+        same = r[:-d] == r[d:]
+        if not same.any():
+            break  # no restaurant has more than d orders
+        ok = same & (t[d:] - t[:-d] <= gap)
+        firsts.append(perm[:-d][ok])
+        seconds.append(perm[d:][ok])
+    if not firsts:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    i, j = np.concatenate(firsts), np.concatenate(seconds)
+    order = np.lexsort((j, i))
+    return i[order], j[order]
 
 
 def _offsets(snapshot: Snapshot, seqs: IntArray) -> tuple[IntArray, IntArray]:
@@ -121,21 +157,28 @@ def sequence_bundles(snapshot: Snapshot, groups: list[tuple[int, ...]], reorder:
     With ``reorder``, each group first takes the sequence with the smallest summed drop-off offsets
     (ties: the first in ``itertools.permutations`` order).
     """
-    n = len(groups)
     width = max((len(g) for g in groups), default=1)
-    orders = _matrix(groups, width)
+    return _tabulate(snapshot, _matrix(groups, width), reorder)
+
+
+def _tabulate(snapshot: Snapshot, orders: IntArray, reorder: bool) -> Bundles:
+    """:func:`sequence_bundles` on a (B, S) matrix of order indices padded with -1."""
+    n, width = orders.shape
     if reorder and width == 2:
         # Pairs: keep (a, b) unless (b, a) has strictly smaller summed offsets.
         pair = orders[:, 1] >= 0
         swapped = orders[:, ::-1].copy()
-        keep_cost = _offsets(snapshot, orders)[0].sum(axis=1)
-        swap_cost = _offsets(snapshot, np.where(pair[:, None], swapped, orders))[0].sum(axis=1)
-        orders = np.where((pair & (swap_cost < keep_cost))[:, None], swapped, orders)
+        keep_offs, keep_free = _offsets(snapshot, orders)
+        swap_offs, swap_free = _offsets(snapshot, np.where(pair[:, None], swapped, orders))
+        swap = pair & (swap_offs.sum(axis=1) < keep_offs.sum(axis=1))
+        orders = np.where(swap[:, None], swapped, orders)
+        offs, free = np.where(swap[:, None], swap_offs, keep_offs), np.where(swap, swap_free, keep_free)
     elif reorder and width > 2:
         # Every permutation of every multi-order group, evaluated in one vectorised pass.
         rows: list[tuple[int, ...]] = []
         owner: list[int] = []
-        for b, g in enumerate(groups):
+        for b, row in enumerate(orders.tolist()):
+            g = [o for o in row if o >= 0]
             if len(g) > 1:
                 for perm in itertools.permutations(g):
                     rows.append(perm)
@@ -148,8 +191,10 @@ def sequence_bundles(snapshot: Snapshot, groups: list[tuple[int, ...]], reorder:
             first = np.ones(len(rows), dtype=bool)
             first[1:] = own[order][1:] != own[order][:-1]
             best = order[first]
+            orders = orders.copy()
             orders[own[best]] = cand[best]
-    offs, free = _offsets(snapshot, orders)
+    if not (reorder and width == 2):
+        offs, free = _offsets(snapshot, orders)
     size = (orders >= 0).sum(axis=1).astype(np.int64)
     safe = np.where(orders >= 0, orders, 0)
     ready = np.where(orders >= 0, snapshot.order_ready[safe], np.iinfo(np.int64).min).max(axis=1)
@@ -170,16 +215,42 @@ def sequence_bundles(snapshot: Snapshot, groups: list[tuple[int, ...]], reorder:
 
 @dataclass(frozen=True)
 class RouteTimes:
-    """Exact MDRP times of every (courier, bundle) pair, shape (n_couriers, n_bundles)."""
+    """Exact MDRP times of every (courier, bundle) pair, shape (n_couriers, n_bundles).
 
-    start: IntArray
+    ``pickup``, ``travel_to_restaurant``, ``max_ctd`` and ``feasible`` are computed up front (the
+    candidate ranking needs them); the other pair times are a pickup plus a per-bundle constant, so
+    they are built only when asked for, and :mod:`dispatch.features` gathers them at K slots instead.
+    """
+
+    start_at: IntArray
     travel_to_restaurant: IntArray
     pickup: IntArray
-    last_dropoff: IntArray
-    free_at: IntArray
     max_ctd: IntArray
-    sum_ctd: IntArray
     feasible: np.ndarray
+    size: IntArray
+    ctd_offset_sum: IntArray
+    last_offset: IntArray
+    free_offset: IntArray
+
+    @cached_property
+    def start(self) -> IntArray:
+        """Minute each courier starts (free, or now), broadcast over bundles."""
+        return np.broadcast_to(self.start_at[:, None], self.pickup.shape)
+
+    @cached_property
+    def last_dropoff(self) -> IntArray:
+        """Minute of the last drop-off."""
+        return self.pickup + self.last_offset[None, :]
+
+    @cached_property
+    def free_at(self) -> IntArray:
+        """Minute the courier is free again at the last customer."""
+        return self.pickup + self.free_offset[None, :]
+
+    @cached_property
+    def sum_ctd(self) -> IntArray:
+        """Summed click-to-door minutes of the bundle's orders."""
+        return self.pickup * self.size[None, :] + self.ctd_offset_sum[None, :]
 
 
 def route_times(snapshot: Snapshot, couriers: IntArray, bundles: Bundles) -> RouteTimes:
@@ -189,28 +260,27 @@ def route_times(snapshot: Snapshot, couriers: IntArray, bundles: Bundles) -> Rou
     reach its customer later than the maximum click-to-door.
     """
     p = snapshot.params
-    start = np.maximum(snapshot.courier_free_at[couriers], snapshot.time)[:, None]
-    travel = travel_matrix(
-        snapshot.courier_xy[couriers], snapshot.restaurant_xy[bundles.restaurant], p.meters_per_minute
-    )
-    pickup = np.maximum(bundles.ready[None, :], start + travel + p.half_pickup)
+    start = np.maximum(snapshot.courier_free_at[couriers], snapshot.time)
+    # Travel depends on the restaurant only: one (couriers × restaurants) matrix, gathered per bundle.
+    used, at = np.unique(bundles.restaurant, return_inverse=True)
+    travel = travel_matrix(snapshot.courier_xy[couriers], snapshot.restaurant_xy[used], p.meters_per_minute)[:, at]
+    pickup = np.maximum(bundles.ready[None, :], start[:, None] + travel + p.half_pickup)
     # Every drop-off is pickup + a per-bundle offset, so click-to-door splits into pickup + a bundle
     # constant: (couriers × bundles) work only, never (couriers × bundles × bundle size).
     valid = bundles.orders >= 0
     placement = snapshot.order_placement[np.where(valid, bundles.orders, 0)]
     rel = np.where(valid, bundles.dropoff_offset - placement, np.iinfo(np.int64).min)
     max_ctd = pickup + rel.max(axis=1)[None, :]
-    sum_ctd = pickup * bundles.size[None, :] + np.where(valid, rel, 0).sum(axis=1)[None, :]
     last_offset = np.take_along_axis(bundles.dropoff_offset, np.maximum(bundles.size - 1, 0)[:, None], axis=1)[:, 0]
-    last = pickup + last_offset[None, :]
     feasible = (pickup <= snapshot.courier_off_time[couriers][:, None]) & (max_ctd <= p.max_ctd)
     return RouteTimes(
-        start=np.broadcast_to(start, pickup.shape),
+        start_at=start,
         travel_to_restaurant=travel,
         pickup=pickup,
-        last_dropoff=last,
-        free_at=pickup + bundles.free_offset[None, :],
         max_ctd=max_ctd,
-        sum_ctd=sum_ctd,
         feasible=feasible,
+        size=bundles.size,
+        ctd_offset_sum=np.where(valid, rel, 0).sum(axis=1),
+        last_offset=last_offset,
+        free_offset=bundles.free_offset,
     )
