@@ -3,12 +3,16 @@
 Each epoch at time t (``shared/reference/mdrp-results.md``):
 
 1. Pool U: open orders ready by ``t + lookahead``; couriers D: those free by ``t + lookahead``.
+   Our addition: orders that no on-duty courier could deliver within the maximum click-to-door even
+   alone and at once (a lower bound) leave the pool: they are lost whatever we do, and counted in U
+   they would inflate Z and, bundled, drag savable orders down with them.
 2. Target bundle size Z = ceil(|U| / |D|), at least 1.
 3. Per restaurant, its pooled orders (by ready time) are inserted one by one into
    ``ceil(|U_r| / Z)`` routes at the cheapest position; route cost = travel minutes + β × the summed
    drop-off delays after pickup. Past Z orders a route takes an order only if that lowers its minutes
    per order. Orders whose ready times differ by more than ``max_ready_gap`` are not bundled.
-   One remove-and-reinsert pass follows.
+   One remove-and-reinsert pass follows. Our addition: a route that no courier in D can serve
+   within the maximum click-to-door (the route cost ignores that limit) is split into singles.
 4. Priority groups: I = a bundle with an order that can no longer meet the click-to-door target;
    II = one that can no longer be picked up at its ready time; III = the rest. We add a group 0
    ahead of them: bundles holding an order that even the earliest courier would deliver within
@@ -39,7 +43,7 @@ from dispatch import assemble
 from dispatch.candidates import CandidateConfig, generate
 from dispatch.policy import Decision
 from dispatch.routes import sequence_bundles
-from dispatch.snapshot import Assignment, JointAction, Snapshot, travel_minutes
+from dispatch.snapshot import Assignment, JointAction, Snapshot, travel_matrix, travel_minutes
 
 GROUP_BONUS = (1e9, 1e6, 1e3, 0.0)
 
@@ -126,6 +130,29 @@ class ReyesPolicy:
                 routes[ri].insert(pos, o)
         return [r for r in routes if r]
 
+    @staticmethod
+    def _hopeless(snap: Snapshot, pool: np.ndarray) -> np.ndarray:
+        """Orders of ``pool`` that no courier on duty can deliver within the maximum click-to-door.
+
+        A lower bound on each order's delivery: the earliest any on-duty courier can reach its
+        restaurant (from where and when it is next free), picked up no earlier than ready, then
+        carried alone. Past ``max_ctd`` even then, the order is lost whatever we do, and serving it
+        would only take a courier from orders that can still be saved.
+        """
+        p, t = snap.params, snap.time
+        on_duty = np.flatnonzero(snap.courier_off_time > t)
+        if on_duty.size == 0:
+            return np.ones(pool.size, dtype=bool)
+        rest = snap.order_restaurant[pool]
+        uniq, inv = np.unique(rest, return_inverse=True)
+        start = np.maximum(np.maximum(snap.courier_free_at[on_duty], snap.courier_on_time[on_duty]), t)
+        travel = travel_matrix(snap.courier_xy[on_duty], snap.restaurant_xy[uniq], p.meters_per_minute)
+        reach = (start[:, None] + travel).min(axis=0)
+        pickup = np.maximum(snap.order_ready[pool], reach[inv] + p.half_pickup)
+        singles = sequence_bundles(snap, [(int(o),) for o in pool])
+        delivered = pickup + singles.dropoff_offset[:, 0]
+        return np.asarray(delivered - snap.order_placement[pool] > p.max_ctd)
+
     def decide(self, snapshot: Snapshot) -> Decision:
         """Bundle, prioritise, assign, then commit the pairs that should not wait."""
         prm, snap, t = self.params, snapshot, snapshot.time
@@ -134,6 +161,9 @@ class ReyesPolicy:
         horizon_free = np.maximum(snap.courier_free_at, snap.courier_on_time)
         couriers = np.flatnonzero((horizon_free <= t + prm.lookahead) & (snap.courier_off_time > t))
         if pool.size == 0 or couriers.size == 0:
+            return Decision(JointAction())
+        pool = pool[~self._hopeless(snap, pool)]
+        if pool.size == 0:
             return Decision(JointAction())
         z = max(1, math.ceil(pool.size / couriers.size))
         by_rest: dict[int, list[int]] = {}
@@ -144,6 +174,14 @@ class ReyesPolicy:
             groups.extend(tuple(r) for r in self._bundle_restaurant(snap, orders, z))
         bundles = sequence_bundles(snap, groups)
         cands = generate(snap, CandidateConfig(k=0), agents=couriers, bundles=bundles)
+        # A route that no courier can serve in time (the cost-driven bundling ignores the click-to-door
+        # limit) would strand every order in it: serve its orders as singles instead.
+        stranded = (bundles.size > 1) & ~cands.times.feasible.any(axis=0)
+        if stranded.any():
+            groups = [g for g, s in zip(groups, stranded, strict=True) if not s]
+            groups += [(o,) for b in np.flatnonzero(stranded) for o in bundles.members(int(b))]
+            bundles = sequence_bundles(snap, groups)
+            cands = generate(snap, CandidateConfig(k=0), agents=couriers, bundles=bundles)
         if cands.k == 0:
             return Decision(JointAction())
         times = cands.times
