@@ -1,7 +1,8 @@
 """Micro-batching: concurrent snapshots for one model ride in one ONNX Runtime run.
 
 A batch forms from whatever waits when the inference thread is free (so a lone request never waits
-for company), optionally held up to ``max_delay_s`` for more; the queue is bounded and refuses new
+for company), optionally held up to ``max_delay_s`` for more; a batch of at most ``inline_max_rows``
+couriers runs on the event loop itself; the queue is bounded and refuses new
 work (QueueFull → RESOURCE_EXHAUSTED) instead of letting latency grow without limit.
 """
 
@@ -64,6 +65,7 @@ class MicroBatcher:
         max_delay_s: float = 0.0,
         max_queue: int = 256,
         on_batch: Callable[[int, float], None] | None = None,
+        inline_max_rows: int = 0,
     ) -> None:
         self._run = run
         self.k = k
@@ -72,6 +74,7 @@ class MicroBatcher:
         self.max_delay_s = max(0.0, max_delay_s)
         self.max_queue = max(1, max_queue)
         self._on_batch = on_batch
+        self.inline_max_rows = inline_max_rows
         self._pending: deque[_Item] = deque()
         self._wake = asyncio.Event()
         self._closed = False
@@ -137,9 +140,14 @@ class MicroBatcher:
         encoded = [i.encoded for i in take]
         start = time.perf_counter()
         try:
-            out = await asyncio.get_running_loop().run_in_executor(
-                self._executor, lambda: self._run(pad_batch(encoded, self.k))
-            )
+            if sum(e.agent.shape[0] for e in encoded) <= self.inline_max_rows:
+                # A small batch runs in well under a millisecond: handing it to a thread and back costs
+                # about as much as the run, and the event loop may block that briefly.
+                out = self._run(pad_batch(encoded, self.k))
+            else:
+                out = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, lambda: self._run(pad_batch(encoded, self.k))
+                )
         except Exception as exc:  # any ONNX Runtime failure: every caller falls back
             log.warning("model run failed on a batch of %d: %s", len(take), exc)
             for item in take:

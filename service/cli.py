@@ -72,8 +72,14 @@ def register(sub: Any) -> None:
     s.add_argument(
         "--inline-max-cells",
         type=int,
-        default=1024,
-        help="couriers x orders up to which a request is prepared on the event loop, not a thread (default 1024)",
+        default=32768,
+        help="couriers x orders up to which a request is prepared on the event loop, not a thread (default 32768)",
+    )
+    s.add_argument(
+        "--inline-max-agents",
+        type=int,
+        default=128,
+        help="couriers in a batch up to which the model runs on the event loop, not a thread (default 128)",
     )
     s.add_argument("--max-batch", type=int, default=32, help="snapshots per ONNX Runtime run (default 32)")
     s.add_argument(
@@ -159,6 +165,7 @@ def serve(args: argparse.Namespace) -> int:
         cpu_threads=args.cpu_threads,
         prep_processes=args.prep_processes,
         inline_max_cells=args.inline_max_cells,
+        inline_max_agents=args.inline_max_agents,
         max_batch=args.max_batch,
         max_queue_delay_ms=args.max_queue_delay_ms,
         max_queue=args.max_queue,

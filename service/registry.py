@@ -39,6 +39,7 @@ class RegistryConfig:
     max_batch: int = 32
     max_delay_s: float = 0.0
     max_queue: int = 256
+    inline_max_rows: int = 128
 
 
 def _stamp(path: Path) -> Stamp:
@@ -170,6 +171,7 @@ class Registry:
             max_batch=c.max_batch,
             max_delay_s=c.max_delay_s,
             max_queue=c.max_queue,
+            inline_max_rows=c.inline_max_rows,
             on_batch=lambda n, _s: self.metrics.batch_size.labels(model.name, model.version).observe(n),
         )
         model.batcher.start()

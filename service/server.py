@@ -66,7 +66,8 @@ class ServerConfig:
     threads: int = 0
     cpu_threads: int = 0
     prep_processes: int = 0
-    inline_max_cells: int = 1024
+    inline_max_cells: int = 32768
+    inline_max_agents: int = 128
     max_batch: int = 32
     max_queue_delay_ms: float = 0.0
     max_queue: int = 256
@@ -116,7 +117,7 @@ class DecisionService:
         cpu_threads: int,
         prep_processes: int = 0,
         max_waiting: int = 256,
-        inline_max_cells: int = 1024,
+        inline_max_cells: int = 32768,
     ) -> None:
         # Two pools: assembly never queues behind the preparation of newer requests, so requests finish
         # in arrival order and few prepared snapshots (large arrays) are alive at once.
@@ -437,6 +438,7 @@ class DispatchServer:
                 max_batch=config.max_batch,
                 max_delay_s=config.max_queue_delay_ms / 1000.0,
                 max_queue=config.max_queue,
+                inline_max_rows=config.inline_max_agents,
             ),
             self.metrics,
             ab=config.ab,

@@ -30,13 +30,14 @@ def test_same_joint_action_as_in_process_policy(server: ThreadedServer, snapshot
 
 @pytest.mark.parametrize("where", ["threads", "processes"])
 def test_every_preparation_path_gives_the_same_answer(model_dir: Path, snapshots: list[Snapshot], where: str):
-    """Small snapshots are prepared inline by default; force the thread pool, or a worker process."""
+    """Small snapshots are prepared and scored inline by default; force the thread pools, or a worker process."""
     policy = OnnxPolicy(model_dir / "lin.onnx")
     cfg = ServerConfig(
         models=[("lin", model_dir / "lin.onnx")],
         port=0,
         metrics_port=None,
         inline_max_cells=0,
+        inline_max_agents=0,
         prep_processes=1 if where == "processes" else 0,
     )
     with ThreadedServer(cfg) as srv, DispatchClient(srv.target) as client:

@@ -74,7 +74,7 @@ def test_near_deadline_answers_with_flagged_fallback(slow_server: ThreadedServer
 def test_expired_deadline_is_reported_and_server_keeps_serving(slow_server: ThreadedServer):
     from bench.serve import synthetic_snapshot
 
-    big = synthetic_snapshot(64, 256)  # its candidate generation alone takes well over 5 ms
+    big = synthetic_snapshot(512, 2048)  # its candidate generation alone takes well over 5 ms
     with DispatchClient(slow_server.target) as client:
         with pytest.raises(grpc.RpcError) as err:
             client.decide(big, timeout=0.005)
@@ -121,8 +121,16 @@ def test_full_queue_sheds_with_resource_exhausted(slow_server: ThreadedServer, s
 def test_preparation_backlog_is_bounded(model_dir: Path):
     from bench.serve import synthetic_snapshot
 
-    cfg = ServerConfig(models=[("lin", model_dir / "lin.onnx")], port=0, metrics_port=None, cpu_threads=1, max_queue=1)
-    snap = synthetic_snapshot(64, 256)  # tens of milliseconds of candidate generation each
+    # Preparation on one thread (never inline), where a backlog can build up.
+    cfg = ServerConfig(
+        models=[("lin", model_dir / "lin.onnx")],
+        port=0,
+        metrics_port=None,
+        cpu_threads=1,
+        max_queue=1,
+        inline_max_cells=0,
+    )
+    snap = synthetic_snapshot(64, 256)  # milliseconds of candidate generation each
     with ThreadedServer(cfg) as srv, DispatchClient(srv.target) as client, cf.ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(client.decide, snap, timeout=30.0) for _ in range(8)]
         answered = shed = 0
