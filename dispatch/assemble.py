@@ -52,6 +52,18 @@ def _members(cands: CandidateSet, bundles: IntArray) -> list[tuple[int, ...]]:
     return [tuple(o for o in row if o >= 0) for row in cands.bundles.orders[bundles].tolist()]
 
 
+def _rows(cands: CandidateSet, bundles: IntArray) -> list[list[int]]:
+    """Each listed bundle's padded row of order indices (-1 pads; :func:`_take` never records it)."""
+    rows: list[list[int]] = cands.bundles.orders[bundles].tolist()
+    return rows
+
+
+def _take(used: set[int], row: list[int]) -> None:
+    """Mark a bundle's orders as taken (``used.isdisjoint(row)`` tests a padded row as it is)."""
+    used.update(row)
+    used.discard(-1)
+
+
 def _descending(values: FloatArray) -> IntArray:
     """Flat indices of ``values`` in descending order (stable), cut at the first non-positive or non-finite one."""
     flat = values.ravel()
@@ -62,12 +74,12 @@ def _descending(values: FloatArray) -> IntArray:
     return order[:stop]
 
 
-def _slot_members(cands: CandidateSet) -> list[list[tuple[int, tuple[int, ...]]]]:
-    """Per agent: (slot, order indices) of each unmasked candidate, built in one pass."""
+def _slot_members(cands: CandidateSet) -> list[dict[int, list[int]]]:
+    """Per agent: slot -> padded order row of each unmasked candidate (slots ascending), in one pass."""
     r, s = np.nonzero(cands.mask)
-    out: list[list[tuple[int, tuple[int, ...]]]] = [[] for _ in range(cands.n_agents)]
-    for i, slot, members in zip(r.tolist(), s.tolist(), _members(cands, cands.bundle[r, s]), strict=True):
-        out[i].append((slot, members))
+    out: list[dict[int, list[int]]] = [{} for _ in range(cands.n_agents)]
+    for i, slot, row in zip(r.tolist(), s.tolist(), _rows(cands, cands.bundle[r, s]), strict=True):
+        out[i][slot] = row
     return out
 
 
@@ -83,10 +95,11 @@ def greedy(cands: CandidateSet, scores: FloatArray) -> Assembled:
     done = [False] * n
     left = n
     # Plain Python over lists: per pair this is a few set lookups, far cheaper than numpy calls.
-    for i, c, members in zip(rows.tolist(), slots.tolist(), _members(cands, cands.bundle[rows, slots]), strict=True):
-        if done[i] or not used.isdisjoint(members):
+    table = cands.bundles.orders.tolist()
+    for i, c, b in zip(rows.tolist(), slots.tolist(), cands.bundle[rows, slots].tolist(), strict=True):
+        if done[i] or not used.isdisjoint(table[b]):
             continue
-        used.update(members)
+        _take(used, table[b])
         choice[i] = c
         done[i] = True
         left -= 1
@@ -167,8 +180,8 @@ def sequential(
     for i in order:
         i = int(i)
         row = np.full(k + 1, -np.inf)
-        mine = dict(slots[i])
-        free = [slot for slot, members in mine.items() if used.isdisjoint(members)]
+        mine = slots[i]
+        free = [slot for slot, row in mine.items() if used.isdisjoint(row)]
         row[free] = logits[i, free]
         row[k] = logits[i, k]
         z = row - row.max()
@@ -178,7 +191,7 @@ def sequential(
         logp[i] = float(np.log(p[c]))
         if c < k:
             choice[i] = c
-            used.update(mine[c])
+            _take(used, mine[c])
     return Assembled(_to_action(cands, choice), choice, logp)
 
 
@@ -202,10 +215,11 @@ def mass(cands: CandidateSet, logits: FloatArray, threshold: float = 0.5) -> Ass
     rows, slots, bundles = rows[wanted], slots[wanted], bundles[wanted]
     used: set[int] = set()
     done = [False] * n
-    for i, c, members in zip(rows.tolist(), slots.tolist(), _members(cands, bundles), strict=True):
-        if done[i] or not used.isdisjoint(members):
+    table = cands.bundles.orders.tolist()
+    for i, c, b in zip(rows.tolist(), slots.tolist(), bundles.tolist(), strict=True):
+        if done[i] or not used.isdisjoint(table[b]):
             continue
-        used.update(members)
+        _take(used, table[b])
         choice[i] = c
         done[i] = True
     return Assembled(_to_action(cands, choice), choice, np.zeros(n))
@@ -246,8 +260,8 @@ def sequential_mixture(
     slots = _slot_members(cands)
     for i in order:
         i = int(i)
-        mine = dict(slots[i])
-        legal = [slot for slot, members in mine.items() if used.isdisjoint(members)]
+        mine = slots[i]
+        legal = [slot for slot, row in mine.items() if used.isdisjoint(row)]
         legal.append(WAIT)
         goal = int(target[i]) if int(target[i]) in legal else WAIT
         explore = rng is not None and epsilon > 0 and rng.random() < epsilon
@@ -255,5 +269,5 @@ def sequential_mixture(
         logp[i] = float(np.log((1 - epsilon) * (c == goal) + epsilon / len(legal)))
         choice[i] = c
         if c != WAIT:
-            used.update(mine[c])
+            _take(used, mine[c])
     return Assembled(_to_action(cands, choice), choice, logp)
