@@ -140,6 +140,13 @@ def _offsets(snapshot: Snapshot, seqs: IntArray) -> tuple[IntArray, IntArray]:
     return offs, clock
 
 
+def _first_legs(snapshot: Snapshot, orders: IntArray) -> IntArray:
+    """Travel minutes from each order's restaurant to its customer, elementwise over ``orders``."""
+    r_xy = snapshot.restaurant_xy[snapshot.order_restaurant[orders]]
+    o_xy = snapshot.order_xy[orders]
+    return travel_minutes(o_xy[..., 0] - r_xy[..., 0], o_xy[..., 1] - r_xy[..., 1], snapshot.params.meters_per_minute)
+
+
 def _matrix(groups: list[tuple[int, ...]], width: int) -> IntArray:
     if width <= 2 and groups:
         # Singles and pairs (the common case) without a Python loop per group.
@@ -165,14 +172,21 @@ def _tabulate(snapshot: Snapshot, orders: IntArray, reorder: bool) -> Bundles:
     """:func:`sequence_bundles` on a (B, S) matrix of order indices padded with -1."""
     n, width = orders.shape
     if reorder and width == 2:
-        # Pairs: keep (a, b) unless (b, a) has strictly smaller summed offsets.
+        # Pair (x, y) drops x at c + T(r, x) + dropoff/2 and y dropoff + T(x, y) later, so its summed
+        # offsets are 2 T(r, x) + terms shared by both orders: (b, a) is strictly cheaper than (a, b)
+        # exactly when b's customer is strictly closer to the restaurant. Decide from the first legs.
+        p = snapshot.params
+        leg = _first_legs(snapshot, np.maximum(orders, 0))
         pair = orders[:, 1] >= 0
-        swapped = orders[:, ::-1].copy()
-        keep_offs, keep_free = _offsets(snapshot, orders)
-        swap_offs, swap_free = _offsets(snapshot, np.where(pair[:, None], swapped, orders))
-        swap = pair & (swap_offs.sum(axis=1) < keep_offs.sum(axis=1))
-        orders = np.where(swap[:, None], swapped, orders)
-        offs, free = np.where(swap[:, None], swap_offs, keep_offs), np.where(swap, swap_free, keep_free)
+        swap = pair & (leg[:, 1] < leg[:, 0])
+        orders = np.where(swap[:, None], orders[:, ::-1], orders)
+        first = np.where(swap, leg[:, 1], leg[:, 0])
+        xy_a, xy_b = snapshot.order_xy[orders[:, 0]], snapshot.order_xy[np.maximum(orders[:, 1], 0)]
+        between = travel_minutes(xy_b[:, 0] - xy_a[:, 0], xy_b[:, 1] - xy_a[:, 1], p.meters_per_minute)
+        off_a = (p.pickup_service - p.half_pickup) + first + p.half_dropoff
+        off_b = np.where(pair, off_a + p.dropoff_service + between, 0)
+        offs = np.stack([off_a, off_b], axis=1)
+        free = np.where(pair, off_b, off_a) + (p.dropoff_service - p.half_dropoff)
     elif reorder and width > 2:
         # Every permutation of every multi-order group, evaluated in one vectorised pass.
         rows: list[tuple[int, ...]] = []
