@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +23,11 @@ class Limits:
     max_couriers: int = 2000
     max_orders: int = 10000
     max_restaurants: int = 10000
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[tuple[Any, ...]]:
+    """Rows of message fields as per-field tuples (``width`` empty tuples when there are no rows)."""
+    return list(zip(*rows, strict=True)) if rows else [()] * width
 
 
 def _unique_ids(ids: Sequence[str], field: str) -> None:
@@ -102,10 +108,10 @@ def to_snapshot(msg: pb.DecideRequest, limits: Limits = Limits()) -> Snapshot:
     _check_columns(rest_xy, "restaurants", ("x", "y"), whole_from=2)
 
     # One pass over each repeated field reads every attribute once (attribute access dominates here).
-    c_rows = [(c.id, c.x, c.y, c.free_at, c.on_time, c.off_time) for c in msg.couriers]
-    cour_ids = tuple(r[0] for r in c_rows)
+    c_cols = _columns([(c.id, c.x, c.y, c.free_at, c.on_time, c.off_time) for c in msg.couriers], 6)
+    cour_ids: tuple[str, ...] = c_cols[0]
     _unique_ids(cour_ids, "couriers")
-    c_num = np.array([r[1:] for r in c_rows], dtype=np.float64).reshape(-1, 5)
+    c_num = np.array(c_cols[1:], dtype=np.float64).T.reshape(-1, 5)
     _check_columns(c_num, "couriers", ("x", "y", "free_at", "on_time", "off_time"), whole_from=2)
     bad = np.flatnonzero(c_num[:, 4] <= c_num[:, 3])
     if bad.size:
@@ -114,17 +120,17 @@ def to_snapshot(msg: pb.DecideRequest, limits: Limits = Limits()) -> Snapshot:
             f"couriers[{i}].off_time: {c_num[i, 4]:g} must be after on_time {c_num[i, 3]:g} (courier {cour_ids[i]!r})"
         )
 
-    o_rows = [(o.id, o.restaurant_id, o.x, o.y, o.placement_time, o.ready_time) for o in msg.orders]
-    order_ids = tuple(r[0] for r in o_rows)
+    o_cols = _columns([(o.id, o.restaurant_id, o.x, o.y, o.placement_time, o.ready_time) for o in msg.orders], 6)
+    order_ids: tuple[str, ...] = o_cols[0]
     _unique_ids(order_ids, "orders")
-    o_num = np.array([r[2:] for r in o_rows], dtype=np.float64).reshape(-1, 4)
+    o_num = np.array(o_cols[2:], dtype=np.float64).T.reshape(-1, 4)
     _check_columns(o_num, "orders", ("x", "y", "placement_time", "ready_time"), whole_from=2)
     r_index = {r: i for i, r in enumerate(rest_ids)}
-    found = [r_index.get(r[1], -1) for r in o_rows]
+    found = [r_index.get(r, -1) for r in o_cols[1]]
     o_rest = np.array(found, dtype=np.int64)
     if o_rest.size and o_rest.min() < 0:
         i = int(np.argmin(o_rest))
-        raise ValidationError(f"orders[{i}].restaurant_id: unknown restaurant {o_rows[i][1]!r}")
+        raise ValidationError(f"orders[{i}].restaurant_id: unknown restaurant {o_cols[1][i]!r}")
     late = np.flatnonzero(o_num[:, 2] > time)
     if late.size:
         i = int(late[0])
