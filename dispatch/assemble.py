@@ -206,8 +206,7 @@ def mass(cands: CandidateSet, logits: FloatArray, threshold: float = 0.5) -> Ass
     prob = np.exp(z)
     prob /= prob.sum(axis=1, keepdims=True)
     p = np.where(cands.mask, prob[:, :k], 0.0)
-    total = np.zeros(cands.bundles.n)
-    np.add.at(total, cands.bundle[cands.mask], p[cands.mask])
+    total = np.bincount(cands.bundle[cands.mask], weights=p[cands.mask], minlength=cands.bundles.n)
     flat = _descending(p)
     rows, slots = np.divmod(flat, k)
     bundles = cands.bundle[rows, slots]

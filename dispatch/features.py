@@ -95,8 +95,7 @@ def encode(snapshot: Snapshot, cands: CandidateSet) -> Encoded:
         route = np.maximum(free_at - t, 1)
         slack = np.where(valid, placed + p.target_ctd - (pickup[:, :, None] + bun.dropoff_offset[slot]), np.inf).min(2)
         # Coordination context: how many agents hold the bundle and how far behind the best one this is.
-        held = np.zeros(bun.n)
-        np.add.at(held, cands.bundle[cands.mask], 1)
+        held = np.bincount(cands.bundle[cands.mask], minlength=bun.n)
         # Earliest pickup any agent could make for each bundle (one pass over the feasible pairs).
         best_pickup = np.where(tm.feasible, tm.pickup, np.iinfo(np.int64).max).min(axis=0).astype(np.float64)
         cols = [
@@ -117,6 +116,7 @@ def encode(snapshot: Snapshot, cands: CandidateSet) -> Encoded:
             held[slot] / 10,
             (pickup - best_pickup[slot]) / 10,
         ]
-        cand[:] = np.stack(cols, axis=-1)
+        for j, col in enumerate(cols):
+            cand[:, :, j] = col
         cand[~cands.mask] = 0.0
     return Encoded(agent, cand, cands.mask.copy())
