@@ -109,3 +109,24 @@ def test_td_target_terminal_and_truncated():
     v_next = torch.tensor([10.0, 10.0, 10.0])
     y = td_target(r, 0.9, term, v_next)
     assert torch.allclose(y, torch.tensor([1.0, 10.0, 10.0]))
+
+
+def test_normaliser_runs_over_the_behaviour_support_only():
+    # Action 2 is (almost) never taken by μ̂; the local critic's value there is an extrapolation.
+    q = torch.tensor([[0.3, -0.2, 1.0]])
+    log_mu = torch.log(torch.tensor([[0.6, 0.4 - 1e-4, 1e-4]]))
+    legal = torch.ones(1, 3, dtype=torch.bool)
+    act = torch.tensor([0])
+    restricted = closed_form_policy(q[:, :2], log_mu[:, :2], 0.05, 0.05)
+    in_support = closed_form_log_weight(q, log_mu, act, legal, 0.05, 0.05, support_threshold=0.01).exp()
+    assert torch.allclose(in_support, restricted[:, 0] / 0.6, atol=1e-5)
+    # Over every legal action the extrapolated value takes nearly all of π*, so the logged actions'
+    # weights (and with them this state's share of the weighted-ML loss) vanish.
+    everywhere = closed_form_log_weight(q, log_mu, act, legal, 0.05, 0.05).exp()
+    assert everywhere < 0.1 * in_support
+    # A logged action outside the support gets weight 0; the threshold is relative to the mode of μ̂.
+    outside = closed_form_log_weight(q, log_mu, torch.tensor([2]), legal, 0.05, 0.05, support_threshold=0.01).exp()
+    assert outside.item() == 0.0
+    scaled = torch.log(torch.tensor([[0.6, 0.4 - 0.005, 0.005]]))  # 0.005 / 0.6 ≥ 0.001: inside
+    inside = closed_form_log_weight(q, scaled, torch.tensor([2]), legal, 0.05, 0.05, support_threshold=0.001).exp()
+    assert inside.item() > 0.0

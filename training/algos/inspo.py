@@ -47,6 +47,9 @@ class InSPOConfig:
     ratio_clip: float = 10.0  # c: upper clip of each teammate ratio π^j/μ̂^j
     joint_ratio_clip: float = 10.0  # c_joint: upper clip of the product of teammate ratios
     max_weight: float = 100.0  # w_max: upper clip of the weighted-ML weight
+    # Behaviour support for the normaliser Z^i(s) of (1): own actions with μ̂(b|s) < support_threshold·max_b μ̂(b|s)
+    # count as outside supp(μ), where π* is 0 (their local-critic values are extrapolations). 0: every legal action.
+    support_threshold: float = 0.01
     expectile: float = 0.97
     polyak: float = 0.005
     lr: float = 1e-3
@@ -71,10 +74,20 @@ def closed_form_log_weight(
     legal: torch.Tensor,
     alpha: float,
     beta: float,
+    support_threshold: float = 0.0,
 ) -> torch.Tensor:
-    """log(π*(a|s)/μ̂(a|s)) at the dataset action (equation (4)); inputs [B, A], action [B]."""
+    """log(π*(a|s)/μ̂(a|s)) at the dataset action (equation (4)); inputs [B, A], action [B].
+
+    The normaliser runs over the behaviour support only: legal actions b with
+    μ̂(b|s) ≥ support_threshold·max_b' μ̂(b'|s) (all legal actions when the threshold is 0). Outside it π* is 0,
+    whatever value the local critic extrapolates there; a dataset action outside it gets weight 0.
+    """
     tau = alpha + beta
-    logits = ((alpha / tau) * log_mu_all + q_all / tau).masked_fill(~legal, -1e9)
+    support = legal
+    if support_threshold > 0.0:
+        floor = log_mu_all.masked_fill(~legal, -1e9).max(-1, keepdim=True).values + math.log(support_threshold)
+        support = legal & (log_mu_all >= floor)
+    logits = ((alpha / tau) * log_mu_all + q_all / tau).masked_fill(~support, -1e9)
     log_pi_star = torch.log_softmax(logits, dim=-1).gather(-1, action[:, None]).squeeze(-1)
     return log_pi_star - log_mu_all.gather(-1, action[:, None]).squeeze(-1)
 
@@ -174,7 +187,9 @@ class InSPO(Algorithm):
         self.optims["local"].step()
         with torch.no_grad():
             q_all = self.local.forward_agent(i, b["obs"])
-            log_wt = closed_form_log_weight(q_all, log_mu_all[:, i], act, b["legal"][:, i], cfg.alpha, cfg.beta)
+            log_wt = closed_form_log_weight(
+                q_all, log_mu_all[:, i], act, b["legal"][:, i], cfg.alpha, cfg.beta, cfg.support_threshold
+            )
             weight = log_wt.exp().clamp(max=cfg.max_weight)
         logp = self.pi.forward_agent(i, b["obs"], b["legal"]).gather(-1, act[:, None]).squeeze(-1)
         pi_loss = -masked_mean(weight * logp, valid)
@@ -207,6 +222,7 @@ class InSPO(Algorithm):
                 b["legal"].reshape(bsz * n, a),
                 cfg.alpha,
                 cfg.beta,
+                cfg.support_threshold,
             )
             weight = log_wt.reshape(bsz, n).exp().clamp(max=cfg.max_weight)
         logp = gather_actions(self.pi(b["obs"], b["legal"]), act)
