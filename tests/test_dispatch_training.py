@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,13 @@ def test_cli_train_then_export_then_run(logs: Path, tmp_path: Path) -> None:
     result = run_episode(load("0o50t75s2p100"), policy, seed=0)
     assert result.metrics["delivered"] > 0
     assert dispatch(["export", str(tmp_path / "nothing"), "--out", str(model)]) == 2
+
+
+def test_dispatch_inspo_trains_without_a_support_cut(logs: Path, tmp_path: Path) -> None:
+    """The run's resolved config keeps every legal action in the normaliser unless told otherwise (A7)."""
+    resolved = {}
+    for name, params in (("default", {}), ("cut", {"support_threshold": 0.01})):
+        out = tmp_path / name
+        train(DispatchTrainConfig(data=str(logs), steps=2, batch_size=4, progress=False, out=str(out), params=params))
+        resolved[name] = json.loads((out / "config.json").read_text())["algo"]["support_threshold"]
+    assert resolved == {"default": 0.0, "cut": 0.01}

@@ -73,7 +73,9 @@ def make(name: str, params: dict[str, Any], info: DataInfo, generator: torch.Gen
         cfg_bc = BCConfig(**{"shared": True, **params})
         return DispatchBC(cfg_bc, info, generator)
     if name == "inspo":
-        cfg = InSPOConfig(**{"shared": True, **params})
+        # No support cut (docs/inspo.md, A7): μ̂ is mostly `wait` here, and the serve actions that carry the
+        # signal sit below any threshold relative to its mode.
+        cfg = InSPOConfig(**{"shared": True, "support_threshold": 0.0, **params})
         return DispatchInSPO(cfg, info, generator)
     raise ValueError(f"unknown dispatch algorithm {name!r}; known: {', '.join(DISPATCH_ALGOS)}")
 
