@@ -199,3 +199,11 @@ def test_summarise() -> None:
     empty = metrics.summarise(np.array([]))
     assert set(empty) == set(metrics.STATS)
     assert all(math.isnan(v) for v in empty.values())
+
+
+def test_charged_click_to_door_counts_lost_orders_at_the_limit() -> None:
+    from simulator.results import charged_ctd
+
+    # 4 orders: 3 delivered at a mean of 30 min, 1 lost and charged at 90: (3 × 30 + 90) / 4 = 45.
+    assert charged_ctd({"ctd_mean": 30.0, "undelivered_pct": 25.0}, 90) == pytest.approx(45.0)
+    assert charged_ctd({"ctd_mean": 30.0, "undelivered_pct": 0.0}, 90) == pytest.approx(30.0)
