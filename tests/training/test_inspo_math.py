@@ -130,3 +130,50 @@ def test_normaliser_runs_over_the_behaviour_support_only():
     scaled = torch.log(torch.tensor([[0.6, 0.4 - 0.005, 0.005]]))  # 0.005 / 0.6 ≥ 0.001: inside
     inside = closed_form_log_weight(q, scaled, torch.tensor([2]), legal, 0.05, 0.05, support_threshold=0.001).exp()
     assert inside.item() > 0.0
+
+
+def _ab_ba_batch(n: int = 256) -> dict[str, torch.Tensor]:
+    """One state, two agents, joint actions (0, 1) and (1, 0) only: μ^2(1) = 0.5 but μ^2(1 | a^1 = 0) = 1."""
+    first = torch.arange(n) % 2
+    actions = torch.stack([first, 1 - first], dim=1)
+    return {
+        "obs": torch.zeros(n, 2, 3),
+        "legal": torch.ones(n, 2, 2, dtype=torch.bool),
+        "actions": actions,
+        "agent_mask": torch.ones(n, 2, dtype=torch.bool),
+    }
+
+
+def test_conditional_behaviour_model_learns_teammate_action_given_own_action():
+    from training.algos.base import DataInfo
+    from training.algos.inspo import InSPO, InSPOConfig
+
+    torch.manual_seed(0)
+    info = DataInfo(n_agents=2, n_actions=2, obs_dim=3, state_dim=3, gamma=0.9)
+    algo = InSPO(InSPOConfig(conditional_behaviour=True), info, torch.Generator().manual_seed(0))
+    b = _ab_ba_batch()
+    for _ in range(200):
+        algo._cond_bc_step(b)
+        algo._bc_step(b)
+    with torch.no_grad():
+        given_1 = algo._cond_log_mu(b, 0)[:, 1].exp()  # μ̂^2(a^2 | s, a^1) at the logged pair
+        given_2 = algo._cond_log_mu(b, 1)[:, 0].exp()
+        marginal = algo.mu(b["obs"], b["legal"]).exp()
+    assert given_1.min() > 0.95 and given_2.min() > 0.95
+    assert torch.allclose(marginal, torch.full_like(marginal, 0.5), atol=0.05)
+    # Agent 1's action is the only input that differs between the two kinds of sample: the conditional
+    # probability of agent 2's *other* action is small (it would be 0.5 under the marginal of A1).
+    flipped = dict(b, actions=torch.stack([b["actions"][:, 0], b["actions"][:, 0]], dim=1))
+    with torch.no_grad():
+        other = algo._cond_log_mu(flipped, 0)[:, 1].exp()
+    assert other.max() < 0.05
+
+
+def test_marginal_ratios_are_used_by_default_and_with_parameter_sharing():
+    from training.algos.base import DataInfo
+    from training.algos.inspo import InSPO, InSPOConfig
+
+    info = DataInfo(n_agents=2, n_actions=2, obs_dim=3, state_dim=3, gamma=0.9)
+    for cfg in [InSPOConfig(shared=True, conditional_behaviour=True), InSPOConfig()]:
+        algo = InSPO(cfg, info, torch.Generator().manual_seed(0))
+        assert "mu_cond" not in algo.modules

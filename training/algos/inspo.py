@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from training.algos.base import Algorithm, Batch, DataInfo, expectile_loss, masked_mean, td_target
-from training.nets import JointQ, PerAgent, Policy, StateValue, gather_actions, polyak
+from training.nets import JointQ, PerAgent, Policy, StateValue, gather_actions, masked_log_softmax, polyak
 
 
 @dataclass
@@ -59,6 +59,9 @@ class InSPOConfig:
     critic_hidden: int = 256  # the joint critic must resolve every (state, joint action) pair it was given
     warmup_steps: int = 300  # μ̂ and critics train alone first; then π starts as a copy of μ̂
     shared: bool = False  # parameter sharing with the permutation form (dispatch); False: agent by agent
+    # Teammates' ratios (2) divide by μ̂^j(a^j | s, a^i), a behaviour model conditioned on the updated agent's own
+    # logged action, instead of the marginal μ̂^j(a^j | s) of A1 (docs/inspo.md A9). Heterogeneous update only.
+    conditional_behaviour: bool = False
 
 
 def closed_form_policy(q: torch.Tensor, log_mu: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
@@ -124,6 +127,11 @@ class InSPO(Algorithm):
             JointQ(info.state_dim, n, a, config.critic_hidden),
             StateValue(info.state_dim, config.critic_hidden),
         )
+        if config.conditional_behaviour and not sh:
+            # μ̂^j(a^j | o^j, a^i): agent j's network sees its observation and a one-hot of (i, a^i).
+            self.mu_cond = PerAgent(n, o + n * a, a, h, False)
+            self.modules["mu_cond"] = self.mu_cond
+            self.optims["mu_cond"] = torch.optim.Adam(self.mu_cond.parameters(), lr=config.lr)
 
     def _install(self, pi: Policy, mu: Policy, local: PerAgent, q: JointQ, v: StateValue) -> None:
         """Adopt π, μ̂, the local critic, Q and V, and build their optimisers (dispatch brings its own nets)."""
@@ -159,6 +167,27 @@ class InSPO(Algorithm):
         self.optims["mu"].zero_grad(set_to_none=True)
         loss.backward()
         self.optims["mu"].step()
+        return loss.item()
+
+    def _cond_log_mu(self, b: Batch, i: int) -> torch.Tensor:
+        """log μ̂^j(a^j | s, a^i) of every agent's dataset action given agent i's dataset action, [B, N]."""
+        n, a = self.info.n_agents, self.info.n_actions
+        code = torch.zeros(b["actions"].shape[0], n * a, dtype=b["obs"].dtype)
+        code.scatter_(1, (i * a + b["actions"][:, i])[:, None], b["agent_mask"][:, i : i + 1].to(code.dtype))
+        aug = torch.cat([b["obs"], code[:, None].expand(-1, n, -1)], dim=-1)
+        return gather_actions(masked_log_softmax(self.mu_cond(aug), b["legal"]), b["actions"])
+
+    def _cond_bc_step(self, b: Batch) -> float:
+        """Behaviour cloning of each agent's action given each teammate's action (i ≠ j pairs)."""
+        n, mask = self.info.n_agents, b["agent_mask"]
+        loss = torch.zeros(())
+        for i in range(n):
+            other = mask.clone()
+            other[:, i] = False
+            loss = loss - masked_mean(self._cond_log_mu(b, i), other) / n
+        self.optims["mu_cond"].zero_grad(set_to_none=True)
+        loss.backward()
+        self.optims["mu_cond"].step()
         return loss.item()
 
     def _log_ratios(self, b: Batch, log_mu_a: torch.Tensor) -> torch.Tensor:
@@ -236,6 +265,9 @@ class InSPO(Algorithm):
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         adv, logs = self._critic_step(batch)
         logs["bc_loss"] = self._bc_step(batch)
+        conditional = hasattr(self, "mu_cond")
+        if conditional:
+            logs["cond_bc_loss"] = self._cond_bc_step(batch)
         if step < self.config.warmup_steps:
             return logs
         if step == self.config.warmup_steps:
@@ -251,7 +283,11 @@ class InSPO(Algorithm):
         for i in order:
             # Ratios are recomputed before each agent, so teammates updated earlier in this order count
             # with their new policy π_new (the sequential part of the update).
-            log_rho = self._log_ratios(batch, log_mu_a)
+            if conditional:
+                with torch.no_grad():
+                    log_rho = self._log_ratios(batch, self._cond_log_mu(batch, i))
+            else:
+                log_rho = self._log_ratios(batch, log_mu_a)
             log_rho = torch.where(batch["agent_mask"], log_rho, torch.zeros_like(log_rho))
             log_w = log_rho.sum(1) - log_rho[:, i]
             logs.update(self._agent_step(batch, i, log_w, adv, log_mu_all))
