@@ -76,7 +76,9 @@ def make_bundles(
         if i.size:
             rows.append(np.stack([by_ready[i], by_ready[j]], axis=1))
         else:
+            # No pair, hence no larger bundle either (any two members of one would form a pair): singles only.
             rows[0] = rows[0][:, :1]
+            width = 1
         if max_size >= 3:
             groups: dict[int, list[int]] = {}
             for o in by_ready:

@@ -140,7 +140,8 @@ class MicroBatcher:
         encoded = [i.encoded for i in take]
         start = time.perf_counter()
         try:
-            if sum(e.agent.shape[0] for e in encoded) <= self.inline_max_rows:
+            # pad_batch pads every snapshot to the largest one: that is the size ONNX Runtime sees.
+            if len(encoded) * max(e.agent.shape[0] for e in encoded) <= self.inline_max_rows:
                 # A small batch runs in well under a millisecond: handing it to a thread and back costs
                 # about as much as the run, and the event loop may block that briefly.
                 out = self._run(pad_batch(encoded, self.k))

@@ -73,7 +73,8 @@ def register(sub: Any) -> None:
         "--inline-max-cells",
         type=int,
         default=32768,
-        help="couriers x orders up to which a request is prepared on the event loop, not a thread (default 32768)",
+        help="preparation size, orders x (couriers + 32) x (max bundle size - 1), up to which a request is "
+        "prepared on the event loop, not a thread (default 32768: 64 couriers x 256 orders with pairs is 24576)",
     )
     s.add_argument(
         "--inline-max-agents",

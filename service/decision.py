@@ -37,9 +37,16 @@ def prepare(snapshot: Snapshot, config: CandidateConfig) -> Prepared:
 
 
 def model_scores(cands: CandidateSet, logits: np.ndarray, k: int) -> FloatArray:
-    """(agents, K+1) scores from a model's masked logits row block (wait last), as OnnxPolicy.decide slices them."""
+    """(agents, K+1) scores from a model's masked logits row block (wait last), as OnnxPolicy.decide slices them.
+
+    ValueError when a score is NaN or infinite (masked slots hold a large finite value): the assembly
+    rules would quietly make such couriers wait, so the caller answers with the flagged fallback.
+    """
     rows = logits[: cands.n_agents]
-    return np.concatenate([rows[:, : cands.k], rows[:, k : k + 1]], axis=1)
+    scores = np.concatenate([rows[:, : cands.k], rows[:, k : k + 1]], axis=1)
+    if not np.isfinite(scores).all():
+        raise ValueError("model returned NaN or infinite scores")
+    return scores
 
 
 def fallback_scores(prepared: Prepared) -> FloatArray:

@@ -101,6 +101,15 @@ def _warm() -> int:
     return os.getpid()
 
 
+def preparation_cells(request: pb.DecideRequest, candidates: CandidateConfig) -> int:
+    """Size estimate of a request's preparation: orders × (couriers + 32) × (max bundle size − 1, at least 1).
+
+    Bundling grows with the orders (and steeply with the bundle size), route times with couriers ×
+    bundles; 64 couriers × 256 orders with pairs is 24,576.
+    """
+    return len(request.orders) * (len(request.couriers) + 32) * max(1, candidates.max_bundle_size - 1)
+
+
 def _us(seconds: float) -> int:
     return round(seconds * 1e6)
 
@@ -153,11 +162,13 @@ class DecisionService:
         queue_s = inference_s = 0.0
         reason = ""
         snapshot: Snapshot | None = None
-        # Small snapshots take well under a millisecond of CPU: a thread hand-off would cost more than
-        # the work, and blocking the event loop that briefly is harmless.
-        small = self.procs is None and len(request.couriers) * len(request.orders) <= self.inline_max_cells
+        small = False
         while True:
             model = self._pick(request)
+            # Small snapshots take a millisecond or two of CPU: a thread hand-off and back costs a good part
+            # of that in latency, and blocking the event loop that briefly is harmless.
+            cells = preparation_cells(request, model.manifest.candidates)
+            small = self.procs is None and cells <= self.inline_max_cells
             if self._waiting >= self.max_waiting:
                 self.metrics.shed.labels(model.name, model.version).inc()
                 raise ServiceError(

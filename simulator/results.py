@@ -91,6 +91,8 @@ def charged_ctd(metrics: dict[str, float], max_ctd: int) -> float:
     this figure does not reward that.
     """
     lost = metrics["undelivered_pct"] / 100.0
+    if lost >= 1.0:
+        return float(max_ctd)  # nothing delivered: the CtD mean is undefined (NaN)
     return metrics["ctd_mean"] * (1.0 - lost) + max_ctd * lost
 
 

@@ -174,8 +174,8 @@ class ReyesPolicy:
             groups.extend(tuple(r) for r in self._bundle_restaurant(snap, orders, z))
         bundles = sequence_bundles(snap, groups)
         cands = generate(snap, CandidateConfig(k=0), agents=couriers, bundles=bundles)
-        # A route that no courier can serve in time (the cost-driven bundling ignores the click-to-door
-        # limit) would strand every order in it: serve its orders as singles instead.
+        # A route that no courier can serve (the cost-driven bundling ignores the click-to-door limit and
+        # the couriers' off-times) would strand every order in it: serve its orders as singles instead.
         stranded = (bundles.size > 1) & ~cands.times.feasible.any(axis=0)
         if stranded.any():
             groups = [g for g, s in zip(groups, stranded, strict=True) if not s]

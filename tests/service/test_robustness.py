@@ -143,3 +143,21 @@ def test_preparation_backlog_is_bounded(model_dir: Path):
                 assert "waiting for preparation (--max-queue)" in (exc.details() or "")
                 shed += 1
         assert answered >= 1 and shed >= 1 and answered + shed == 8
+
+
+@pytest.mark.parametrize("rule", ["greedy", "mass"])
+def test_nan_scores_answer_with_flagged_fallback(model_dir: Path, snapshots: list[Snapshot], rule: str):
+    """A model whose scores are NaN is a model error: the rules alone would quietly make everyone wait."""
+    from dispatch.linear_model import default_weights, write_linear_model
+
+    w, _, v, c = default_weights()
+    path = write_linear_model(
+        model_dir / f"nan-{rule}.onnx", name="nan", weights=(w, float("nan"), v, c), conflict_rule=rule
+    )
+    cfg = ServerConfig(models=[("nan", path)], port=0, metrics_port=None)
+    with ThreadedServer(cfg) as srv, DispatchClient(srv.target) as client:
+        for snap in snapshots[:2]:
+            r = client.decide(snap)
+            assert r.fallback and r.fallback_reason == "model_error"
+            response_to_action(r, snap).check(snap)
+            assert any(not a.wait for a in r.actions)
