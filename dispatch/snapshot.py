@@ -9,6 +9,9 @@ from numpy.typing import NDArray
 
 IntArray = NDArray[np.int64]
 FloatArray = NDArray[np.float64]
+
+# Largest minute value accepted anywhere (instance files, service requests): times fit in 32 bits.
+MAX_MINUTES = 2**31 - 1
 BoolArray = NDArray[np.bool_]
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from dispatch.snapshot import ServiceParams, Snapshot
+from dispatch.snapshot import MAX_MINUTES, ServiceParams, Snapshot
 from service.gen.dispatch.v1 import dispatch_pb2 as pb
 
 
@@ -45,7 +45,8 @@ def _unique_ids(ids: Sequence[str], field: str) -> None:
 def _check_columns(matrix: np.ndarray, field: str, names: tuple[str, ...], whole_from: int) -> None:
     """:func:`_check_numbers` on each column (columns from ``whole_from`` on are whole minutes)."""
     frac = matrix[:, whole_from:]
-    if np.isfinite(matrix).all() and (matrix >= 0).all() and (frac == np.floor(frac)).all():
+    ok = np.isfinite(matrix).all() and (matrix >= 0).all()
+    if ok and (frac == np.floor(frac)).all() and (frac <= MAX_MINUTES).all():
         return  # the common case in three passes; the per-column checks below name the offender
     for j, name in enumerate(names):
         _check_numbers(matrix[:, j], field, name, whole=j >= whole_from)
@@ -55,11 +56,19 @@ def _check_numbers(values: np.ndarray, field: str, name: str, *, whole: bool) ->
     """Finite, non-negative (and whole minutes where ``whole``); names the first offending element."""
     bad = ~np.isfinite(values) | (values < 0)
     if whole:
-        bad |= np.isfinite(values) & (values != np.floor(values))
+        bad |= np.isfinite(values) & ((values != np.floor(values)) | (values > MAX_MINUTES))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         v = float(values[i])
-        why = "must be finite" if not np.isfinite(v) else "must be >= 0" if v < 0 else "must be whole minutes"
+        why = (
+            "must be finite"
+            if not np.isfinite(v)
+            else "must be >= 0"
+            if v < 0
+            else f"must be at most {MAX_MINUTES} minutes"
+            if v > MAX_MINUTES
+            else "must be whole minutes"
+        )
         raise ValidationError(f"{field}[{i}].{name}: {v!r} {why}")
 
 
@@ -96,8 +105,8 @@ def to_snapshot(msg: pb.DecideRequest, limits: Limits = Limits()) -> Snapshot:
         if n > limit:
             raise ValidationError(f"{field}: {n} entries exceed the limit of {limit} ({flag})")
     t = msg.time
-    if not np.isfinite(t) or t < 0 or t != np.floor(t):
-        raise ValidationError(f"time: {t!r} must be finite, >= 0 and whole minutes")
+    if not np.isfinite(t) or t < 0 or t != np.floor(t) or t > MAX_MINUTES:
+        raise ValidationError(f"time: {t!r} must be finite, >= 0, whole minutes and at most {MAX_MINUTES}")
     time = int(t)
     params = _params(msg)
 

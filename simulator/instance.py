@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dispatch.snapshot import FloatArray, IntArray, ServiceParams
+from dispatch.snapshot import MAX_MINUTES, FloatArray, IntArray, ServiceParams
 
 PARAM_COLUMNS = (
     "meters_per_minute",
@@ -30,7 +30,6 @@ COURIER_COLUMNS = ("courier", "x", "y", "on_time", "off_time")
 
 
 # Times are stored as 32-bit integers in logs and on the wire; no day needs more.
-MAX_MINUTES = 2**31 - 1
 
 
 class InstanceError(ValueError):
