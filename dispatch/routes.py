@@ -79,7 +79,7 @@ def make_bundles(
             # No pair, hence no larger bundle either (any two members of one would form a pair): singles only.
             rows[0] = rows[0][:, :1]
             width = 1
-        if max_size >= 3:
+        if max_size >= 3 and width == 2:
             groups: dict[int, list[int]] = {}
             for o in by_ready:
                 groups.setdefault(int(snapshot.order_restaurant[o]), []).append(int(o))
