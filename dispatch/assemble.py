@@ -8,11 +8,14 @@ Rules (part of a policy's contract, recorded in its manifest):
 - ``sequential``: agents act one after another in a given order, each choosing its best remaining
   candidate (or sampling it); the log-probability of every choice, conditioned on the choices before
   it, is returned, which is what the behaviour log and InSPO's sequential update need.
-- ``mass``: for policies whose scores are logits of per-courier action distributions. A bundle is
-  served now when the couriers' summed probability of taking it is at least one half (the fleet as a
-  whole wants it served this epoch); bundles go in descending order of their best courier's
-  probability, each to the free courier most likely to take it. Per-courier argmax would serve
-  almost nothing when several couriers share an order: each one's probability of taking it is split.
+- ``mass``: for policies whose scores are logits of per-courier action distributions. A pair
+  (courier, bundle) may be taken when the couriers' summed probability of taking that bundle is at
+  least one half (the fleet as a whole wants it served this epoch) or when the courier's own
+  probability of serving anything at all, 1 − P(wait), is at least one half (the courier wants to
+  work); pairs go in descending order of probability, each courier and each order at most once.
+  Per-courier argmax would serve almost nothing: when several couriers share an order, each one's
+  probability of taking it is split, and when one courier has many orders, its serve probability is
+  split over them, so neither a single slot nor a single bundle reaches the courier's `wait`.
 """
 
 from __future__ import annotations
@@ -196,7 +199,7 @@ def sequential(
 
 
 def mass(cands: CandidateSet, logits: FloatArray, threshold: float = 0.5) -> Assembled:
-    """Serve bundles whose summed courier probability reaches ``threshold``; see the module docstring."""
+    """Serve bundles the fleet or a courier wants (probability ≥ ``threshold``); see the module docstring."""
     n, k = cands.bundle.shape
     choice = np.full(n, WAIT, dtype=np.int64)
     if n == 0 or k == 0:
@@ -210,7 +213,7 @@ def mass(cands: CandidateSet, logits: FloatArray, threshold: float = 0.5) -> Ass
     flat = _descending(p)
     rows, slots = np.divmod(flat, k)
     bundles = cands.bundle[rows, slots]
-    wanted = total[bundles] >= threshold
+    wanted = (total[bundles] >= threshold) | (prob[rows, k] <= 1.0 - threshold)
     rows, slots, bundles = rows[wanted], slots[wanted], bundles[wanted]
     used: set[int] = set()
     done = [False] * n

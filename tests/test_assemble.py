@@ -173,3 +173,21 @@ def test_sequential_sampling_is_conflict_free_and_logp_matches() -> None:
         # First agent: K + 1 equally likely choices (3 bundles + wait).
         assert out.logp[0] == pytest.approx(-math.log(cands.k + 1))
         assert np.all(out.logp <= 0)
+
+
+def test_mass_serves_a_courier_whose_serve_probability_is_split_over_orders() -> None:
+    snap = pair_snapshot()
+    cands = generate(snap, SINGLES)
+    # Both couriers serve with probability about 0.82, split over a and b (0.39 to 0.43 each); c2
+    # wants a a little more, c1 b, so they split the orders, each order once.
+    table = {"c1": {"a": 1.0, "b": 1.05, "wait": 0.2}, "c2": {"a": 1.1, "b": 1.0, "wait": 0.2}}
+    out = assemble.mass(cands, score_matrix(snap, cands, table))
+    assert as_ids(snap, out) == {"c2": ("a",), "c1": ("b",)}
+    # One courier alone: its serve probability 0.82 is split over two orders (0.40 and 0.42), so no
+    # bundle's summed probability reaches 1/2, yet the courier wants to work and takes its best, b.
+    lone = {"c1": {"a": 1.0, "b": 1.05, "wait": 0.2}, "c2": {"a": -9.0, "b": -9.0, "wait": 5.0}}
+    out = assemble.mass(cands, score_matrix(snap, cands, lone))
+    assert as_ids(snap, out) == {"c1": ("b",)}
+    # A courier that prefers waiting (P(wait) > 1/2) on orders nobody else wants stays idle.
+    idle = {"c1": {"a": 0.0, "b": 0.0, "wait": 1.5}, "c2": {"a": -9.0, "b": -9.0, "wait": 5.0}}
+    assert as_ids(snap, assemble.mass(cands, score_matrix(snap, cands, idle))) == {}
