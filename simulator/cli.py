@@ -99,6 +99,13 @@ def register(sub: Any) -> None:
     g.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
     g.add_argument("--interval", type=int, default=2, help="minutes between decision epochs (default 2)")
     g.add_argument("--k", type=int, default=16, help="candidates per courier (default 16)")
+    g.add_argument(
+        "--reward-timing",
+        choices=("assignment", "accrued"),
+        default="assignment",
+        help="when the logged reward charges click-to-door: all at assignment, or as the minutes pass "
+        "(accrued; waiting costs at once, see simulator.engine.RewardConfig) (default assignment)",
+    )
     g.add_argument("--out", type=Path, required=True, help="dataset folder (created, or resumed)")
     g.add_argument("--jobs", type=int, default=0, help="worker processes (default: usable cores)")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -208,7 +215,7 @@ def logs_generate(args: argparse.Namespace) -> int:
     from dispatch.candidates import CandidateConfig
     from simulator.batch import default_jobs
     from simulator.behaviour import RECIPE_NAMES
-    from simulator.engine import SimConfig
+    from simulator.engine import RewardConfig, SimConfig
     from simulator.instance import InstanceError
     from simulator.logs.dataset import LogError
     from simulator.logs.generate import generate
@@ -232,6 +239,7 @@ def logs_generate(args: argparse.Namespace) -> int:
             args.seed,
             sim=SimConfig(dispatch_interval=args.interval),
             cands=CandidateConfig(k=args.k),
+            reward=RewardConfig(timing=args.reward_timing),
             jobs=args.jobs or default_jobs(),
             progress=not args.no_progress,
         )

@@ -30,25 +30,51 @@ class SimConfig:
     courier_lookahead: int = 10
 
 
+REWARD_TIMINGS = ("assignment", "accrued")
+# Engine-side components of the accrued timing (not logged: the logged reward already includes them).
+ACCRUAL_COMPONENTS = (
+    "waited_minutes",
+    "waited_overage_minutes",
+    "assigned_waited_minutes",
+    "assigned_waited_overage_minutes",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class RewardConfig:
-    """Weights of the shared reward, paid when an assignment fixes its orders' outcomes.
+    """Weights of the shared reward and when its click-to-door cost is paid.
 
-    Outcomes are deterministic once assigned, so each order's reward is paid at its assignment epoch;
-    an order that expires unassigned is charged ``undelivered`` at the epoch it expires.
+    ``timing = "assignment"``: outcomes are deterministic once assigned, so each order's whole reward
+    is paid at its assignment epoch. ``timing = "accrued"``: the click-to-door and overage costs are
+    paid as the minutes pass, every epoch for every open order, and the rest of its route at
+    assignment. Undiscounted totals of delivered orders are the same; what changes is that waiting
+    costs now. Paid at assignment, a discount factor makes abandoning a late order look cheap: its
+    −3 expiry lies up to 45 epochs away (×0.1 at γ = 0.95), while serving it costs its late
+    click-to-door at once. Accrued, an order that is never served has paid 90 minutes of
+    click-to-door before its expiry charge, so serving is always the better move.
+    Either way an order that expires unassigned is charged ``undelivered`` at the epoch it expires.
     """
 
     on_time: float = 1.0
     ctd_per_minute: float = -0.02
     overage_per_minute: float = -0.05
     undelivered: float = -3.0
+    timing: str = "assignment"
+
+    def __post_init__(self) -> None:
+        if self.timing not in REWARD_TIMINGS:
+            raise ValueError(f"reward timing {self.timing!r} is not one of {REWARD_TIMINGS}")
 
     def reward(self, c: dict[str, float]) -> float:
         """The scalar reward of one step's components."""
+        ctd, overage = c["ctd_minutes"], c["overage_minutes"]
+        if self.timing == "accrued":
+            ctd += c["waited_minutes"] - c["assigned_waited_minutes"]
+            overage += c["waited_overage_minutes"] - c["assigned_waited_overage_minutes"]
         return (
             self.on_time * c["on_time"]
-            + self.ctd_per_minute * c["ctd_minutes"]
-            + self.overage_per_minute * c["overage_minutes"]
+            + self.ctd_per_minute * ctd
+            + self.overage_per_minute * overage
             + self.undelivered * (c["expired"] + c["late_undelivered"])
         )
 
@@ -170,7 +196,16 @@ class Engine:
         action.check(snap)
         p = self.instance.params
         comp = dict.fromkeys(
-            ("assigned", "on_time", "ctd_minutes", "overage_minutes", "expired", "late_undelivered"), 0.0
+            (
+                "assigned",
+                "on_time",
+                "ctd_minutes",
+                "overage_minutes",
+                "expired",
+                "late_undelivered",
+                *ACCRUAL_COMPONENTS,
+            ),
+            0.0,
         )
         plans = []
         for a in action.assignments:
@@ -190,9 +225,28 @@ class Engine:
             (self.records.order_courier < 0) & ~self.expired & (self.instance.order_placement + p.max_ctd < self.time)
         )
         comp["expired"] = float(newly.sum())
+        self._accrue(snap.time, comp)
         self.expired |= newly
         self._snap = None
         return StepOutcome(self.reward_config.reward(comp), comp, self.done)
+
+    def _accrue(self, start: int, comp: dict[str, float]) -> None:
+        """Minutes (and minutes past the target) that the orders still open waited from ``start`` to now.
+
+        Counted from placement for orders placed within the step and up to expiry for orders that
+        expire in it, so an order delivered in time is charged exactly its click-to-door in total.
+        """
+        p = self.instance.params
+        placed = self.instance.order_placement
+        open_ = (self.records.order_courier < 0) & ~self.expired & (placed < self.time)
+        if not open_.any():
+            return
+        pl = placed[open_]
+        lo = np.maximum(pl, start)
+        hi = np.minimum(pl + p.max_ctd, self.time)
+        comp["waited_minutes"] = float(np.maximum(hi - lo, 0).sum())
+        due = pl + p.target_ctd
+        comp["waited_overage_minutes"] = float((np.maximum(hi - due, 0) - np.maximum(lo - due, 0)).sum())
 
     def _execute(self, snap: Snapshot, c: int, orders: tuple[int, ...], bundle, times, comp: dict[str, float]) -> None:  # type: ignore[no-untyped-def]
         p = self.instance.params
@@ -222,6 +276,10 @@ class Engine:
                 comp["ctd_minutes"] += ctd
                 comp["overage_minutes"] += max(0, ctd - p.target_ctd)
                 comp["on_time"] += float(ctd <= p.target_ctd)
+                # What the accrued timing already charged this order while it waited (since placement).
+                waited = t - int(self.instance.order_placement[oi])
+                comp["assigned_waited_minutes"] += waited
+                comp["assigned_waited_overage_minutes"] += max(0, waited - p.target_ctd)
             else:
                 comp["late_undelivered"] += 1
         self.records.moves.extend(moves)

@@ -23,7 +23,7 @@ from dispatch.snapshot import (
 )
 from simulator import metrics, solution
 from simulator.checker import check_solution
-from simulator.engine import Engine, SimConfig
+from simulator.engine import Engine, RewardConfig, SimConfig
 from simulator.run import outcome
 from tests.helpers import EASY, act, advance_to, make_instance, saved_and_loaded
 
@@ -533,3 +533,43 @@ def test_a_rejected_joint_action_executes_none_of_its_assignments() -> None:
     # The valid half alone goes through.
     eng.step(JointAction.from_ids(eng.snapshot(), {"c1": ["o1"]}))
     assert eng.records.order_pickup.tolist() == [10, -1]
+
+
+def _rewards(timing: str, assign_at: int) -> list[float]:
+    """Per-epoch rewards of a day where o1 (placed 0) is left open until ``assign_at``, then assigned."""
+    eng = Engine(two_orders_instance(), SimConfig(dispatch_interval=2), RewardConfig(timing=timing))
+    out = []
+    while eng.time < assign_at:
+        eng.snapshot()
+        out.append(eng.step(JointAction()).reward)
+    out.append(act(eng, {"c1": ["o1"]}).reward)
+    return out
+
+
+def test_accrued_reward_charges_waiting_as_it_happens_and_the_same_in_total() -> None:
+    paid_late = _rewards("assignment", 6)
+    accrued = _rewards("accrued", 6)
+    # Epochs 0, 2, 4: o1 waits 2 minutes each (o2 is not placed before 16): -0.02 * 2 each.
+    assert paid_late[:3] == [0.0, 0.0, 0.0]
+    assert accrued[:3] == pytest.approx([-0.04, -0.04, -0.04])
+    # At 6 the route's part is paid; in total a delivered order costs its click-to-door once.
+    assert accrued[3] == pytest.approx(paid_late[3] + 0.12)
+    assert sum(accrued) == pytest.approx(sum(paid_late))
+
+
+def test_accrued_reward_charges_an_expired_order_its_full_wait() -> None:
+    inst = make_instance(
+        restaurants=[("R1", 0, 0)], orders=[("o1", 0, -200, 0, "R1", 5)], couriers=[("c1", 0, 250, 200, 300)]
+    )
+    eng = Engine(inst, SimConfig(dispatch_interval=2), RewardConfig(timing="accrued"))
+    total = 0.0
+    while not eng.done:
+        eng.snapshot()
+        total += eng.step(JointAction()).reward
+    # 90 minutes of click-to-door (50 past the 40-minute target), then the expiry charge.
+    assert total == pytest.approx(-0.02 * 90 - 0.05 * 50 - 3.0)
+
+
+def test_unknown_reward_timing_is_refused() -> None:
+    with pytest.raises(ValueError, match="timing"):
+        RewardConfig(timing="later")
