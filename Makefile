@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 JOBS ?= 2
 
-.PHONY: setup demo test lint bench results clean protos
+.PHONY: setup demo test lint bench results results-dispatch clean protos
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,10 @@ bench: setup
 
 results: setup
 	$(BIN)/python -m simulator.results --jobs $(JOBS) --out docs/results.md
+
+# Learned policies (BC, InSPO; 3 training seeds) against the heuristics: 64 held-out and all 240 instances.
+results-dispatch: setup
+	$(BIN)/python -m training.dispatch.results --jobs $(JOBS) --out docs/results-dispatch.md
 
 # Regenerate service/gen from protos/ (the generated files are committed; a test checks they are fresh).
 protos: setup

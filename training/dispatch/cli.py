@@ -59,58 +59,14 @@ def run_dispatch_train(args: argparse.Namespace, params: dict[str, Any]) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """Handler of ``dispatch export``."""
-    import numpy as np
-    import torch
+    from simulator.logs.dataset import LogError
+    from training.dispatch.export import export_run
 
-    from dispatch.candidates import CandidateConfig
-    from simulator.logs.dataset import read_manifest
-    from training.algos.base import DataInfo
-    from training.dispatch.algo import make, scorer_of
-    from training.dispatch.export import export, parity
-    from training.dispatch.train import CHECKPOINT, _load
-
-    cfg_path = args.run / "config.json"
-    if not cfg_path.is_file() or not (args.run / CHECKPOINT).is_file():
-        print(
-            f"dispatch export: {args.run} is not a dispatch training run (config.json, {CHECKPOINT})", file=sys.stderr
-        )
-        return 2
-    resolved = json.loads(cfg_path.read_text())
-    train_cfg = resolved["train"]
-    data_dir = Path(train_cfg["data"])
-    manifest = read_manifest(data_dir)
-    k = int(manifest["args"]["candidates"]["k"])
-    info = DataInfo(n_agents=0, n_actions=k + 1, obs_dim=0, state_dim=4, gamma=train_cfg["gamma"])
-    algo = make(train_cfg["algo"], dict(train_cfg["params"]), info, torch.Generator())
-    algo.load_state_dict(_load(args.run / CHECKPOINT)["algo"])
-    scorer = scorer_of(algo)
-    import hashlib
-
-    data_hash = hashlib.sha256(json.dumps(manifest["episodes"], sort_keys=True).encode()).hexdigest()
     metrics = json.loads(args.metrics.read_text()) if args.metrics else {}
-    path = export(
-        scorer,
-        args.out,
-        args.name or args.run.name,
-        args.version,
-        CandidateConfig(**manifest["args"]["candidates"]),
-        conflict_rule=args.conflict_rule,
-        metrics=metrics,
-        code_version=resolved.get("code_version", ""),
-        training={
-            "run": str(args.run),
-            "algo": train_cfg["algo"],
-            "config": resolved,
-            "data": str(data_dir),
-            "data_sha256": data_hash,
-        },
-    )
-    rng = np.random.default_rng(0)
-    batch = {
-        "agent": rng.normal(size=(2, 9, 8)).astype(np.float32),
-        "cand": rng.normal(size=(2, 9, k, 16)).astype(np.float32),
-        "cand_mask": rng.random((2, 9, k)) > 0.3,
-    }
-    diff = parity(scorer, path, batch)
+    try:
+        path, diff = export_run(args.run, args.out, args.name, args.version, args.conflict_rule, metrics)
+    except (LogError, ValueError) as exc:
+        print(f"dispatch export: {exc}", file=sys.stderr)
+        return 2
     print(f"exported {path} (+ {path.with_suffix('.json').name}); torch/ONNX max |diff| {diff:.2e}")
     return 0 if diff <= 1e-5 else 1

@@ -84,3 +84,62 @@ def parity(scorer: Scorer, onnx_path: str | Path, batch: dict[str, np.ndarray]) 
         want = scorer.eval()(*(torch.from_numpy(batch[n]) for n in INPUTS)).numpy()
     legal = np.concatenate([batch["cand_mask"], np.ones((*batch["cand_mask"].shape[:2], 1), bool)], -1)
     return float(np.abs(np.where(legal, got - want, 0.0)).max()) if got.size else 0.0
+
+
+def export_run(
+    run: Path,
+    out: Path,
+    name: str = "",
+    version: str = "1",
+    conflict_rule: str = "mass",
+    metrics: dict[str, float] | None = None,
+) -> tuple[Path, float]:
+    """Export a training run folder's policy; returns the ONNX path and the torch/ONNX parity on random inputs.
+
+    Raises ValueError when ``run`` is not a finished dispatch training run.
+    """
+    import hashlib
+    import json
+
+    from simulator.logs.dataset import read_manifest
+    from training.algos.base import DataInfo
+    from training.dispatch.algo import make, scorer_of
+    from training.dispatch.train import CHECKPOINT, _load
+
+    cfg_path = run / "config.json"
+    if not cfg_path.is_file() or not (run / CHECKPOINT).is_file():
+        raise ValueError(f"{run} is not a dispatch training run (config.json, {CHECKPOINT})")
+    resolved = json.loads(cfg_path.read_text())
+    train_cfg = resolved["train"]
+    data_dir = Path(train_cfg["data"])
+    manifest = read_manifest(data_dir)
+    k = int(manifest["args"]["candidates"]["k"])
+    info = DataInfo(n_agents=0, n_actions=k + 1, obs_dim=0, state_dim=4, gamma=train_cfg["gamma"])
+    algo = make(train_cfg["algo"], dict(train_cfg["params"]), info, torch.Generator())
+    algo.load_state_dict(_load(run / CHECKPOINT)["algo"])
+    scorer = scorer_of(algo)
+    data_hash = hashlib.sha256(json.dumps(manifest["episodes"], sort_keys=True).encode()).hexdigest()
+    path = export(
+        scorer,
+        out,
+        name or run.name,
+        version,
+        CandidateConfig(**manifest["args"]["candidates"]),
+        conflict_rule=conflict_rule,
+        metrics=metrics or {},
+        code_version=resolved.get("code_version", ""),
+        training={
+            "run": str(run),
+            "algo": train_cfg["algo"],
+            "config": resolved,
+            "data": str(data_dir),
+            "data_sha256": data_hash,
+        },
+    )
+    rng = np.random.default_rng(0)
+    batch = {
+        "agent": rng.normal(size=(2, 9, FA)).astype(np.float32),
+        "cand": rng.normal(size=(2, 9, k, FC)).astype(np.float32),
+        "cand_mask": rng.random((2, 9, k)) > 0.3,
+    }
+    return path, parity(scorer, path, batch)

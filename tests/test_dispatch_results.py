@@ -1,0 +1,58 @@
+"""The dispatch results report: paired intervals, the held-out guard, and one small end-to-end run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from training.dispatch import results
+
+
+def test_paired_ci_matches_the_paired_t_test() -> None:
+    rng = np.random.default_rng(3)
+    a = rng.normal(30, 2, size=40)
+    b = a + rng.normal(0.5, 1.0, size=40)
+    mean, lo, hi = results.paired_ci(a, b)
+    ci = stats.ttest_rel(a, b).confidence_interval(0.95)
+    assert mean == pytest.approx(float(np.mean(a - b)))
+    assert (lo, hi) == pytest.approx((ci.low, ci.high))
+    # NaN instances (a policy that delivered nothing has no CtD mean) are dropped, not propagated.
+    a[0] = np.nan
+    assert np.isfinite(results.paired_ci(a, b)[1])
+
+
+def test_training_on_held_out_instances_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        results.main(["--train-instances", "7o50*", "--work", "/nonexistent/never-made"])
+    assert exc.value.code == 2
+    assert "held-out" in capsys.readouterr().err
+
+
+def test_one_command_logs_trains_exports_and_reports(tmp_path: Path) -> None:
+    out = tmp_path / "report.md"
+    argv = [
+        "--seeds", "2", "--steps", "6",
+        "--train-instances", "0o50t75s1p100",
+        "--instances", "6o50t75s1p100",
+        "--work", str(tmp_path / "work"), "--out", str(out),
+        "--heuristic-cache", str(tmp_path / "none.json"), "--jobs", "1", "--no-progress",
+    ]  # fmt: skip
+    assert results.main(argv) == 0
+    text = out.read_text()
+    cache = json.loads(out.with_suffix(".json").read_text())
+    # Two seeds of each algorithm plus every heuristic, each on the evaluated instance.
+    assert sorted(cache) == sorted(["bc-s0", "bc-s1", "inspo-s0", "inspo-s1", *results.HEURISTICS])
+    assert all(list(v) == ["6o50t75s1p100"] for v in cache.values())
+    for model in ("bc-s0", "bc-s1", "inspo-s0", "inspo-s1"):
+        manifest = json.loads((tmp_path / "work" / "models" / f"{model}.json").read_text())
+        assert manifest["conflict_rule"] == "mass"
+    assert "## Held out: seeds 6–9, o50 and r50 (1 instances)" in text
+    # One instance gives no interval: the table says so with NaN rather than inventing one.
+    assert "| reyes | +nan [+nan, +nan]" in text
+    # A rerun finds everything done and rewrites the same report.
+    assert results.main(argv) == 0
+    assert out.read_text() == text

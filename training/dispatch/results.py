@@ -1,0 +1,288 @@
+"""``python -m training.dispatch.results``: learned dispatch policies against the heuristics → docs/results-dispatch.md.
+
+One command, every step cached under ``--work`` so a killed run resumes where it stopped:
+
+1. **logs**: the ``mixed`` recipe, one logged day per training instance (instance seeds 0–5 only);
+2. **train**: every algorithm (BC, InSPO) with every training seed, then export to ONNX with the
+   ``mass`` conflict rule;
+3. **evaluate**: every model and every heuristic on all 240 public instances (per-instance metrics
+   cached in a JSON file beside the report; heuristic rows are taken from ``docs/results.json``,
+   written by ``make results`` with the same simulator, when it has them);
+4. **report**: the 64 held-out instances (seeds 6–9, o50 and r50: never used for training, tuning or
+   model selection) and all 240. A learned policy's value on an instance is the mean over its
+   training seeds; the table adds the spread across seeds. Each comparison of InSPO with another
+   policy is a paired 95% confidence interval (Student t over instances) of the per-instance
+   difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from simulator.instance import list_instances
+from simulator.report import markdown_table, mean_metrics
+from simulator.results import KEEP, PUBLISHED, _save, charged_ctd, floors
+
+ALGOS = ("bc", "inspo")
+HEURISTICS = ("reyes", "assignment", "nearest", "random")
+TRAIN_INSTANCES = ("[0-5]*",)
+HELD_OUT = ("[6-9]o50*", "[6-9]r50*")
+COMPARED = ("ctd_mean", "undelivered_pct", "charged_ctd")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What the report trains and evaluates."""
+
+    seeds: int = 3
+    steps: int = 3000
+    batch_size: int = 32
+    rule: str = "mass"
+    train_instances: tuple[str, ...] = TRAIN_INSTANCES
+    instances: str = "*"
+
+
+def _instances(patterns: tuple[str, ...]) -> list[str]:
+    return sorted({n for p in patterns for n in list_instances(p)})
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def build_models(work: Path, proto: Protocol, jobs: int, progress: bool) -> dict[str, Path]:
+    """Log, train and export every (algorithm, seed); skips what a previous run finished. Returns name → ONNX."""
+    from simulator.logs.generate import generate
+    from training.dispatch.export import export_run
+    from training.dispatch.train import DispatchTrainConfig, train
+
+    logs = work / "logs"
+    # Resumes by itself: days already logged (and checksummed) are not simulated again.
+    generate(logs, "mixed", _instances(proto.train_instances), days=1, seed=0, jobs=jobs, progress=progress)
+    models: dict[str, Path] = {}
+    for algo in ALGOS:
+        for seed in range(proto.seeds):
+            name = f"{algo}-s{seed}"
+            run, onnx = work / "runs" / name, work / "models" / f"{name}.onnx"
+            if not onnx.is_file():
+                cfg = DispatchTrainConfig(
+                    data=str(logs),
+                    algo=algo,
+                    steps=proto.steps,
+                    batch_size=proto.batch_size,
+                    seed=seed,
+                    out=str(run),
+                    resume=True,
+                    progress=progress,
+                )
+                print(f"train {name}: {proto.steps} steps", file=sys.stderr)
+                train(cfg)
+                _, diff = export_run(run, onnx, name=name, conflict_rule=proto.rule)
+                if diff > 1e-5:
+                    raise RuntimeError(f"{name}: torch/ONNX parity {diff:.2e} exceeds 1e-5")
+            models[name] = onnx
+    return models
+
+
+def evaluate(
+    data: dict[str, dict[str, dict[str, float]]],
+    name: str,
+    spec: str,
+    instances: list[str],
+    cache: Path,
+    jobs: int,
+    progress: bool,
+) -> None:
+    """Simulate ``spec`` (a heuristic or an .onnx path) on the instances ``data[name]`` lacks, then save."""
+    from simulator.batch import Task, run_many
+
+    have = data.setdefault(name, {})
+    todo = [i for i in instances if i not in have]
+    if not todo:
+        return
+    print(f"evaluate {name}: {len(todo)} instance(s)", file=sys.stderr)
+    for r in run_many([Task(i, spec) for i in todo], jobs=jobs, progress=progress):
+        have[r.instance_name] = {k: r.metrics[k] for k in KEEP}
+    _save(cache, data)
+
+
+def _value(metrics: dict[str, float], key: str, max_ctd: int) -> float:
+    return charged_ctd(metrics, max_ctd) if key == "charged_ctd" else metrics[key]
+
+
+def per_instance(
+    data: dict[str, dict[str, dict[str, float]]],
+    members: list[str],
+    instances: list[str],
+    key: str,
+    max_ctd: dict[str, int],
+) -> np.ndarray:
+    """A policy's per-instance value of ``key``: the mean over its members (training seeds, or itself)."""
+    return np.array(
+        [np.nanmean([_value(data[m][i], key, max_ctd[i]) for m in members]) for i in instances], dtype=np.float64
+    )
+
+
+def paired_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of a − b over instances and its Student-t confidence interval (instances with NaN dropped)."""
+    d = a - b
+    d = d[np.isfinite(d)]
+    if d.size < 2:
+        return float("nan"), float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + level / 2, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
+    mean = float(d.mean())
+    return mean, mean - half, mean + half
+
+
+def _section(
+    title: str,
+    data: dict[str, dict[str, dict[str, float]]],
+    groups: dict[str, list[str]],
+    instances: list[str],
+    max_ctd: dict[str, int],
+) -> list[str]:
+    labels = list(groups)
+    rows = []
+    for lab in labels:
+        seed_mean = [{k: float(np.nanmean([data[m][i][k] for m in groups[lab]])) for k in KEEP} for i in instances]
+        rows.append(mean_metrics(seed_mean))
+    lines = [f"## {title} ({len(instances)} instances)", "", markdown_table(labels, rows), ""]
+    charged = {lab: per_instance(data, groups[lab], instances, "charged_ctd", max_ctd).mean() for lab in labels}
+    lines += [
+        "Click-to-door with every undelivered order counted at the maximum (90 min): "
+        + ", ".join(f"{lab} {v:.2f}" for lab, v in charged.items())
+        + ".",
+        "",
+    ]
+    spread = [lab for lab in labels if len(groups[lab]) > 1]
+    if spread:
+        lines += ["Spread across training seeds (std of the per-seed means):", ""]
+        for lab in spread:
+            per_seed = [mean_metrics([data[m][i] for i in instances]) for m in groups[lab]]
+            lines.append(
+                f"- {lab} ({len(groups[lab])} seeds): CtD "
+                + " / ".join(f"{s['ctd_mean']:.2f}" for s in per_seed)
+                + f" (std {np.std([s['ctd_mean'] for s in per_seed], ddof=1):.2f}); undelivered "
+                + " / ".join(f"{s['undelivered_pct']:.2f}" for s in per_seed)
+                + f"% (std {np.std([s['undelivered_pct'] for s in per_seed], ddof=1):.2f})"
+            )
+        lines.append("")
+    if "inspo" in groups:
+        lines += [
+            "InSPO minus each policy, paired over instances (mean and 95% CI; negative is better for InSPO):",
+            "",
+            "| vs | CtD mean | undelivered % | charged CtD | CtD and undelivered both lower (CIs below 0) |",
+            "|---|---|---|---|---|",
+        ]
+        for lab in labels:
+            if lab == "inspo":
+                continue
+            cells, better = [], True
+            for key in COMPARED:
+                a = per_instance(data, groups["inspo"], instances, key, max_ctd)
+                b = per_instance(data, groups[lab], instances, key, max_ctd)
+                mean, lo, hi = paired_ci(a, b)
+                cells.append(f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]")
+                better = better and (hi < 0 or key == "charged_ctd")
+            lines.append(f"| {lab} | " + " | ".join(cells) + f" | {'yes' if better else 'no'} |")
+        lines.append("")
+    return lines
+
+
+def render(data: dict[str, dict[str, dict[str, float]]], groups: dict[str, list[str]], proto: Protocol) -> str:
+    """The Markdown report."""
+    everything = list_instances(proto.instances)
+    held = [i for i in _instances(HELD_OUT) if i in everything]
+    fl = floors(everything)
+    max_ctd = {i: fl[i][2] for i in everything}
+    lines = [
+        "# Learned dispatch policies against the heuristics",
+        "",
+        "Produced by `make results-dispatch` (`python -m training.dispatch.results`). Training data: the "
+        f"`mixed` recipe, one logged day on each of the {len(_instances(proto.train_instances))} instances "
+        f"{', '.join(f'`{p}`' for p in proto.train_instances)}. "
+        f"Each learned policy: {proto.seeds} training seeds × {proto.steps} steps (batch {proto.batch_size}), "
+        f"exported to ONNX, joint actions by the `{proto.rule}` rule. Its row is the mean over its seeds of each "
+        "instance's metric. Figures are means across instances (the published convention).",
+        "",
+        PUBLISHED,
+        "",
+        f"Per-order floor (prep + direct travel + service), mean over all {len(everything)}: "
+        f"{np.mean([fl[i][0] for i in everything]):.2f} min; over the {len(held)} held-out: "
+        f"{np.mean([fl[i][0] for i in held] or [np.nan]):.2f} min. Orders no dispatcher can deliver within "
+        f"90 min: {np.mean([fl[i][1] for i in everything]):.3f}% (all), "
+        f"{np.mean([fl[i][1] for i in held] or [np.nan]):.3f}% (held out).",
+        "",
+    ]
+    if held:
+        lines += _section("Held out: seeds 6–9, o50 and r50", data, groups, held, max_ctd)
+    lines += _section("All instances", data, groups, everything, max_ctd)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run (or resume) the whole protocol and write the report."""
+    from simulator.batch import default_jobs
+
+    ap = argparse.ArgumentParser(prog="python -m training.dispatch.results", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("docs/results-dispatch.md"), help="Markdown report")
+    ap.add_argument("--work", type=Path, default=Path("runs/results-dispatch"), help="logs, runs and models")
+    ap.add_argument("--seeds", type=int, default=Protocol.seeds, help="training seeds per algorithm (default 3)")
+    ap.add_argument("--steps", type=int, default=Protocol.steps, help="training steps (default 3000)")
+    ap.add_argument(
+        "--train-instances",
+        action="append",
+        metavar="GLOB",
+        help="instances whose logged days train the policies (repeatable; default: every seed 0-5 instance); "
+        "held-out seeds 6-9 are refused",
+    )
+    ap.add_argument("--instances", default="*", help="glob of the instances evaluated (default all 240)")
+    ap.add_argument("--heuristic-cache", type=Path, default=Path("docs/results.json"), help="make results' cache")
+    ap.add_argument("--jobs", type=int, default=0, help="worker processes (default: usable cores)")
+    ap.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    args = ap.parse_args(argv)
+    if args.seeds < 1 or args.steps < 1:
+        ap.error("--seeds and --steps must be at least 1")
+    train_set = tuple(args.train_instances or TRAIN_INSTANCES)
+    leaked = sorted(set(_instances(train_set)) & set(_instances(HELD_OUT)))
+    if leaked:
+        ap.error(
+            f"--train-instances includes held-out instances ({', '.join(leaked[:3])}...): "
+            "seeds 6-9 are never trained on"
+        )
+    if not _instances(train_set) or not list_instances(args.instances):
+        ap.error("--train-instances and --instances must each match at least one public instance")
+    proto = Protocol(seeds=args.seeds, steps=args.steps, train_instances=train_set, instances=args.instances)
+    jobs = args.jobs or default_jobs()
+    args.work.mkdir(parents=True, exist_ok=True)
+    models = build_models(args.work, proto, jobs, not args.no_progress)
+    cache = args.out.with_suffix(".json")
+    data: dict[str, dict[str, dict[str, float]]] = json.loads(cache.read_text()) if cache.is_file() else {}
+    if args.heuristic_cache.is_file():
+        known = json.loads(args.heuristic_cache.read_text())
+        for h in HEURISTICS:
+            data[h] = {**known.get(h, {}), **data.get(h, {})}
+    everything = list_instances(args.instances)
+    policies = {name: str(path) for name, path in models.items()} | {h: h for h in HEURISTICS}
+    for name, spec in policies.items():
+        evaluate(data, name, spec, everything, cache, jobs, not args.no_progress)
+    groups = {a: [f"{a}-s{s}" for s in range(proto.seeds)] for a in ALGOS} | {h: [h] for h in HEURISTICS}
+    text = render(data, groups, proto)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_text(args.out, text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
