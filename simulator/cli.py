@@ -100,11 +100,12 @@ def register(sub: Any) -> None:
     g.add_argument("--interval", type=int, default=2, help="minutes between decision epochs (default 2)")
     g.add_argument("--k", type=int, default=16, help="candidates per courier (default 16)")
     g.add_argument(
-        "--reward-timing",
-        choices=("assignment", "accrued"),
-        default="assignment",
-        help="when the logged reward charges click-to-door: all at assignment, or as the minutes pass "
-        "(accrued; waiting costs at once, see simulator.engine.RewardConfig) (default assignment)",
+        "--reward",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a reward weight (simulator.engine.RewardConfig: on_time, ctd_per_minute, "
+        "overage_per_minute, undelivered, timing=assignment|accrued); repeatable",
     )
     g.add_argument("--out", type=Path, required=True, help="dataset folder (created, or resumed)")
     g.add_argument("--jobs", type=int, default=0, help="worker processes (default: usable cores)")
@@ -215,7 +216,7 @@ def logs_generate(args: argparse.Namespace) -> int:
     from dispatch.candidates import CandidateConfig
     from simulator.batch import default_jobs
     from simulator.behaviour import RECIPE_NAMES
-    from simulator.engine import RewardConfig, SimConfig
+    from simulator.engine import SimConfig, reward_config
     from simulator.instance import InstanceError
     from simulator.logs.dataset import LogError
     from simulator.logs.generate import generate
@@ -230,6 +231,11 @@ def logs_generate(args: argparse.Namespace) -> int:
         print("dispatch logs generate: --days, --interval and --k must be at least 1", file=sys.stderr)
         return 2
     try:
+        reward_config(args.reward)
+    except ValueError as exc:
+        print(f"dispatch logs generate: --reward: {exc}", file=sys.stderr)
+        return 2
+    try:
         instances = expand(args.instances or ["0o50t75s2p100"])
         man = generate(
             args.out,
@@ -239,7 +245,7 @@ def logs_generate(args: argparse.Namespace) -> int:
             args.seed,
             sim=SimConfig(dispatch_interval=args.interval),
             cands=CandidateConfig(k=args.k),
-            reward=RewardConfig(timing=args.reward_timing),
+            reward=reward_config(args.reward),
             jobs=args.jobs or default_jobs(),
             progress=not args.no_progress,
         )

@@ -79,6 +79,28 @@ class RewardConfig:
         )
 
 
+def reward_config(overrides: list[str]) -> RewardConfig:
+    """A RewardConfig from ``KEY=VALUE`` overrides of its defaults; ValueError names a bad key or value."""
+    known = {f: type(getattr(RewardConfig(), f)) for f in RewardConfig.__slots__}
+    values: dict[str, float | str] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or key not in known:
+            raise ValueError(f"{item!r}: expected KEY=VALUE with KEY one of {', '.join(known)}")
+        if known[key] is str:
+            values[key] = raw.strip()
+            continue
+        try:
+            number = float(raw)
+        except ValueError:
+            raise ValueError(f"{key}: {raw!r} is not a number") from None
+        if not np.isfinite(number):
+            raise ValueError(f"{key}: {raw!r} is not a finite number")
+        values[key] = number
+    return RewardConfig(**values)  # type: ignore[arg-type]
+
+
 @dataclass
 class Move:
     """One courier movement in execution order."""

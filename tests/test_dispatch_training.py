@@ -117,3 +117,12 @@ def test_dispatch_inspo_trains_without_a_support_cut(logs: Path, tmp_path: Path)
         train(DispatchTrainConfig(data=str(logs), steps=2, batch_size=4, progress=False, out=str(out), params=params))
         resolved[name] = json.loads((out / "config.json").read_text())["algo"]["support_threshold"]
     assert resolved == {"default": 0.0, "cut": 0.01}
+
+
+def test_gamma_reaches_the_run_config_and_bad_values_are_refused(logs: Path, tmp_path: Path) -> None:
+    base = ["train", "--algo", "bc", "--data", str(logs), "--steps", "2", "--batch-size", "4", "--no-progress"]
+    assert dispatch([*base, "--gamma", "0.99", "--out", str(tmp_path / "r")]) == 0
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["train"]["gamma"] == 0.99
+    assert dispatch([*base, "--gamma", "1.5", "--out", str(tmp_path / "bad")]) == 2
+    with pytest.raises(SystemExit, match="gamma"):
+        dispatch(["train", "--data", "xor:ab", "--gamma", "0.9", "--steps", "1", "--out", str(tmp_path / "g")])

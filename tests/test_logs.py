@@ -200,3 +200,21 @@ def test_training_view_layout_and_cache(dataset: Path) -> None:
     assert np.all(first.epoch[nxt[live]] == first.epoch[live] + 1)
     assert first.terminated.sum() == len(ds.episodes)
     np.testing.assert_allclose(first.reward, np.asarray(ds.table("epochs").column("reward")), rtol=1e-6)
+
+
+def test_reward_overrides_are_recorded_and_bad_ones_refused(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    common = ["--recipe", "reyes-soft", "--instances", INSTANCE, "--jobs", "1", "--no-progress"]
+    bad = subprocess.run(
+        _cli(*common, "--reward", "undelivered=lots", "--out", str(tmp_path / "bad")),
+        env=env, cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert "undelivered" in bad.stderr and not (tmp_path / "bad").exists()
+    out = tmp_path / "ok"
+    subprocess.run(
+        _cli(*common, "--reward", "undelivered=-10", "--reward", "timing=accrued", "--out", str(out)),
+        check=True, env=env, cwd=ROOT, capture_output=True,
+    )  # fmt: skip
+    reward = json.loads((out / MANIFEST).read_text())["args"]["reward"]
+    assert reward["undelivered"] == -10.0 and reward["timing"] == "accrued"

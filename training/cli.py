@@ -37,6 +37,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--data-seed", type=int, default=0, help="seed used to build the game dataset (default: 0)")
     p.add_argument("--steps", type=int, default=3000, help="gradient steps (default: 3000)")
     p.add_argument("--batch-size", type=int, default=256, help="minibatch size (default: 256)")
+    p.add_argument(
+        "--gamma", type=float, default=None, help="discount per decision epoch, dispatch logs only (default 0.95)"
+    )
     p.add_argument("--eval-every", type=int, default=500, help="evaluate every N steps (default: 500)")
     p.add_argument("--ckpt-every", type=int, default=500, help="checkpoint every N steps (default: 500)")
     p.add_argument("--out", default="runs/default", help="output directory (default: runs/default)")
@@ -69,6 +72,8 @@ def run_train(args: argparse.Namespace) -> int:
         from training.dispatch.cli import run_dispatch_train
 
         return run_dispatch_train(args, params)
+    if args.gamma is not None:
+        raise SystemExit("--gamma applies to dispatch log datasets; a game's discount is part of its spec")
     cfg = TrainConfig(
         algo=args.algo,
         data=args.data,

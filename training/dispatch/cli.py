@@ -34,8 +34,13 @@ def run_dispatch_train(args: argparse.Namespace, params: dict[str, Any]) -> int:
     if args.algo not in ("bc", "inspo"):
         print(f"dispatch train: --algo {args.algo} is not available for dispatch logs (bc, inspo)", file=sys.stderr)
         return 2
+    gamma = DispatchTrainConfig.gamma if args.gamma is None else args.gamma
+    if not 0.0 <= gamma < 1.0:
+        print(f"dispatch train: --gamma must be in [0, 1), got {gamma}", file=sys.stderr)
+        return 2
     cfg = DispatchTrainConfig(
         data=str(args.data),
+        gamma=gamma,
         algo=args.algo,
         steps=args.steps,
         batch_size=min(args.batch_size, 64),
