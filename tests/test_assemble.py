@@ -121,8 +121,8 @@ def test_assignment_maximises_the_total() -> None:
 def test_nobody_is_assigned_below_wait(rule: str) -> None:
     snap = pair_snapshot()
     cands = generate(snap, SINGLES)
-    # c1 prefers waiting (5) to either order; c2's a beats its wait.
-    scores = score_matrix(snap, cands, {"c1": {"a": 4, "b": 3, "wait": 5}, "c2": {"a": 9, "b": 2, "wait": 1}})
+    # c1 prefers waiting (7.5, P(wait) 0.96: below every rule's bar to serve) to either order; c2's a beats its wait.
+    scores = score_matrix(snap, cands, {"c1": {"a": 4, "b": 3, "wait": 7.5}, "c2": {"a": 9, "b": 2, "wait": 1}})
     out = assemble.assemble(cands, scores, rule)
     assert as_ids(snap, out) == {"c2": ("a",)}
     i1 = list(cands.agents).index(snap.courier_ids.index("c1"))
@@ -178,16 +178,16 @@ def test_sequential_sampling_is_conflict_free_and_logp_matches() -> None:
 def test_mass_serves_a_courier_whose_serve_probability_is_split_over_orders() -> None:
     snap = pair_snapshot()
     cands = generate(snap, SINGLES)
-    # Both couriers serve with probability about 0.82, split over a and b (0.39 to 0.43 each); c2
-    # wants a a little more, c1 b, so they split the orders, each order once.
+    assert pytest.approx(0.1) == assemble.MASS_THRESHOLD  # the numbers below are chosen around it
+    # Both couriers want to work (P(serve) 0.82 each); c2 wants a a little more, c1 b: each order once.
     table = {"c1": {"a": 1.0, "b": 1.05, "wait": 0.2}, "c2": {"a": 1.1, "b": 1.0, "wait": 0.2}}
     out = assemble.mass(cands, score_matrix(snap, cands, table))
     assert as_ids(snap, out) == {"c2": ("a",), "c1": ("b",)}
-    # One courier alone: its serve probability 0.82 is split over two orders (0.40 and 0.42), so no
-    # bundle's summed probability reaches 1/2, yet the courier wants to work and takes its best, b.
-    lone = {"c1": {"a": 1.0, "b": 1.05, "wait": 0.2}, "c2": {"a": -9.0, "b": -9.0, "wait": 5.0}}
+    # c1 alone: P(serve) 0.13 split over two orders (0.065 each), so no bundle's summed probability
+    # reaches the threshold, yet the courier's does: it takes one of them.
+    lone = {"c1": {"a": 0.0, "b": 0.01, "wait": 2.6}, "c2": {"a": -20.0, "b": -20.0, "wait": 5.0}}
     out = assemble.mass(cands, score_matrix(snap, cands, lone))
     assert as_ids(snap, out) == {"c1": ("b",)}
-    # A courier that prefers waiting (P(wait) > 1/2) on orders nobody else wants stays idle.
-    idle = {"c1": {"a": 0.0, "b": 0.0, "wait": 1.5}, "c2": {"a": -9.0, "b": -9.0, "wait": 5.0}}
+    # P(serve) 0.057: below the threshold for the courier and for each order, so nobody moves.
+    idle = {"c1": {"a": 0.0, "b": 0.0, "wait": 3.5}, "c2": {"a": -20.0, "b": -20.0, "wait": 5.0}}
     assert as_ids(snap, assemble.mass(cands, score_matrix(snap, cands, idle))) == {}
