@@ -126,3 +126,18 @@ def test_gamma_reaches_the_run_config_and_bad_values_are_refused(logs: Path, tmp
     assert dispatch([*base, "--gamma", "1.5", "--out", str(tmp_path / "bad")]) == 2
     with pytest.raises(SystemExit, match="gamma"):
         dispatch(["train", "--data", "xor:ab", "--gamma", "0.9", "--steps", "1", "--out", str(tmp_path / "g")])
+
+
+def test_device_choice_is_recorded_and_cuda_is_refused_where_unusable(logs: Path, tmp_path: Path) -> None:
+    base = ["train", "--algo", "bc", "--data", str(logs), "--steps", "2", "--batch-size", "4", "--no-progress"]
+    assert dispatch([*base, "--device", "auto", "--out", str(tmp_path / "auto")]) == 0
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert json.loads((tmp_path / "auto" / "config.json").read_text())["device"].startswith(want)
+    if not torch.cuda.is_available():
+        # The refusal names the device and why; nothing is trained or written.
+        with pytest.raises(ValueError, match="device 'cuda' requested but CUDA is not usable"):
+            train(DispatchTrainConfig(data=str(logs), algo="bc", steps=2, out=str(tmp_path / "c"), device="cuda"))
+        assert dispatch([*base, "--device", "cuda", "--out", str(tmp_path / "cuda")]) == 2
+        assert not (tmp_path / "cuda").exists()
+    with pytest.raises(SystemExit, match="device"):
+        dispatch(["train", "--data", "xor:ab", "--device", "auto", "--steps", "1", "--out", str(tmp_path / "g")])

@@ -40,6 +40,13 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--gamma", type=float, default=None, help="discount per decision epoch, dispatch logs only (default 0.95)"
     )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "auto"),
+        default="cpu",
+        help="dispatch logs only: where the networks train; cuda is refused where CUDA is unusable, "
+        "auto takes CUDA when usable (default cpu)",
+    )
     p.add_argument("--eval-every", type=int, default=500, help="evaluate every N steps (default: 500)")
     p.add_argument("--ckpt-every", type=int, default=500, help="checkpoint every N steps (default: 500)")
     p.add_argument("--out", default="runs/default", help="output directory (default: runs/default)")
@@ -74,6 +81,8 @@ def run_train(args: argparse.Namespace) -> int:
         return run_dispatch_train(args, params)
     if args.gamma is not None:
         raise SystemExit("--gamma applies to dispatch log datasets; a game's discount is part of its spec")
+    if args.device != "cpu":
+        raise SystemExit("--device applies to dispatch log datasets; the benchmark games train on the CPU")
     cfg = TrainConfig(
         algo=args.algo,
         data=args.data,

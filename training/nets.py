@@ -48,7 +48,7 @@ class PerAgent(nn.Module):
     def forward_agent(self, i: int, obs: torch.Tensor) -> torch.Tensor:
         """Outputs [B, A] of agent ``i`` alone, so that no other agent's parameters enter the graph."""
         if self.shared:
-            ids = torch.zeros(obs.shape[0], self.n_agents, dtype=obs.dtype)
+            ids = torch.zeros(obs.shape[0], self.n_agents, dtype=obs.dtype, device=obs.device)
             ids[:, i] = 1.0
             out: torch.Tensor = self.net(torch.cat([obs[:, i], ids], dim=-1))
             return out
@@ -57,7 +57,7 @@ class PerAgent(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         if self.shared:
-            ids = torch.eye(self.n_agents, dtype=obs.dtype).expand(obs.shape[0], -1, -1)
+            ids = torch.eye(self.n_agents, dtype=obs.dtype, device=obs.device).expand(obs.shape[0], -1, -1)
             return self.net(torch.cat([obs, ids], dim=-1))
         return torch.stack([net(obs[:, i]) for i, net in enumerate(self.nets)], dim=1)
 

@@ -108,7 +108,8 @@ def prefix_log_ratios(log_ratio: torch.Tensor, perm: torch.Tensor, mask: torch.T
 
 def random_permutations(mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One random order of the agents per sample; absent agents are placed last."""
-    keys = torch.rand(mask.shape, generator=generator) + (~mask).float() * 2.0
+    # Drawn from the CPU generator (one stream, checkpointed) and moved: the same orders on any device.
+    keys = torch.rand(mask.shape, generator=generator).to(mask.device) + (~mask).float() * 2.0
     return keys.argsort(dim=1)
 
 
@@ -172,7 +173,7 @@ class InSPO(Algorithm):
     def _cond_log_mu(self, b: Batch, i: int) -> torch.Tensor:
         """log μ̂^j(a^j | s, a^i) of every agent's dataset action given agent i's dataset action, [B, N]."""
         n, a = self.info.n_agents, self.info.n_actions
-        code = torch.zeros(b["actions"].shape[0], n * a, dtype=b["obs"].dtype)
+        code = torch.zeros(b["actions"].shape[0], n * a, dtype=b["obs"].dtype, device=b["obs"].device)
         code.scatter_(1, (i * a + b["actions"][:, i])[:, None], b["agent_mask"][:, i : i + 1].to(code.dtype))
         aug = torch.cat([b["obs"], code[:, None].expand(-1, n, -1)], dim=-1)
         return gather_actions(masked_log_softmax(self.mu_cond(aug), b["legal"]), b["actions"])
@@ -180,7 +181,7 @@ class InSPO(Algorithm):
     def _cond_bc_step(self, b: Batch) -> float:
         """Behaviour cloning of each agent's action given each teammate's action (i ≠ j pairs)."""
         n, mask = self.info.n_agents, b["agent_mask"]
-        loss = torch.zeros(())
+        loss = torch.zeros((), device=mask.device)
         for i in range(n):
             other = mask.clone()
             other[:, i] = False

@@ -76,3 +76,18 @@ def minibatch(view: TrainingView, idx: np.ndarray) -> dict[str, object]:
         "rewards": torch.from_numpy(view.reward[idx].astype(np.float32)),
         "terminated": torch.from_numpy(view.terminated[idx]),
     }
+
+
+def to_device(batch: dict[str, object], device: torch.device) -> dict[str, object]:
+    """The minibatch with every tensor (nested dicts included) on ``device``; a no-op on CPU."""
+    if device.type == "cpu":
+        return batch
+    out: dict[str, object] = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            out[key] = value.to(device, non_blocking=True)
+        elif isinstance(value, dict):
+            out[key] = {k: v.to(device, non_blocking=True) for k, v in value.items()}
+        else:
+            out[key] = value
+    return out

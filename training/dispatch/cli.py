@@ -50,6 +50,7 @@ def run_dispatch_train(args: argparse.Namespace, params: dict[str, Any]) -> int:
         resume=args.resume,
         stop_after=args.stop_after,
         progress=not args.no_progress,
+        device=args.device,
         params=params,
     )
     try:

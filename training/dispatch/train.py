@@ -1,5 +1,9 @@
 """Train a dispatch policy (BC or InSPO) on a log dataset, with checkpoints and full resume.
 
+``device``: ``cpu`` (default; bit-identical resume), ``cuda`` or ``auto``. Minibatches are built on the
+CPU and moved; every random draw comes from CPU streams, so a GPU run samples the same minibatches and
+agent orders as a CPU run, and differs only by floating-point reduction order.
+
 The loop samples minibatches of decision epochs from the training view (:mod:`simulator.logs.view`),
 calls the algorithm's update, logs CSV rows, and checkpoints networks, optimisers, step and RNG streams
 atomically, so ``--resume`` continues bit-identically on CPU. Rewards are divided by a scale (the
@@ -24,11 +28,12 @@ from simulator.logs.view import STATE_FEATURES
 from simulator.logs.view import load as load_view
 from training.algos.base import DataInfo
 from training.dispatch.algo import make
-from training.dispatch.batches import minibatch
+from training.dispatch.batches import minibatch, to_device
 from training.harness import atomic_write_bytes, code_version, rng_state, set_rng_state
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
+DEVICES = ("cpu", "cuda", "auto")
 
 
 @dataclass
@@ -46,6 +51,7 @@ class DispatchTrainConfig:
     resume: bool = False
     stop_after: int | None = None
     progress: bool = True
+    device: str = "cpu"
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -65,9 +71,22 @@ def _save(
     atomic_write_bytes(path, buf.getvalue())
 
 
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` (refused, with the reason, where CUDA is unusable) or ``auto`` (CUDA when usable)."""
+    if name not in DEVICES:
+        raise ValueError(f"device {name!r} is not one of {', '.join(DEVICES)}")
+    usable = torch.cuda.is_available()
+    if name == "cuda" and not usable:
+        cuda = torch.version.cuda  # type: ignore[attr-defined]
+        build = "a CPU-only build" if cuda is None else f"built for CUDA {cuda}, no GPU seen"
+        raise ValueError(f"device 'cuda' requested but CUDA is not usable here (torch {torch.__version__}: {build})")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and usable) else "cpu")
+
+
 def _load(path: Path) -> dict[str, Any]:
     try:
-        payload: dict[str, Any] = torch.load(path, weights_only=True)
+        # map_location: a checkpoint written on a GPU loads on a CPU-only machine (export, resume there).
+        payload: dict[str, Any] = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # a truncated or foreign file: say which and why
         raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
     if payload.get("format_version") != CHECKPOINT_VERSION:
@@ -79,6 +98,7 @@ def _load(path: Path) -> dict[str, Any]:
 
 def train(cfg: DispatchTrainConfig) -> dict[str, Any]:
     """Run or resume training; returns the resolved config and the run statistics."""
+    device = resolve_device(cfg.device)
     torch.set_num_threads(1)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -88,6 +108,8 @@ def train(cfg: DispatchTrainConfig) -> dict[str, Any]:
     view.reward = (view.reward / scale).astype(np.float32)
     info = DataInfo(n_agents=0, n_actions=view.k + 1, obs_dim=0, state_dim=len(STATE_FEATURES), gamma=cfg.gamma)
     algo = make(cfg.algo, dict(cfg.params), info, gen)
+    for module in algo.modules.values():
+        module.to(device)  # parameters move in place, so the optimisers built over them stay valid
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     start = 0
@@ -101,6 +123,7 @@ def train(cfg: DispatchTrainConfig) -> dict[str, Any]:
         "train": asdict(cfg),
         "algo": algo.config_dict(),
         "code_version": code_version(),
+        "device": str(device),
         "reward_scale": scale,
         "data_manifest": str(Path(cfg.data) / "manifest.json"),
         "data_epochs": view.n_epochs,
@@ -118,7 +141,7 @@ def train(cfg: DispatchTrainConfig) -> dict[str, Any]:
             writer.writerow(["step", "metric", "value"])
         for step in tqdm(range(start, end), initial=start, total=cfg.steps, disable=not cfg.progress, desc=cfg.algo):
             idx = np_rng.choice(live, size=min(cfg.batch_size, live.size), replace=False)
-            batch = minibatch(view, idx)
+            batch = to_device(minibatch(view, idx), device)
             metrics = algo.update(batch, step)
             rows += int(batch["agent_mask"].sum())  # type: ignore[attr-defined]
             done = step + 1
