@@ -45,8 +45,11 @@ def test_one_command_logs_trains_exports_and_reports(tmp_path: Path) -> None:
     text = out.read_text()
     cache = json.loads(out.with_suffix(".json").read_text())
     # Two seeds of each algorithm plus every heuristic, each on the evaluated instance.
-    assert sorted(cache) == sorted(["bc-s0", "bc-s1", "inspo-s0", "inspo-s1", *results.HEURISTICS])
+    models = ["bc-s0", "bc-s1", "inspo-s0", "inspo-s1"]
+    digests = cache.pop(results.MODEL_KEY)
+    assert sorted(cache) == sorted([*models, *results.HEURISTICS])
     assert all(list(v) == ["6o50t75s1p100"] for v in cache.values())
+    assert sorted(digests) == models and all(len(d["sha256"]) == 64 for d in digests.values())
     for model in ("bc-s0", "bc-s1", "inspo-s0", "inspo-s1"):
         manifest = json.loads((tmp_path / "work" / "models" / f"{model}.json").read_text())
         assert manifest["conflict_rule"] == "mass"
@@ -56,3 +59,7 @@ def test_one_command_logs_trains_exports_and_reports(tmp_path: Path) -> None:
     # A rerun finds everything done and rewrites the same report.
     assert results.main(argv) == 0
     assert out.read_text() == text
+    # Another protocol in the same work folder is refused rather than mixed with the old models.
+    with pytest.raises(SystemExit) as exc:
+        results.main([*argv, "--steps", "7"])
+    assert exc.value.code == 2

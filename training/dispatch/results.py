@@ -21,12 +21,13 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import stats
 
+from dispatch.model import sha256_bytes
 from simulator.instance import list_instances
 from simulator.report import markdown_table, mean_metrics
 from simulator.results import KEEP, PUBLISHED, _save, charged_ctd, floors
@@ -36,6 +37,7 @@ HEURISTICS = ("reyes", "assignment", "nearest", "random")
 TRAIN_INSTANCES = ("[0-5]*",)
 HELD_OUT = ("[6-9]o50*", "[6-9]r50*")
 COMPARED = ("ctd_mean", "undelivered_pct", "charged_ctd")
+MODEL_KEY = "_model_files"  # in the metrics cache: each model's file digest when its metrics were measured
 
 
 @dataclass(frozen=True)
@@ -265,9 +267,19 @@ def main(argv: list[str] | None = None) -> int:
     proto = Protocol(seeds=args.seeds, steps=args.steps, train_instances=train_set, instances=args.instances)
     jobs = args.jobs or default_jobs()
     args.work.mkdir(parents=True, exist_ok=True)
+    stamp, wanted = args.work / "protocol.json", json.dumps(asdict(proto), sort_keys=True)
+    if stamp.is_file() and stamp.read_text() != wanted:
+        ap.error(f"{args.work} holds a run of another protocol ({stamp.read_text()}); use a new --work or the same one")
+    _atomic_text(stamp, wanted)
     models = build_models(args.work, proto, jobs, not args.no_progress)
     cache = args.out.with_suffix(".json")
     data: dict[str, dict[str, dict[str, float]]] = json.loads(cache.read_text()) if cache.is_file() else {}
+    # Metrics are kept per model file: a model that changed since they were measured is evaluated again.
+    digests = {name: {"sha256": sha256_bytes(path.read_bytes())} for name, path in models.items()}
+    for name, digest in digests.items():
+        if data.get(MODEL_KEY, {}).get(name) != digest:
+            data.pop(name, None)
+    data[MODEL_KEY] = digests  # type: ignore[assignment]
     if args.heuristic_cache.is_file():
         known = json.loads(args.heuristic_cache.read_text())
         for h in HEURISTICS:
