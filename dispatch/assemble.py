@@ -212,7 +212,8 @@ def mass(cands: CandidateSet, logits: FloatArray, threshold: float = MASS_THRESH
     z = z - z.max(axis=1, keepdims=True)
     prob = np.exp(z)
     prob /= prob.sum(axis=1, keepdims=True)
-    p = np.where(cands.mask, prob[:, :k], 0.0)
+    # A courier with non-finite scores (a broken model) neither serves nor counts towards any bundle.
+    p = np.where(cands.mask & np.isfinite(prob[:, :k]), prob[:, :k], 0.0)
     total = np.bincount(cands.bundle[cands.mask], weights=p[cands.mask], minlength=cands.bundles.n)
     flat = _descending(p)
     rows, slots = np.divmod(flat, k)

@@ -51,7 +51,8 @@ class RewardConfig:
     costs now. Paid at assignment, a discount factor makes abandoning a late order look cheap: its
     −3 expiry lies up to 45 epochs away (×0.1 at γ = 0.95), while serving it costs its late
     click-to-door at once. Accrued, an order that is never served has paid 90 minutes of
-    click-to-door before its expiry charge, so serving is always the better move.
+    click-to-door before its expiry charge, so serving is always the better move; one delivered after
+    the maximum is charged exactly like one that expired.
     Either way an order that expires unassigned is charged ``undelivered`` at the epoch it expires.
     """
 
@@ -266,9 +267,9 @@ class Engine:
         pl = placed[open_]
         lo = np.maximum(pl, start)
         hi = np.minimum(pl + p.max_ctd, self.time)
-        comp["waited_minutes"] = float(np.maximum(hi - lo, 0).sum())
+        comp["waited_minutes"] += float(np.maximum(hi - lo, 0).sum())
         due = pl + p.target_ctd
-        comp["waited_overage_minutes"] = float((np.maximum(hi - due, 0) - np.maximum(lo - due, 0)).sum())
+        comp["waited_overage_minutes"] += float((np.maximum(hi - due, 0) - np.maximum(lo - due, 0)).sum())
 
     def _execute(self, snap: Snapshot, c: int, orders: tuple[int, ...], bundle, times, comp: dict[str, float]) -> None:  # type: ignore[no-untyped-def]
         p = self.instance.params
@@ -304,6 +305,11 @@ class Engine:
                 comp["assigned_waited_overage_minutes"] += max(0, waited - p.target_ctd)
             else:
                 comp["late_undelivered"] += 1
+                # Accrued timing: charged up to the maximum like an order that expires, so a hopeless
+                # assignment is never cheaper than letting the order go.
+                waited = t - int(self.instance.order_placement[oi])
+                comp["waited_minutes"] += p.max_ctd - waited
+                comp["waited_overage_minutes"] += max(0, p.max_ctd - p.target_ctd) - max(0, waited - p.target_ctd)
         self.records.moves.extend(moves)
         self.records.assignments.append(AssignmentRecord(t, pickup, ci, tuple(inst_orders)))
         self.records.courier_work[ci] += driving + p.pickup_service + p.dropoff_service * len(inst_orders)

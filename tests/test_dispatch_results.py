@@ -49,7 +49,7 @@ def test_one_command_logs_trains_exports_and_reports(tmp_path: Path) -> None:
     digests = cache.pop(results.MODEL_KEY)
     assert sorted(cache) == sorted([*models, *results.HEURISTICS])
     assert all(list(v) == ["6o50t75s1p100"] for v in cache.values())
-    assert sorted(digests) == models and all(len(d["sha256"]) == 64 for d in digests.values())
+    assert sorted(digests) == models and all(len(d["onnx_sha256"]) == 64 for d in digests.values())
     for model in ("bc-s0", "bc-s1", "inspo-s0", "inspo-s1"):
         manifest = json.loads((tmp_path / "work" / "models" / f"{model}.json").read_text())
         assert manifest["conflict_rule"] == "mass"

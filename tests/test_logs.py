@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from simulator.engine import Engine
+from simulator.engine import Engine, RewardConfig
 from simulator.logs.dataset import MANIFEST, LogDataset, LogError, read_part
 from simulator.logs.generate import generate
 from simulator.logs.view import load as load_view
@@ -218,3 +218,16 @@ def test_reward_overrides_are_recorded_and_bad_ones_refused(tmp_path: Path) -> N
     )  # fmt: skip
     reward = json.loads((out / MANIFEST).read_text())["args"]["reward"]
     assert reward["undelivered"] == -10.0 and reward["timing"] == "accrued"
+
+
+def test_dataset_written_before_a_reward_field_existed_still_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "old"
+    generate(out, "random", [INSTANCE], days=1, seed=3, progress=False)
+    man = json.loads((out / MANIFEST).read_text())
+    del man["args"]["reward"]["timing"]  # as written before the field existed
+    (out / MANIFEST).write_text(json.dumps(man))
+    again = generate(out, "random", [INSTANCE], days=1, seed=3, progress=False)
+    assert again["complete"] and again["episodes"] == man["episodes"]
+    # A real difference is still refused.
+    with pytest.raises(LogError, match="other arguments"):
+        generate(out, "random", [INSTANCE], days=1, seed=3, reward=RewardConfig(undelivered=-10.0), progress=False)

@@ -573,3 +573,19 @@ def test_accrued_reward_charges_an_expired_order_its_full_wait() -> None:
 def test_unknown_reward_timing_is_refused() -> None:
     with pytest.raises(ValueError, match="timing"):
         RewardConfig(timing="later")
+
+
+def test_accrued_reward_charges_a_late_delivery_like_an_expiry() -> None:
+    # As in test_order_can_still_be_assigned_at_placement_plus_max: o1 carried at 90, delivered at 101.
+    inst = make_instance(
+        restaurants=[("R1", 0, 0)], orders=[("o1", 0, -200, 0, "R1", 0)], couriers=[("c1", 0, 250, 90, 300)]
+    )
+    eng = Engine(inst, SimConfig(dispatch_interval=2), RewardConfig(timing="accrued"))
+    total = 0.0
+    while eng.time < 90:
+        eng.snapshot()
+        total += eng.step(JointAction()).reward
+    total += act(eng, {"c1": ["o1"]}).reward
+    assert eng.records.order_dropoff.tolist() == [101]
+    # The same as an order left to expire: 90 minutes (50 past the target), then the undelivered charge.
+    assert total == pytest.approx(-0.02 * 90 - 0.05 * 50 - 3.0)

@@ -102,6 +102,17 @@ def _write_manifest(folder: Path, man: dict[str, Any]) -> None:
     os.replace(tmp, folder / MANIFEST)
 
 
+def _with_defaults(args: Any) -> Any:
+    """A manifest's arguments with reward fields added since it was written set to their defaults.
+
+    A field is only ever added with a default that keeps the old behaviour, so a dataset made before it
+    existed resumes instead of being refused as made with other arguments.
+    """
+    if not isinstance(args, dict) or not isinstance(args.get("reward"), dict):
+        return args
+    return {**args, "reward": {**asdict(RewardConfig()), **args["reward"]}}
+
+
 def generate(
     folder: str | Path,
     recipe: str,
@@ -130,7 +141,7 @@ def generate(
     specs = plan(recipe, instances, days, seed)
     if (out / MANIFEST).exists():
         man = read_manifest(out)
-        if man.get("args") != json.loads(json.dumps(args)):
+        if _with_defaults(man.get("args")) != json.loads(json.dumps(args)):
             raise LogError(
                 f"{out}: holds a dataset made with other arguments ({man.get('args')}); "
                 "use a new folder or the same arguments to resume"

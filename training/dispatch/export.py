@@ -67,7 +67,9 @@ def export(
         code_version=code_version,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
-    for target, payload in ((out, data), (manifest_path(out), manifest.to_json().encode())):
+    # Manifest first, model last: a crash in between leaves a manifest whose checksum the old model file
+    # fails, so runtimes refuse the pair instead of serving a model under the wrong manifest.
+    for target, payload in ((manifest_path(out), manifest.to_json().encode()), (out, data)):
         tmp = target.with_name(target.name + ".tmp")
         tmp.write_bytes(payload)
         os.replace(tmp, target)

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from dispatch.model import sha256_bytes
+from dispatch.assemble import MASS_THRESHOLD
+from dispatch.model import manifest_path, sha256_bytes
 from simulator.instance import list_instances
 from simulator.report import markdown_table, mean_metrics
 from simulator.results import KEEP, PUBLISHED, _save, charged_ctd, floors
@@ -76,7 +77,7 @@ def build_models(work: Path, proto: Protocol, jobs: int, progress: bool) -> dict
         for seed in range(proto.seeds):
             name = f"{algo}-s{seed}"
             run, onnx = work / "runs" / name, work / "models" / f"{name}.onnx"
-            if not onnx.is_file():
+            if not (onnx.is_file() and manifest_path(onnx).is_file()):
                 cfg = DispatchTrainConfig(
                     data=str(logs),
                     algo=algo,
@@ -91,6 +92,7 @@ def build_models(work: Path, proto: Protocol, jobs: int, progress: bool) -> dict
                 train(cfg)
                 _, diff = export_run(run, onnx, name=name, conflict_rule=proto.rule)
                 if diff > 1e-5:
+                    onnx.unlink()  # never reused by a later run
                     raise RuntimeError(f"{name}: torch/ONNX parity {diff:.2e} exceeds 1e-5")
             models[name] = onnx
     return models
@@ -274,8 +276,16 @@ def main(argv: list[str] | None = None) -> int:
     models = build_models(args.work, proto, jobs, not args.no_progress)
     cache = args.out.with_suffix(".json")
     data: dict[str, dict[str, dict[str, float]]] = json.loads(cache.read_text()) if cache.is_file() else {}
-    # Metrics are kept per model file: a model that changed since they were measured is evaluated again.
-    digests = {name: {"sha256": sha256_bytes(path.read_bytes())} for name, path in models.items()}
+    # Metrics are kept per model: a model whose file, manifest (conflict rule) or decoding threshold changed
+    # since they were measured is evaluated again.
+    digests = {
+        name: {
+            "onnx_sha256": sha256_bytes(path.read_bytes()),
+            "manifest_sha256": sha256_bytes(manifest_path(path).read_bytes()),
+            "mass_threshold": MASS_THRESHOLD,
+        }
+        for name, path in models.items()
+    }
     for name, digest in digests.items():
         if data.get(MODEL_KEY, {}).get(name) != digest:
             data.pop(name, None)
@@ -283,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.heuristic_cache.is_file():
         known = json.loads(args.heuristic_cache.read_text())
         for h in HEURISTICS:
-            data[h] = {**known.get(h, {}), **data.get(h, {})}
+            data[h] = {**data.get(h, {}), **known.get(h, {})}  # a fresh `make results` wins
     everything = list_instances(args.instances)
     policies = {name: str(path) for name, path in models.items()} | {h: h for h in HEURISTICS}
     for name, spec in policies.items():
