@@ -39,7 +39,11 @@ def test_resume_is_bit_identical(algo: str, logs: Path, tmp_path: Path) -> None:
     cut = tmp_path / "cut"
     train(DispatchTrainConfig(**{**base.__dict__, "out": str(cut), "stop_after": 16}))
     assert torch.load(cut / CHECKPOINT, weights_only=True)["step"] == 16
+    with open(cut / "train.csv", "a") as fh:  # a row logged after the checkpoint, then a kill
+        fh.write("20,after_checkpoint,1\n")
     train(DispatchTrainConfig(**{**base.__dict__, "out": str(cut), "resume": True}))
+    assert "after_checkpoint" not in (cut / "train.csv").read_text()  # the resumed run logs it afresh
+    assert (cut / "train.csv").read_text().startswith("step,metric,value")
     a, b = _params(full), _params(cut)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)

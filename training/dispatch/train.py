@@ -134,6 +134,13 @@ def train(cfg: DispatchTrainConfig) -> dict[str, Any]:
     end = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
     log_path = out / "train.csv"
     fresh = not (cfg.resume and log_path.exists())
+    if not fresh:
+        # Rows logged after the checkpoint we resume from (a kill between checkpoints) are logged again.
+        with open(log_path, newline="") as fh:
+            kept = [r for i, r in enumerate(csv.reader(fh)) if i == 0 or (r and r[0].isdigit() and int(r[0]) <= start)]
+        buf = io.StringIO()
+        csv.writer(buf).writerows(kept)
+        atomic_write_bytes(log_path, buf.getvalue().encode())
     rows, started = 0, time.perf_counter()
     with open(log_path, "w" if fresh else "a", newline="") as fh:
         writer = csv.writer(fh)
