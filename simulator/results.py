@@ -52,7 +52,8 @@ CLASSES: tuple[tuple[str, Callable[[str], str]], ...] = (
 )
 
 
-def _save(path: Path, data: dict[str, dict[str, dict[str, float]]]) -> None:
+def save_cache(path: Path, data: dict[str, dict[str, dict[str, float]]]) -> None:
+    """Write a per-policy, per-instance metrics cache atomically."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=0, sort_keys=True))
     os.replace(tmp, path)
@@ -70,7 +71,7 @@ def collect(
             print(f"{pol}: {len(todo)} instance(s) to run", file=sys.stderr)
             for r in run_many([Task(i, pol) for i in todo], jobs=jobs):
                 have[r.instance_name] = {k: r.metrics[k] for k in KEEP}
-            _save(cache, data)
+            save_cache(cache, data)
     return data
 
 

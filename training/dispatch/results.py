@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +30,8 @@ from dispatch.assemble import MASS_THRESHOLD
 from dispatch.model import manifest_path, sha256_bytes
 from simulator.instance import list_instances
 from simulator.report import markdown_table, mean_metrics
-from simulator.results import KEEP, PUBLISHED, _save, charged_ctd, floors
+from simulator.results import KEEP, PUBLISHED, charged_ctd, floors, save_cache
+from training.harness import atomic_write_bytes
 
 ALGOS = ("bc", "inspo")
 HEURISTICS = ("reyes", "assignment", "nearest", "random")
@@ -55,12 +55,6 @@ class Protocol:
 
 def _instances(patterns: tuple[str, ...]) -> list[str]:
     return sorted({n for p in patterns for n in list_instances(p)})
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def build_models(work: Path, proto: Protocol, jobs: int, progress: bool) -> dict[str, Path]:
@@ -117,7 +111,7 @@ def evaluate(
     print(f"evaluate {name}: {len(todo)} instance(s)", file=sys.stderr)
     for r in run_many([Task(i, spec) for i in todo], jobs=jobs, progress=progress):
         have[r.instance_name] = {k: r.metrics[k] for k in KEEP}
-    _save(cache, data)
+    save_cache(cache, data)
 
 
 def _value(metrics: dict[str, float], key: str, max_ctd: int) -> float:
@@ -272,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp, wanted = args.work / "protocol.json", json.dumps(asdict(proto), sort_keys=True)
     if stamp.is_file() and stamp.read_text() != wanted:
         ap.error(f"{args.work} holds a run of another protocol ({stamp.read_text()}); use a new --work or the same one")
-    _atomic_text(stamp, wanted)
+    atomic_write_bytes(stamp, wanted.encode())
     models = build_models(args.work, proto, jobs, not args.no_progress)
     cache = args.out.with_suffix(".json")
     data: dict[str, dict[str, dict[str, float]]] = json.loads(cache.read_text()) if cache.is_file() else {}
@@ -301,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     groups = {a: [f"{a}-s{s}" for s in range(proto.seeds)] for a in ALGOS} | {h: [h] for h in HEURISTICS}
     text = render(data, groups, proto)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_text(args.out, text + "\n")
+    atomic_write_bytes(args.out, (text + "\n").encode())
     print(text)
     return 0
 
