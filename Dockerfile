@@ -12,15 +12,19 @@ WORKDIR /src
 COPY docker/serve-constraints.txt ./docker/
 RUN pip install --no-cache-dir -c docker/serve-constraints.txt \
         "grpcio==1.85.1" "grpcio-health-checking==1.85.1" "grpcio-reflection==1.85.1" "protobuf==7.36.2" \
-        "onnxruntime==1.32.0" "prometheus-client==0.26.0" "numpy==2.4.6" "scipy==1.17.1" "tqdm==4.70.1"
+        "onnxruntime==1.32.0" "prometheus-client==0.26.0" "numpy==2.4.6" "numba==0.68.1" "scipy==1.17.1" \
+        "tqdm==4.70.1"
 COPY pyproject.toml README.md ./
 COPY dispatch ./dispatch
 COPY dispatch_cli ./dispatch_cli
 COPY service ./service
 COPY simulator ./simulator
 COPY training ./training
+# The decision path's compiled kernels are built once here (into NUMBA_CACHE_DIR), not on the first request.
+ENV NUMBA_CACHE_DIR=/opt/numba-cache
 RUN pip install --no-cache-dir --no-deps . \
-    && python -c "import service.server, sys; assert 'torch' not in sys.modules"
+    && python -c "import service.server, sys; assert 'torch' not in sys.modules" \
+    && python -m dispatch.kernels --warm
 
 # ---- train: simulator, offline logs, training and export (torch CPU build, pinned) ----
 FROM python:3.11-slim-bookworm AS train
@@ -34,7 +38,7 @@ COPY service ./service
 COPY simulator ./simulator
 COPY training ./training
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" \
-    && pip install --no-cache-dir "numpy==2.4.6" "scipy==1.17.1" "tqdm==4.70.1" "onnx==1.23.2" "onnxruntime==1.32.0" \
+    && pip install --no-cache-dir "numpy==2.4.6" "numba==0.68.1" "scipy==1.17.1" "tqdm==4.70.1" "onnx==1.23.2" "onnxruntime==1.32.0" \
         "tensorboard==2.21.0" "pyarrow==26.0.1" "pettingzoo==1.27.0" "gymnasium==1.4.0" \
     && pip install --no-cache-dir --no-deps .
 USER 10001
@@ -43,9 +47,11 @@ CMD ["--help"]
 
 # ---- serve: the decision service only; no torch, no compilers, non-root ----
 FROM python:3.11-slim-bookworm AS serve
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 NUMBA_CACHE_DIR=/opt/numba-cache
 RUN useradd --system --uid 10001 --no-create-home --no-log-init dispatch
 COPY --from=build /opt/venv /opt/venv
+# numba only uses a cache folder it can write to: the service user owns the prebuilt one.
+COPY --from=build --chown=10001:10001 /opt/numba-cache /opt/numba-cache
 USER 10001
 WORKDIR /models
 # gRPC, Prometheus /metrics

@@ -26,6 +26,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from dispatch.candidates import CandidateSet
+from dispatch.kernels import claim
 from dispatch.snapshot import Assignment, FloatArray, IntArray, JointAction
 
 RULES = ("greedy", "assignment", "sequential", "mass")
@@ -93,25 +94,11 @@ def _slot_members(cands: CandidateSet) -> list[dict[int, list[int]]]:
 def greedy(cands: CandidateSet, scores: FloatArray) -> Assembled:
     """Global greedy by descending score; ``scores`` is (agents, K+1) with wait last."""
     n, k = cands.bundle.shape
-    choice = np.full(n, WAIT, dtype=np.int64)
     gain = scores[:, :k] - scores[:, k : k + 1]
     gain = np.where(cands.mask, gain, -np.inf)
     flat = _descending(gain)
     rows, slots = np.divmod(flat, k) if k else (flat, flat)
-    used: set[int] = set()
-    done = [False] * n
-    left = n
-    # Plain Python over lists: per pair this is a few set lookups, far cheaper than numpy calls.
-    table = cands.bundles.orders.tolist()
-    for i, c, b in zip(rows.tolist(), slots.tolist(), cands.bundle[rows, slots].tolist(), strict=True):
-        if done[i] or not used.isdisjoint(table[b]):
-            continue
-        _take(used, table[b])
-        choice[i] = c
-        done[i] = True
-        left -= 1
-        if not left:
-            break
+    choice = claim(rows, slots, cands.bundle[rows, slots], cands.bundles.orders, n)
     return Assembled(_to_action(cands, choice), choice, np.zeros(n))
 
 
@@ -219,16 +206,7 @@ def mass(cands: CandidateSet, logits: FloatArray, threshold: float = MASS_THRESH
     rows, slots = np.divmod(flat, k)
     bundles = cands.bundle[rows, slots]
     wanted = (total[bundles] >= threshold) | (prob[rows, k] <= 1.0 - threshold)
-    rows, slots, bundles = rows[wanted], slots[wanted], bundles[wanted]
-    used: set[int] = set()
-    done = [False] * n
-    table = cands.bundles.orders.tolist()
-    for i, c, b in zip(rows.tolist(), slots.tolist(), bundles.tolist(), strict=True):
-        if done[i] or not used.isdisjoint(table[b]):
-            continue
-        _take(used, table[b])
-        choice[i] = c
-        done[i] = True
+    choice = claim(rows[wanted], slots[wanted], bundles[wanted], cands.bundles.orders, n)
     return Assembled(_to_action(cands, choice), choice, np.zeros(n))
 
 

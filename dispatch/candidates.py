@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dispatch.kernels import rank_keys
 from dispatch.routes import Bundles, RouteTimes, make_bundles, route_times, sequence_bundles
 from dispatch.snapshot import BoolArray, IntArray, Snapshot
 
@@ -71,9 +72,7 @@ def generate(
         empty = np.zeros((n, max(k, 0)), dtype=np.int64)
         return CandidateSet(agents, bundles, empty - 1, empty.astype(bool), times)
     # Lexicographic key: pickup, then travel, then larger bundle first; infeasible last.
-    big = np.int64(1 << 40)
-    key = (times.pickup * 4096 + times.travel_to_restaurant) * 8 - bundles.size[None, :]
-    key = np.where(times.feasible, key, big)
+    key = rank_keys(times.pickup, times.travel_to_restaurant, times.feasible, bundles.size)
     part = np.argpartition(key, k - 1, axis=1)[:, :k] if k < b else np.tile(np.arange(b), (n, 1))
     order = np.argsort(np.take_along_axis(key, part, axis=1), axis=1, kind="stable")
     chosen = np.take_along_axis(part, order, axis=1)

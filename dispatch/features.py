@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dispatch.candidates import CandidateSet
+from dispatch.kernels import CANDIDATE_COLUMNS, best_pickup, candidate_features
 from dispatch.snapshot import BoolArray, Snapshot
 
 AGENT_FEATURES = (
@@ -42,6 +43,8 @@ CANDIDATE_FEATURES = (
     "competing_agents/10",
     "pickup_behind_best_agent/10",
 )
+# The compiled encoder writes exactly these columns, in this order.
+assert len(CANDIDATE_FEATURES) == CANDIDATE_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -71,52 +74,23 @@ def encode(snapshot: Snapshot, cands: CandidateSet) -> Encoded:
         agent[:, 5] = n_open / max(n_avail, 1) / 10.0
         agent[:, 6] = (t % 1440) / 1440.0
         agent[:, 7] = cands.mask.sum(axis=1) / max(k, 1)
-    cand = np.zeros((n, k, len(CANDIDATE_FEATURES)), dtype=np.float32)
     if n and k and cands.bundles.n:
         tm = cands.times
         bun = cands.bundles
-        # Gather every (agent, bundle) quantity at the K candidate slots first: (n, K) work, not (n, B).
-        slot = np.where(cands.mask, cands.bundle, 0)
-        rows = np.arange(n)[:, None]
-        pickup = tm.pickup[rows, slot].astype(np.float64)
-        travel = tm.travel_to_restaurant[rows, slot].astype(np.float64)
-        start = np.broadcast_to(tm.start_at[:, None], (n, k)).astype(np.float64)
-        max_ctd = tm.max_ctd[rows, slot].astype(np.float64)
-        size = bun.size[slot].astype(np.float64)
-        # The other pair times are the pickup plus a per-bundle constant (dispatch.routes.RouteTimes).
-        free_at = pickup + tm.free_offset[slot]
-        sum_ctd = pickup * size + tm.ctd_offset_sum[slot]
-        ready = bun.ready[slot].astype(np.float64)
-        members = bun.orders[slot]  # (n, K, S)
-        valid = members >= 0
-        placed = snapshot.order_placement[np.where(valid, members, 0)]
-        since = np.where(valid, t - placed, 0).sum(axis=2) / size
-        arrival = start + travel + p.half_pickup
-        route = np.maximum(free_at - t, 1)
-        slack = np.where(valid, placed + p.target_ctd - (pickup[:, :, None] + bun.dropoff_offset[slot]), np.inf).min(2)
-        # Coordination context: how many agents hold the bundle and how far behind the best one this is.
+        # Coordination context: how many agents hold the bundle, and the earliest pickup any agent could make.
         held = np.bincount(cands.bundle[cands.mask], minlength=bun.n)
-        # Earliest pickup any agent could make for each bundle (one pass over the feasible pairs).
-        best_pickup = np.where(tm.feasible, tm.pickup, np.iinfo(np.int64).max).min(axis=0).astype(np.float64)
-        cols = [
-            travel / 10,
-            np.maximum(ready - arrival, 0) / 10,
-            (pickup - t) / 10,
-            size,
-            sum_ctd / size / 40.0,
-            max_ctd / 40.0,
-            np.maximum(max_ctd - p.target_ctd, 0) / 10,
-            slack / 10,
-            since / 10,
-            (ready - t) / 10,
-            route / 10,
-            size * 6.0 / route,
-            (pickup - ready) / 10,
-            np.broadcast_to(np.arange(k)[None, :] / k, (n, k)),
-            held[slot] / 10,
-            (pickup - best_pickup[slot]) / 10,
-        ]
-        for j, col in enumerate(cols):
-            cand[:, :, j] = col
-        cand[~cands.mask] = 0.0
+        cand = candidate_features(
+            cands.bundle,
+            cands.mask,
+            tm,
+            bun,
+            snapshot.order_placement,
+            held,
+            best_pickup(tm.pickup, tm.feasible),
+            t,
+            p.half_pickup,
+            p.target_ctd,
+        )
+    else:
+        cand = np.zeros((n, k, len(CANDIDATE_FEATURES)), dtype=np.float32)
     return Encoded(agent, cand, cands.mask.copy())

@@ -15,6 +15,7 @@ from functools import cached_property
 
 import numpy as np
 
+from dispatch.kernels import close_pairs, pair_times
 from dispatch.snapshot import FloatArray, IntArray, Snapshot, travel_matrix, travel_minutes
 
 
@@ -72,7 +73,7 @@ def make_bundles(
         by_ready = orders[np.argsort(snapshot.order_ready[orders], kind="stable")]
         rest = snapshot.order_restaurant[by_ready]
         ready = snapshot.order_ready[by_ready]
-        i, j = _close_pairs(rest, ready, max_ready_gap)
+        i, j = close_pairs(rest, ready, max_ready_gap)
         if i.size:
             rows.append(np.stack([by_ready[i], by_ready[j]], axis=1))
         else:
@@ -95,30 +96,6 @@ def make_bundles(
         padded = np.pad(matrix, ((0, 0), (0, wide - width)), constant_values=-1)
         matrix = np.concatenate([padded, _matrix(larger, wide)])
     return _tabulate(snapshot, matrix, reorder=True)
-
-
-def _close_pairs(rest: IntArray, ready: IntArray, gap: int) -> tuple[IntArray, IntArray]:
-    """Index pairs i < j with the same restaurant and ready times at most ``gap`` apart, in row-major order.
-
-    ``ready`` must be non-decreasing. Equivalent to ``np.nonzero(np.triu(close, 1))`` of the dense
-    (n × n) test, in O(n × largest restaurant group) instead of O(n²).
-    """
-    n = rest.size
-    perm = np.lexsort((np.arange(n), rest))  # by restaurant, then position (hence ready time)
-    r, t = rest[perm], ready[perm]
-    firsts, seconds = [], []
-    for d in range(1, n):
-        same = r[:-d] == r[d:]
-        if not same.any():
-            break  # no restaurant has more than d orders
-        ok = same & (t[d:] - t[:-d] <= gap)
-        firsts.append(perm[:-d][ok])
-        seconds.append(perm[d:][ok])
-    if not firsts:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    i, j = np.concatenate(firsts), np.concatenate(seconds)
-    order = np.lexsort((j, i))
-    return i[order], j[order]
 
 
 def _offsets(snapshot: Snapshot, seqs: IntArray) -> tuple[IntArray, IntArray]:
@@ -279,16 +256,17 @@ def route_times(snapshot: Snapshot, couriers: IntArray, bundles: Bundles) -> Rou
     start = np.maximum(snapshot.courier_free_at[couriers], snapshot.time)
     # Travel depends on the restaurant only: one (couriers × restaurants) matrix, gathered per bundle.
     used, at = np.unique(bundles.restaurant, return_inverse=True)
-    travel = travel_matrix(snapshot.courier_xy[couriers], snapshot.restaurant_xy[used], p.meters_per_minute)[:, at]
-    pickup = np.maximum(bundles.ready[None, :], start[:, None] + travel + p.half_pickup)
+    travel_cr = travel_matrix(snapshot.courier_xy[couriers], snapshot.restaurant_xy[used], p.meters_per_minute)
     # Every drop-off is pickup + a per-bundle offset, so click-to-door splits into pickup + a bundle
     # constant: (couriers × bundles) work only, never (couriers × bundles × bundle size).
     valid = bundles.orders >= 0
     placement = snapshot.order_placement[np.where(valid, bundles.orders, 0)]
     rel = np.where(valid, bundles.dropoff_offset - placement, np.iinfo(np.int64).min)
-    max_ctd = pickup + rel.max(axis=1)[None, :]
+    rel_max = rel.max(axis=1) if bundles.n else np.zeros(0, dtype=np.int64)
+    travel, pickup, max_ctd, feasible = pair_times(
+        travel_cr, at, start, snapshot.courier_off_time[couriers], bundles.ready, rel_max, p.half_pickup, p.max_ctd
+    )
     last_offset = np.take_along_axis(bundles.dropoff_offset, np.maximum(bundles.size - 1, 0)[:, None], axis=1)[:, 0]
-    feasible = (pickup <= snapshot.courier_off_time[couriers][:, None]) & (max_ctd <= p.max_ctd)
     return RouteTimes(
         start_at=start,
         travel_to_restaurant=travel,

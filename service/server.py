@@ -21,6 +21,7 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from dispatch import kernels
 from dispatch.assemble import Assembled
 from dispatch.candidates import CandidateConfig
 from dispatch.model import ModelError
@@ -95,9 +96,8 @@ class ServiceError(Exception):
 
 
 def _warm() -> int:
-    """Runs in a preparation process: import the decision path; returns the worker's pid."""
-    import service.decision  # noqa: F401
-
+    """Runs in a preparation process: import the decision path and load its kernels; returns the worker's pid."""
+    kernels.warm_up()
     return os.getpid()
 
 
@@ -197,6 +197,20 @@ class DecisionService:
                 break
             assert model.batcher is not None
             try:
+                now = model.batcher.run_now(prepared.encoded) if small else None
+            except ModelRunError as exc:
+                log.warning("model %s:%s failed, fallback answers: %s", model.name, model.version, exc)
+                reason = "model_error"
+                break
+            if now is not None:
+                queue_s, inference_s = now.queue_s, now.inference_s
+                try:
+                    scores = model_scores(prepared.cands, now.logits, model.k)
+                except (ValueError, IndexError) as exc:
+                    log.warning("model %s:%s failed, fallback answers: %s", model.name, model.version, exc)
+                    reason = "model_error"
+                break
+            try:
                 fut = model.batcher.submit(prepared.encoded)
             except BatcherClosed:
                 continue  # the slot was hot-swapped between pick and submit: use the new model
@@ -249,7 +263,8 @@ class DecisionService:
         return snapshot, prepare(snapshot, model.manifest.candidates)
 
     def warm_up(self) -> None:
-        """Start the preparation processes now rather than on the first requests."""
+        """Compile the decision path's kernels and start the preparation processes before the first request."""
+        log.info("decision kernels ready in %.1f s", kernels.warm_up())
         if self.procs is not None:
             # Each worker imports numpy and the decision path once; a slow first call would blow deadlines.
             for future in [self.procs.submit(_warm) for _ in range(self._prep_processes)]:

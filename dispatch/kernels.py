@@ -1,0 +1,365 @@
+"""Compiled loops of the decision path: the (couriers × bundles) passes that numpy runs as many sweeps.
+
+Each kernel replaces a chain of numpy whole-array operations with one pass in machine code (numba),
+so a 64-courier × 256-order snapshot costs tens of microseconds here instead of hundreds. Only integer
+arithmetic and comparisons happen in these loops: results are bit-identical to the numpy expressions
+they replace (tests/test_kernels.py checks each against them). Floating-point work (distances) stays in
+numpy so rounding cannot differ between the two.
+
+``cache=True`` keeps the compiled code next to this file (or in ``NUMBA_CACHE_DIR``), so only the first
+process after an install pays the compilation (a few seconds); ``nogil=True`` lets server threads run
+them side by side.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numba import njit
+
+from dispatch.snapshot import BoolArray, IntArray
+
+if TYPE_CHECKING:  # the decision-path modules import this one
+    from dispatch.routes import Bundles, RouteTimes
+
+# Columns :func:`candidate_features` writes, in dispatch.features.CANDIDATE_FEATURES order (asserted there).
+CANDIDATE_COLUMNS = 16
+# Rank key of an infeasible pair: after every feasible one (keys are below 2**40 for any real day).
+INFEASIBLE_KEY = np.int64(1 << 40)
+
+
+@njit(cache=True, nogil=True)
+def _pair_times(
+    travel_cr: IntArray,
+    restaurant_col: IntArray,
+    start: IntArray,
+    off_time: IntArray,
+    ready: IntArray,
+    max_ctd_offset: IntArray,
+    half_pickup: int,
+    max_ctd_limit: int,
+) -> tuple[IntArray, IntArray, IntArray, BoolArray]:
+    n = start.shape[0]
+    b = restaurant_col.shape[0]
+    travel = np.empty((n, b), dtype=np.int64)
+    pickup = np.empty((n, b), dtype=np.int64)
+    max_ctd = np.empty((n, b), dtype=np.int64)
+    feasible = np.empty((n, b), dtype=np.bool_)
+    for i in range(n):
+        arrive = start[i] + half_pickup
+        off = off_time[i]
+        for j in range(b):
+            tr = travel_cr[i, restaurant_col[j]]
+            pk = max(ready[j], arrive + tr)
+            mc = pk + max_ctd_offset[j]
+            travel[i, j] = tr
+            pickup[i, j] = pk
+            max_ctd[i, j] = mc
+            feasible[i, j] = pk <= off and mc <= max_ctd_limit
+    return travel, pickup, max_ctd, feasible
+
+
+def pair_times(
+    travel_cr: IntArray,
+    restaurant_col: IntArray,
+    start: IntArray,
+    off_time: IntArray,
+    ready: IntArray,
+    max_ctd_offset: IntArray,
+    half_pickup: int,
+    max_ctd_limit: int,
+) -> tuple[IntArray, IntArray, IntArray, BoolArray]:
+    """Dense (couriers × bundles) travel, pickup, max click-to-door and feasibility in one pass.
+
+    ``travel_cr`` is (couriers × restaurants) minutes and ``restaurant_col`` each bundle's column in it;
+    pickup = max(ready, start + travel + half_pickup); max_ctd = pickup + the bundle's largest
+    (drop-off offset − placement); feasible = pickup ≤ off time and max_ctd ≤ the limit.
+    """
+    return _pair_times(  # type: ignore[no-any-return]
+        np.ascontiguousarray(travel_cr, dtype=np.int64),
+        np.ascontiguousarray(restaurant_col, dtype=np.int64),
+        np.ascontiguousarray(start, dtype=np.int64),
+        np.ascontiguousarray(off_time, dtype=np.int64),
+        np.ascontiguousarray(ready, dtype=np.int64),
+        np.ascontiguousarray(max_ctd_offset, dtype=np.int64),
+        int(half_pickup),
+        int(max_ctd_limit),
+    )
+
+
+@njit(cache=True, nogil=True)
+def _rank_keys(
+    pickup: IntArray, travel: IntArray, feasible: BoolArray, size: IntArray, infeasible: np.int64
+) -> IntArray:
+    n, b = pickup.shape
+    key = np.empty((n, b), dtype=np.int64)
+    for i in range(n):
+        for j in range(b):
+            key[i, j] = (pickup[i, j] * 4096 + travel[i, j]) * 8 - size[j] if feasible[i, j] else infeasible
+    return key
+
+
+def rank_keys(pickup: IntArray, travel: IntArray, feasible: BoolArray, size: IntArray) -> IntArray:
+    """Candidate rank key per pair: earliest pickup, then shorter travel, then larger bundle; infeasible last."""
+    return _rank_keys(  # type: ignore[no-any-return]
+        np.ascontiguousarray(pickup, dtype=np.int64),
+        np.ascontiguousarray(travel, dtype=np.int64),
+        np.ascontiguousarray(feasible, dtype=np.bool_),
+        np.ascontiguousarray(size, dtype=np.int64),
+        INFEASIBLE_KEY,
+    )
+
+
+@njit(cache=True, nogil=True)
+def _best_pickup(pickup: IntArray, feasible: BoolArray, none: np.int64) -> IntArray:
+    n, b = pickup.shape
+    best = np.full(b, none, dtype=np.int64)
+    for i in range(n):
+        for j in range(b):
+            if feasible[i, j] and pickup[i, j] < best[j]:
+                best[j] = pickup[i, j]
+    return best
+
+
+def best_pickup(pickup: IntArray, feasible: BoolArray) -> IntArray:
+    """Per bundle, the earliest feasible pickup over all couriers (int64 max where none is feasible)."""
+    return _best_pickup(  # type: ignore[no-any-return]
+        np.ascontiguousarray(pickup, dtype=np.int64),
+        np.ascontiguousarray(feasible, dtype=np.bool_),
+        np.int64(np.iinfo(np.int64).max),
+    )
+
+
+@njit(cache=True, nogil=True)
+def _close_pairs(perm: IntArray, rest: IntArray, ready: IntArray, gap: int) -> tuple[IntArray, IntArray]:
+    n = perm.shape[0]
+    # Upper bound on the pair count: sum over restaurant groups of size*(size-1)/2.
+    total = 0
+    g0 = 0
+    for g in range(1, n + 1):
+        if g == n or rest[perm[g]] != rest[perm[g0]]:
+            size = g - g0
+            total += size * (size - 1) // 2
+            g0 = g
+    first = np.empty(total, dtype=np.int64)
+    second = np.empty(total, dtype=np.int64)
+    m = 0
+    g0 = 0
+    for g in range(1, n + 1):
+        if g == n or rest[perm[g]] != rest[perm[g0]]:
+            for a in range(g0, g):
+                i = perm[a]
+                for c in range(a + 1, g):
+                    j = perm[c]
+                    if ready[j] - ready[i] <= gap:
+                        first[m] = i
+                        second[m] = j
+                        m += 1
+            g0 = g
+    return first[:m], second[:m]
+
+
+def close_pairs(rest: IntArray, ready: IntArray, gap: int) -> tuple[IntArray, IntArray]:
+    """Index pairs i < j with the same restaurant and ready times at most ``gap`` apart, in row-major order.
+
+    ``ready`` must be non-decreasing. Equivalent to ``np.nonzero(np.triu(close, 1))`` of the dense
+    (n × n) test, in O(sum of squared restaurant group sizes).
+    """
+    rest = np.ascontiguousarray(rest, dtype=np.int64)
+    n = rest.size
+    if n < 2:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    perm = np.lexsort((np.arange(n), rest))  # by restaurant, then position (hence ready time)
+    i, j = _close_pairs(perm, rest, np.ascontiguousarray(ready, dtype=np.int64), int(gap))
+    order = np.lexsort((j, i))
+    return i[order], j[order]
+
+
+@njit(cache=True, nogil=True)
+def _claim(
+    rows: IntArray, slots: IntArray, bundles: IntArray, orders: IntArray, n_agents: int, n_orders: int
+) -> IntArray:
+    choice = np.full(n_agents, -1, dtype=np.int64)
+    used = np.zeros(n_orders, dtype=np.bool_)
+    left = n_agents
+    width = orders.shape[1]
+    for p in range(rows.shape[0]):
+        i = rows[p]
+        if choice[i] >= 0:
+            continue
+        b = bundles[p]
+        free = True
+        for s in range(width):
+            o = orders[b, s]
+            if o >= 0 and used[o]:
+                free = False
+                break
+        if not free:
+            continue
+        for s in range(width):
+            o = orders[b, s]
+            if o >= 0:
+                used[o] = True
+        choice[i] = slots[p]
+        left -= 1
+        if left == 0:
+            break
+    return choice
+
+
+def claim(rows: IntArray, slots: IntArray, bundles: IntArray, orders: IntArray, n_agents: int) -> IntArray:
+    """Walk (agent row, slot, bundle) triples in the given order, each agent taking the first bundle none
+    of whose orders is taken yet; returns each agent's slot, or -1 (wait) for an agent that took none.
+
+    ``orders`` is the (bundles × size) order table padded with -1.
+    """
+    orders = np.ascontiguousarray(orders, dtype=np.int64)
+    n_orders = int(orders.max()) + 1 if orders.size else 0
+    return _claim(  # type: ignore[no-any-return]
+        np.ascontiguousarray(rows, dtype=np.int64),
+        np.ascontiguousarray(slots, dtype=np.int64),
+        np.ascontiguousarray(bundles, dtype=np.int64),
+        orders,
+        int(n_agents),
+        max(n_orders, 0),
+    )
+
+
+@njit(cache=True, nogil=True)
+def _candidate_features(
+    slot_bundle: IntArray,
+    mask: BoolArray,
+    pickup_nb: IntArray,
+    travel_nb: IntArray,
+    max_ctd_nb: IntArray,
+    start_at: IntArray,
+    size_b: IntArray,
+    ready_b: IntArray,
+    free_offset_b: IntArray,
+    ctd_offset_sum_b: IntArray,
+    orders_b: IntArray,
+    dropoff_offset_b: IntArray,
+    order_placement: IntArray,
+    held_b: IntArray,
+    best_pickup_b: IntArray,
+    t: int,
+    half_pickup: int,
+    target_ctd: int,
+) -> np.ndarray:
+    n, k = slot_bundle.shape
+    width = orders_b.shape[1]
+    out = np.zeros((n, k, CANDIDATE_COLUMNS), dtype=np.float32)
+    for i in range(n):
+        start = float(start_at[i])
+        for c in range(k):
+            if not mask[i, c]:
+                continue
+            b = slot_bundle[i, c]
+            pickup = float(pickup_nb[i, b])
+            travel = float(travel_nb[i, b])
+            max_ctd = float(max_ctd_nb[i, b])
+            size = float(size_b[b])
+            free_at = pickup + free_offset_b[b]
+            sum_ctd = pickup * size + ctd_offset_sum_b[b]
+            ready = float(ready_b[b])
+            waited = 0
+            slack = np.inf
+            for s in range(width):
+                o = orders_b[b, s]
+                if o >= 0:
+                    placed = order_placement[o]
+                    waited += t - placed
+                    slack = min(slack, placed + target_ctd - (pickup + dropoff_offset_b[b, s]))
+            since = waited / size
+            arrival = start + travel + half_pickup
+            route = max(free_at - t, 1.0)
+            row = out[i, c]
+            row[0] = travel / 10
+            row[1] = max(ready - arrival, 0.0) / 10
+            row[2] = (pickup - t) / 10
+            row[3] = size
+            row[4] = sum_ctd / size / 40.0
+            row[5] = max_ctd / 40.0
+            row[6] = max(max_ctd - target_ctd, 0.0) / 10
+            row[7] = slack / 10
+            row[8] = since / 10
+            row[9] = (ready - t) / 10
+            row[10] = route / 10
+            row[11] = size * 6.0 / route
+            row[12] = (pickup - ready) / 10
+            row[13] = c / k
+            row[14] = held_b[b] / 10
+            row[15] = (pickup - float(best_pickup_b[b])) / 10
+    return out
+
+
+def candidate_features(
+    slot_bundle: IntArray,
+    mask: BoolArray,
+    times: RouteTimes,
+    bundles: Bundles,
+    order_placement: IntArray,
+    held: IntArray,
+    best: IntArray,
+    t: int,
+    half_pickup: int,
+    target_ctd: int,
+) -> np.ndarray:
+    """The (agents, K, CANDIDATE_COLUMNS) candidate tensor of :mod:`dispatch.features` (masked slots zero).
+
+    Each value is computed in float64 from the integer minutes exactly as the feature list defines it,
+    then stored as float32; ``held`` is how many agents list each bundle and ``best`` each bundle's
+    earliest feasible pickup (:func:`best_pickup`).
+    """
+    c = np.ascontiguousarray
+    return _candidate_features(  # type: ignore[no-any-return]
+        c(slot_bundle, dtype=np.int64),
+        c(mask, dtype=np.bool_),
+        c(times.pickup, dtype=np.int64),
+        c(times.travel_to_restaurant, dtype=np.int64),
+        c(times.max_ctd, dtype=np.int64),
+        c(times.start_at, dtype=np.int64),
+        c(bundles.size, dtype=np.int64),
+        c(bundles.ready, dtype=np.int64),
+        c(times.free_offset, dtype=np.int64),
+        c(times.ctd_offset_sum, dtype=np.int64),
+        c(bundles.orders, dtype=np.int64),
+        c(bundles.dropoff_offset, dtype=np.int64),
+        c(order_placement, dtype=np.int64),
+        c(held, dtype=np.int64),
+        c(best, dtype=np.int64),
+        int(t),
+        int(half_pickup),
+        int(target_ctd),
+    )
+
+
+def warm_up() -> float:
+    """Compile (or load from the cache) every kernel for the argument types the decision path uses.
+
+    Returns the seconds it took. Servers call it before they report SERVING, so no request waits for
+    a compilation; ``python -m dispatch.kernels --warm`` fills the cache of a container image.
+    """
+    import time
+
+    start = time.perf_counter()
+    i1 = np.zeros(1, dtype=np.int64)
+    i2 = np.zeros((1, 1), dtype=np.int64)
+    b2 = np.ones((1, 1), dtype=np.bool_)
+    _pair_times(i2, i1, i1, i1, i1, i1, 0, 0)
+    _rank_keys(i2, i2, b2, i1, INFEASIBLE_KEY)
+    _best_pickup(i2, b2, np.int64(0))
+    _close_pairs(i1, i1, i1, 0)
+    _claim(i1, i1, i1, i2, 1, 1)
+    _candidate_features(i2, b2, i2, i2, i2, i1, i1 + 1, i1, i1, i1, i2, i2, i1, i1, i1, 0, 0, 0)
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m dispatch.kernels", description=warm_up.__doc__)
+    parser.add_argument("--warm", action="store_true", help="compile every kernel into the cache now")
+    if parser.parse_args().warm:
+        print(f"kernels ready in {warm_up():.1f} s")

@@ -1,0 +1,168 @@
+"""The compiled kernels of the decision path against plain numpy / Python references, bit for bit.
+
+The references below are the whole-array formulations the kernels replaced; every snapshot here
+(busy synthetic cities, tiny and empty ones, ties in ready times, couriers about to go off duty) must
+give identical arrays, so features, candidates and joint actions cannot drift when the kernels change.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.serve import synthetic_snapshot
+from dispatch import kernels
+from dispatch.assemble import greedy, mass
+from dispatch.candidates import CandidateConfig, CandidateSet, generate
+from dispatch.features import CANDIDATE_FEATURES, encode
+from dispatch.routes import make_bundles, route_times
+from dispatch.snapshot import Snapshot
+
+
+def _snapshots() -> list[Snapshot]:
+    out = [synthetic_snapshot(nc, no, seed) for nc, no, seed in ((64, 256, 0), (40, 500, 1), (7, 30, 2), (1, 1, 3))]
+    # Heavy ties: few restaurants, ready times on a coarse grid, couriers going off duty soon.
+    s = synthetic_snapshot(30, 120, 4)
+    rng = np.random.default_rng(4)
+    ready = s.order_placement + 5 * rng.integers(1, 4, s.n_orders)
+    off = s.time + rng.integers(1, 40, s.n_couriers)
+    rest = rng.integers(0, 3, s.n_orders)
+    from dataclasses import replace
+
+    out.append(replace(s, order_ready=ready.astype(np.int64), courier_off_time=off, order_restaurant=rest))
+    return out
+
+
+SNAPSHOTS = _snapshots()
+
+
+def _close_pairs_reference(rest: np.ndarray, ready: np.ndarray, gap: int) -> tuple[np.ndarray, np.ndarray]:
+    n = rest.size
+    close = (rest[:, None] == rest[None, :]) & (np.abs(ready[:, None] - ready[None, :]) <= gap)
+    i, j = np.nonzero(np.triu(close, 1)) if n else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    return i, j
+
+
+@pytest.mark.parametrize("snap", SNAPSHOTS)
+def test_close_pairs_matches_the_dense_test(snap: Snapshot) -> None:
+    by_ready = np.argsort(snap.order_ready, kind="stable")
+    rest, ready = snap.order_restaurant[by_ready], snap.order_ready[by_ready]
+    for gap in (0, 5, 15):
+        got = kernels.close_pairs(rest, ready, gap)
+        want = _close_pairs_reference(rest, ready, gap)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("snap", SNAPSHOTS)
+def test_route_times_and_rank_keys_match_numpy(snap: Snapshot) -> None:
+    agents = np.flatnonzero(snap.available()).astype(np.int64)
+    bundles = make_bundles(snap, max_size=3)
+    times = route_times(snap, agents, bundles)
+    p = snap.params
+    start = np.maximum(snap.courier_free_at[agents], snap.time)
+    d = snap.restaurant_xy[bundles.restaurant][None, :, :] - snap.courier_xy[agents][:, None, :]
+    travel = np.ceil(np.hypot(d[..., 0], d[..., 1]) / p.meters_per_minute).astype(np.int64)
+    pickup = np.maximum(bundles.ready[None, :], start[:, None] + travel + p.half_pickup)
+    valid = bundles.orders >= 0
+    placement = snap.order_placement[np.where(valid, bundles.orders, 0)]
+    rel = np.where(valid, bundles.dropoff_offset - placement, np.iinfo(np.int64).min).max(axis=1)
+    max_ctd = pickup + rel[None, :]
+    feasible = (pickup <= snap.courier_off_time[agents][:, None]) & (max_ctd <= p.max_ctd)
+    assert np.array_equal(times.travel_to_restaurant, travel)
+    assert np.array_equal(times.pickup, pickup)
+    assert np.array_equal(times.max_ctd, max_ctd)
+    assert np.array_equal(times.feasible, feasible)
+    key = np.where(feasible, (pickup * 4096 + travel) * 8 - bundles.size[None, :], kernels.INFEASIBLE_KEY)
+    assert np.array_equal(kernels.rank_keys(pickup, travel, feasible, bundles.size), key)
+    best = np.where(feasible, pickup, np.iinfo(np.int64).max).min(axis=0) if agents.size else None
+    if best is not None:
+        assert np.array_equal(kernels.best_pickup(pickup, feasible), best)
+
+
+def _features_reference(snapshot: Snapshot, cands: CandidateSet) -> np.ndarray:
+    """The candidate tensor as whole-array numpy (the formulation before the kernel)."""
+    t, p = snapshot.time, snapshot.params
+    n, k = cands.bundle.shape
+    tm, bun = cands.times, cands.bundles
+    slot = np.where(cands.mask, cands.bundle, 0)
+    rows = np.arange(n)[:, None]
+    pickup = tm.pickup[rows, slot].astype(np.float64)
+    travel = tm.travel_to_restaurant[rows, slot].astype(np.float64)
+    start = np.broadcast_to(tm.start_at[:, None], (n, k)).astype(np.float64)
+    max_ctd = tm.max_ctd[rows, slot].astype(np.float64)
+    size = bun.size[slot].astype(np.float64)
+    free_at = pickup + tm.free_offset[slot]
+    sum_ctd = pickup * size + tm.ctd_offset_sum[slot]
+    ready = bun.ready[slot].astype(np.float64)
+    members = bun.orders[slot]
+    valid = members >= 0
+    placed = snapshot.order_placement[np.where(valid, members, 0)]
+    since = np.where(valid, t - placed, 0).sum(axis=2) / size
+    arrival = start + travel + p.half_pickup
+    route = np.maximum(free_at - t, 1)
+    slack = np.where(valid, placed + p.target_ctd - (pickup[:, :, None] + bun.dropoff_offset[slot]), np.inf).min(2)
+    held = np.bincount(cands.bundle[cands.mask], minlength=bun.n)
+    best = np.where(tm.feasible, tm.pickup, np.iinfo(np.int64).max).min(axis=0).astype(np.float64)
+    cols = [
+        travel / 10,
+        np.maximum(ready - arrival, 0) / 10,
+        (pickup - t) / 10,
+        size,
+        sum_ctd / size / 40.0,
+        max_ctd / 40.0,
+        np.maximum(max_ctd - p.target_ctd, 0) / 10,
+        slack / 10,
+        since / 10,
+        (ready - t) / 10,
+        route / 10,
+        size * 6.0 / route,
+        (pickup - ready) / 10,
+        np.broadcast_to(np.arange(k)[None, :] / k, (n, k)),
+        held[slot] / 10,
+        (pickup - best[slot]) / 10,
+    ]
+    cand = np.zeros((n, k, len(CANDIDATE_FEATURES)), dtype=np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):  # masked slots (size 0 rows) are zeroed below
+        for j, col in enumerate(cols):
+            cand[:, :, j] = col
+    cand[~cands.mask] = 0.0
+    return cand
+
+
+@pytest.mark.parametrize("snap", SNAPSHOTS)
+@pytest.mark.parametrize("config", [CandidateConfig(), CandidateConfig(k=4, max_bundle_size=3)])
+def test_candidate_features_match_numpy_bit_for_bit(snap: Snapshot, config: CandidateConfig) -> None:
+    cands = generate(snap, config)
+    got = encode(snap, cands).cand
+    want = _features_reference(snap, cands)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def _claim_reference(cands: CandidateSet, rows: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    choice = np.full(cands.n_agents, -1, dtype=np.int64)
+    used: set[int] = set()
+    table = cands.bundles.orders.tolist()
+    for i, c in zip(rows.tolist(), slots.tolist(), strict=True):
+        b = table[int(cands.bundle[i, c])]
+        if choice[i] >= 0 or not used.isdisjoint(o for o in b if o >= 0):
+            continue
+        used.update(o for o in b if o >= 0)
+        choice[i] = c
+    return choice
+
+
+@pytest.mark.parametrize("snap", SNAPSHOTS)
+def test_claim_matches_the_python_walk(snap: Snapshot) -> None:
+    cands = generate(snap, CandidateConfig(k=8, max_bundle_size=3))
+    rng = np.random.default_rng(0)
+    rows, slots = np.nonzero(cands.mask)
+    order = rng.permutation(rows.size)
+    rows, slots = rows[order], slots[order]
+    got = kernels.claim(rows, slots, cands.bundle[rows, slots], cands.bundles.orders, cands.n_agents)
+    assert np.array_equal(got, _claim_reference(cands, rows, slots))
+    # The rules built on it give conflict-free actions: no order twice.
+    scores = rng.normal(size=(cands.n_agents, cands.k + 1))
+    for out in (greedy(cands, scores), mass(cands, scores)):
+        taken = [o for a in out.action.assignments for o in a.orders]
+        assert len(taken) == len(set(taken))
