@@ -335,6 +335,86 @@ def candidate_features(
     )
 
 
+@njit(cache=True, nogil=True)
+def _pair_offsets(
+    orders: IntArray, leg: IntArray, between: IntArray, leave: int, half_dropoff: int, dropoff_service: int
+) -> tuple[IntArray, IntArray, IntArray]:
+    n = orders.shape[0]
+    out = orders.copy()
+    offs = np.zeros((n, 2), dtype=np.int64)
+    free = np.empty(n, dtype=np.int64)
+    for b in range(n):
+        a = orders[b, 0]
+        c = orders[b, 1]
+        first = leg[a]
+        if c >= 0 and leg[c] < first:
+            first = leg[c]
+            out[b, 0] = c
+            out[b, 1] = a
+        off_a = leave + first + half_dropoff
+        offs[b, 0] = off_a
+        if c >= 0:
+            offs[b, 1] = off_a + dropoff_service + between[b]
+            free[b] = offs[b, 1] + (dropoff_service - half_dropoff)
+        else:
+            free[b] = off_a + (dropoff_service - half_dropoff)
+    return out, offs, free
+
+
+def pair_offsets(
+    orders: IntArray, leg: IntArray, between: IntArray, leave: int, half_dropoff: int, dropoff_service: int
+) -> tuple[IntArray, IntArray, IntArray]:
+    """Drop-off sequence, offsets from pickup and free offset of singles and pairs (``orders`` is B × 2).
+
+    A pair is served nearer-customer first (``leg`` is each order's restaurant-to-customer minutes; the
+    first listed order on ties); ``between`` is each row's customer-to-customer minutes, ``leave`` the
+    minutes from the pickup instant until the courier leaves the restaurant.
+    """
+    return _pair_offsets(  # type: ignore[no-any-return]
+        np.ascontiguousarray(orders, dtype=np.int64),
+        np.ascontiguousarray(leg, dtype=np.int64),
+        np.ascontiguousarray(between, dtype=np.int64),
+        int(leave),
+        int(half_dropoff),
+        int(dropoff_service),
+    )
+
+
+@njit(cache=True, nogil=True)
+def _bundle_stats(
+    orders: IntArray, order_ready: IntArray, order_placement: IntArray, order_restaurant: IntArray
+) -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray]:
+    n, width = orders.shape
+    size = np.zeros(n, dtype=np.int64)
+    ready = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+    placement = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    restaurant = np.zeros(n, dtype=np.int64)
+    last = np.zeros(n, dtype=np.int64)
+    for b in range(n):
+        for s in range(width):
+            o = orders[b, s]
+            if o >= 0:
+                size[b] += 1
+                ready[b] = max(ready[b], order_ready[o])
+                placement[b] = min(placement[b], order_placement[o])
+        restaurant[b] = order_restaurant[orders[b, 0]]
+        last[b] = orders[b, max(size[b] - 1, 0)]
+    return size, ready, placement, restaurant, last
+
+
+def bundle_stats(
+    orders: IntArray, order_ready: IntArray, order_placement: IntArray, order_restaurant: IntArray
+) -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray]:
+    """Per bundle row of ``orders`` (left-packed, padded with -1): size, latest ready time, earliest
+    placement, restaurant (of the first member) and last member in the drop-off sequence."""
+    return _bundle_stats(  # type: ignore[no-any-return]
+        np.ascontiguousarray(orders, dtype=np.int64),
+        np.ascontiguousarray(order_ready, dtype=np.int64),
+        np.ascontiguousarray(order_placement, dtype=np.int64),
+        np.ascontiguousarray(order_restaurant, dtype=np.int64),
+    )
+
+
 def warm_up() -> float:
     """Compile (or load from the cache) every kernel for the argument types the decision path uses.
 
@@ -352,6 +432,8 @@ def warm_up() -> float:
     _best_pickup(i2, b2, np.int64(0))
     _close_pairs(i1, i1, i1, 0)
     _claim(i1, i1, i1, i2, 1, 1)
+    _pair_offsets(np.zeros((1, 2), dtype=np.int64), i1, i1, 0, 0, 0)
+    _bundle_stats(i2, i1, i1, i1)
     _candidate_features(i2, b2, i2, i2, i2, i1, i1 + 1, i1, i1, i1, i2, i2, i1, i1, i1, 0, 0, 0)
     return time.perf_counter() - start
 

@@ -15,7 +15,7 @@ from functools import cached_property
 
 import numpy as np
 
-from dispatch.kernels import close_pairs, pair_times
+from dispatch.kernels import bundle_stats, close_pairs, pair_offsets, pair_times
 from dispatch.snapshot import FloatArray, IntArray, Snapshot, travel_matrix, travel_minutes
 
 
@@ -154,18 +154,14 @@ def _tabulate(snapshot: Snapshot, orders: IntArray, reorder: bool) -> Bundles:
         # Pair (x, y) drops x at c + T(r, x) + dropoff/2 and y dropoff + T(x, y) later, so its summed
         # offsets are 2 T(r, x) + terms shared by both orders: (b, a) is strictly cheaper than (a, b)
         # exactly when b's customer is strictly closer to the restaurant. Decide from the first legs.
+        # Distances stay in numpy (T(x, y) = T(y, x) exactly); the kernel does the integer rest.
         p = snapshot.params
-        leg = _first_legs(snapshot, np.maximum(orders, 0))
-        pair = orders[:, 1] >= 0
-        swap = pair & (leg[:, 1] < leg[:, 0])
-        orders = np.where(swap[:, None], orders[:, ::-1], orders)
-        first = np.where(swap, leg[:, 1], leg[:, 0])
+        leg = _first_legs(snapshot, np.arange(snapshot.n_orders))
         xy_a, xy_b = snapshot.order_xy[orders[:, 0]], snapshot.order_xy[np.maximum(orders[:, 1], 0)]
         between = travel_minutes(xy_b[:, 0] - xy_a[:, 0], xy_b[:, 1] - xy_a[:, 1], p.meters_per_minute)
-        off_a = (p.pickup_service - p.half_pickup) + first + p.half_dropoff
-        off_b = np.where(pair, off_a + p.dropoff_service + between, 0)
-        offs = np.stack([off_a, off_b], axis=1)
-        free = np.where(pair, off_b, off_a) + (p.dropoff_service - p.half_dropoff)
+        orders, offs, free = pair_offsets(
+            orders, leg, between, p.pickup_service - p.half_pickup, p.half_dropoff, p.dropoff_service
+        )
     elif reorder and width > 2:
         # Every permutation of every multi-order group, evaluated in one vectorised pass.
         rows: list[tuple[int, ...]] = []
@@ -188,18 +184,15 @@ def _tabulate(snapshot: Snapshot, orders: IntArray, reorder: bool) -> Bundles:
             orders[own[best]] = cand[best]
     if not (reorder and width == 2):
         offs, free = _offsets(snapshot, orders)
-    size = (orders >= 0).sum(axis=1).astype(np.int64)
-    safe = np.where(orders >= 0, orders, 0)
-    ready = np.where(orders >= 0, snapshot.order_ready[safe], np.iinfo(np.int64).min).max(axis=1)
-    placement = np.where(orders >= 0, snapshot.order_placement[safe], np.iinfo(np.int64).max).min(axis=1)
-    restaurant = snapshot.order_restaurant[orders[:, 0]] if n else np.zeros(0, dtype=np.int64)
-    last = np.take_along_axis(orders, np.maximum(size - 1, 0)[:, None], axis=1)[:, 0] if n else size
+    size, ready, placement, restaurant, last = bundle_stats(
+        orders, snapshot.order_ready, snapshot.order_placement, snapshot.order_restaurant
+    )
     return Bundles(
         orders=orders,
         size=size,
-        restaurant=np.asarray(restaurant, dtype=np.int64),
-        ready=ready.astype(np.int64),
-        placement_min=placement.astype(np.int64),
+        restaurant=restaurant,
+        ready=ready,
+        placement_min=placement,
         dropoff_offset=offs,
         free_offset=free.astype(np.int64),
         last_xy=snapshot.order_xy[last] if n else np.zeros((0, 2)),

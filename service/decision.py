@@ -74,16 +74,21 @@ def build_response(
     orders_of: dict[int, tuple[int, ...]] = {}
     if assembled is not None:
         orders_of = {a.courier: a.orders for a in assembled.action.assignments}
-    agent_row = {int(c): i for i, c in enumerate(prepared.cands.agents)}
+    scored = include_scores and scores is not None and assembled is not None
+    agent_row = {int(c): i for i, c in enumerate(prepared.cands.agents)} if scored else {}
     k = prepared.cands.k
-    actions = []
+    response = pb.DecideResponse()
+    add = response.actions.add
     for ci, cid in enumerate(snap.courier_ids):
-        mine = orders_of.get(ci, ())
-        act = pb.CourierAction(courier_id=cid, order_ids=[snap.order_ids[o] for o in mine], wait=not mine)
+        mine = orders_of.get(ci)
+        # add() with only the fields that are set is several times cheaper than building each message.
+        act = (
+            add(courier_id=cid, order_ids=[snap.order_ids[o] for o in mine]) if mine else add(courier_id=cid, wait=True)
+        )
         row = agent_row.get(ci)
-        if include_scores and scores is not None and assembled is not None and row is not None:
+        if row is not None:
+            assert scores is not None and assembled is not None
             c = int(assembled.choice[row])
             act.score = float(scores[row, k] if c == WAIT else scores[row, c])
             act.wait_score = float(scores[row, k])
-        actions.append(act)
-    return pb.DecideResponse(actions=actions)
+    return response

@@ -166,3 +166,35 @@ def test_claim_matches_the_python_walk(snap: Snapshot) -> None:
     for out in (greedy(cands, scores), mass(cands, scores)):
         taken = [o for a in out.action.assignments for o in a.orders]
         assert len(taken) == len(set(taken))
+
+
+@pytest.mark.parametrize("snap", SNAPSHOTS)
+def test_pair_bundles_match_the_numpy_tabulation(snap: Snapshot) -> None:
+    bundles = make_bundles(snap, max_size=2)
+    if bundles.orders.shape[1] < 2:
+        assert bundles.orders.shape[1] == 1 and np.array_equal(bundles.orders[:, 0], np.arange(snap.n_orders))
+        return
+    p = snap.params
+    r_xy = snap.restaurant_xy[snap.order_restaurant]
+    leg_all = np.ceil(np.hypot(*(snap.order_xy - r_xy).T) / p.meters_per_minute).astype(np.int64)
+    orders = bundles.orders
+    pair = orders[:, 1] >= 0
+    leg = leg_all[np.maximum(orders, 0)]
+    # The served sequence puts the nearer customer first (ties: as listed).
+    assert not (pair & (leg[:, 1] < leg[:, 0])).any()
+    d = snap.order_xy[np.maximum(orders[:, 1], 0)] - snap.order_xy[orders[:, 0]]
+    between = np.ceil(np.hypot(d[:, 0], d[:, 1]) / p.meters_per_minute).astype(np.int64)
+    off_a = (p.pickup_service - p.half_pickup) + leg[:, 0] + p.half_dropoff
+    off_b = np.where(pair, off_a + p.dropoff_service + between, 0)
+    assert np.array_equal(bundles.dropoff_offset, np.stack([off_a, off_b], axis=1))
+    free = np.where(pair, off_b, off_a) + (p.dropoff_service - p.half_dropoff)
+    assert np.array_equal(bundles.free_offset, free)
+    valid = orders >= 0
+    safe = np.where(valid, orders, 0)
+    assert np.array_equal(bundles.size, valid.sum(axis=1))
+    assert np.array_equal(bundles.ready, np.where(valid, snap.order_ready[safe], np.iinfo(np.int64).min).max(1))
+    placement = np.where(valid, snap.order_placement[safe], np.iinfo(np.int64).max).min(1)
+    assert np.array_equal(bundles.placement_min, placement)
+    assert np.array_equal(bundles.restaurant, snap.order_restaurant[orders[:, 0]])
+    last = orders[np.arange(orders.shape[0]), bundles.size - 1]
+    assert np.array_equal(bundles.last_xy, snap.order_xy[last])
