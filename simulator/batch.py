@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -60,13 +61,36 @@ def run_task(task: Task) -> TaskResult:
     return TaskResult(task, inst.name, result.metrics, time.perf_counter() - start)
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: ask Linux to SIGTERM this worker when the process that started it dies.
+
+    A parent killed outright (SIGKILL, OOM) cannot shut its pool down, and its idle workers would wait on
+    their task queue forever; with the death signal they go with it. Elsewhere this is a no-op.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def worker_pool(jobs: int) -> ProcessPoolExecutor:
-    """A process pool whose workers start fresh (spawn), never as forks of this process.
+    """A process pool whose workers start fresh (spawn), never as forks of this process, and die with it.
 
     A fork inherits every lock held by another thread at that instant; once a process runs gRPC or
-    ONNX Runtime threads (the service, the tests), a forked worker can deadlock on one of them.
+    ONNX Runtime threads (the service, the tests), a forked worker can deadlock on one of them. Call it
+    from a thread that lives as long as the pool (the death signal follows the starting thread).
     """
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_exit_with_parent,
+        initargs=(os.getpid(),),
+    )
 
 
 def default_jobs() -> int:

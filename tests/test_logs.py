@@ -101,6 +101,19 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "dispatch_cli", "logs", "generate", *args]
 
 
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited while we looked
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
     args = ["--recipe", "mixed", "--instances", INSTANCE, "--days", "4", "--seed", "5", "--jobs", "1", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -120,8 +133,15 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
             except json.JSONDecodeError:
                 pass
         time.sleep(0.05)
+    workers = _children(proc.pid)
+    assert workers, "log generation runs its days in a worker process"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    # The pool's worker goes with its killed parent instead of waiting on its task queue forever.
+    gone = time.time() + 20
+    while time.time() < gone and any(Path(f"/proc/{w}").exists() for w in workers):
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{w}").exists() for w in workers), f"orphaned workers {workers}"
     killed = json.loads((cut / MANIFEST).read_text())
     assert not killed["complete"] and len(killed["episodes"]) < 4
     subprocess.run(_cli(*args, "--out", str(cut)), check=True, env=env, cwd=ROOT, capture_output=True)
