@@ -415,6 +415,41 @@ def bundle_stats(
     )
 
 
+@njit(cache=True, nogil=True)
+def _ctd_terms(
+    orders: IntArray, dropoff_offset: IntArray, size: IntArray, order_placement: IntArray
+) -> tuple[IntArray, IntArray, IntArray]:
+    n, width = orders.shape
+    rel_max = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+    rel_sum = np.zeros(n, dtype=np.int64)
+    last = np.zeros(n, dtype=np.int64)
+    for b in range(n):
+        for s in range(width):
+            o = orders[b, s]
+            if o >= 0:
+                rel = dropoff_offset[b, s] - order_placement[o]
+                rel_max[b] = max(rel_max[b], rel)
+                rel_sum[b] += rel
+        last[b] = dropoff_offset[b, max(size[b] - 1, 0)]
+    return rel_max, rel_sum, last
+
+
+def ctd_terms(
+    orders: IntArray, dropoff_offset: IntArray, size: IntArray, order_placement: IntArray
+) -> tuple[IntArray, IntArray, IntArray]:
+    """Per bundle, the click-to-door terms that do not depend on the courier.
+
+    With rel = drop-off offset − placement per member: the largest rel (max click-to-door = pickup +
+    it), the summed rel (summed click-to-door = pickup × size + it) and the last member's drop-off offset.
+    """
+    return _ctd_terms(  # type: ignore[no-any-return]
+        np.ascontiguousarray(orders, dtype=np.int64),
+        np.ascontiguousarray(dropoff_offset, dtype=np.int64),
+        np.ascontiguousarray(size, dtype=np.int64),
+        np.ascontiguousarray(order_placement, dtype=np.int64),
+    )
+
+
 def warm_up() -> float:
     """Compile (or load from the cache) every kernel for the argument types the decision path uses.
 
@@ -434,6 +469,7 @@ def warm_up() -> float:
     _claim(i1, i1, i1, i2, 1, 1)
     _pair_offsets(np.zeros((1, 2), dtype=np.int64), i1, i1, 0, 0, 0)
     _bundle_stats(i2, i1, i1, i1)
+    _ctd_terms(i2, i2, i1, i1)
     _candidate_features(i2, b2, i2, i2, i2, i1, i1 + 1, i1, i1, i1, i2, i2, i1, i1, i1, 0, 0, 0)
     return time.perf_counter() - start
 

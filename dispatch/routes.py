@@ -15,7 +15,7 @@ from functools import cached_property
 
 import numpy as np
 
-from dispatch.kernels import bundle_stats, close_pairs, pair_offsets, pair_times
+from dispatch.kernels import bundle_stats, close_pairs, ctd_terms, pair_offsets, pair_times
 from dispatch.snapshot import FloatArray, IntArray, Snapshot, travel_matrix, travel_minutes
 
 
@@ -252,14 +252,12 @@ def route_times(snapshot: Snapshot, couriers: IntArray, bundles: Bundles) -> Rou
     travel_cr = travel_matrix(snapshot.courier_xy[couriers], snapshot.restaurant_xy[used], p.meters_per_minute)
     # Every drop-off is pickup + a per-bundle offset, so click-to-door splits into pickup + a bundle
     # constant: (couriers × bundles) work only, never (couriers × bundles × bundle size).
-    valid = bundles.orders >= 0
-    placement = snapshot.order_placement[np.where(valid, bundles.orders, 0)]
-    rel = np.where(valid, bundles.dropoff_offset - placement, np.iinfo(np.int64).min)
-    rel_max = rel.max(axis=1) if bundles.n else np.zeros(0, dtype=np.int64)
+    rel_max, ctd_offset_sum, last_offset = ctd_terms(
+        bundles.orders, bundles.dropoff_offset, bundles.size, snapshot.order_placement
+    )
     travel, pickup, max_ctd, feasible = pair_times(
         travel_cr, at, start, snapshot.courier_off_time[couriers], bundles.ready, rel_max, p.half_pickup, p.max_ctd
     )
-    last_offset = np.take_along_axis(bundles.dropoff_offset, np.maximum(bundles.size - 1, 0)[:, None], axis=1)[:, 0]
     return RouteTimes(
         start_at=start,
         travel_to_restaurant=travel,
@@ -267,7 +265,7 @@ def route_times(snapshot: Snapshot, couriers: IntArray, bundles: Bundles) -> Rou
         max_ctd=max_ctd,
         feasible=feasible,
         size=bundles.size,
-        ctd_offset_sum=np.where(valid, rel, 0).sum(axis=1),
+        ctd_offset_sum=ctd_offset_sum,
         last_offset=last_offset,
         free_offset=bundles.free_offset,
     )

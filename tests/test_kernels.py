@@ -72,6 +72,10 @@ def test_route_times_and_rank_keys_match_numpy(snap: Snapshot) -> None:
     assert np.array_equal(times.pickup, pickup)
     assert np.array_equal(times.max_ctd, max_ctd)
     assert np.array_equal(times.feasible, feasible)
+    rel_all = np.where(valid, bundles.dropoff_offset - placement, 0)
+    assert np.array_equal(times.ctd_offset_sum, rel_all.sum(axis=1))
+    last = np.take_along_axis(bundles.dropoff_offset, np.maximum(bundles.size - 1, 0)[:, None], axis=1)[:, 0]
+    assert np.array_equal(times.last_offset, last)
     key = np.where(feasible, (pickup * 4096 + travel) * 8 - bundles.size[None, :], kernels.INFEASIBLE_KEY)
     assert np.array_equal(kernels.rank_keys(pickup, travel, feasible, bundles.size), key)
     best = np.where(feasible, pickup, np.iinfo(np.int64).max).min(axis=0) if agents.size else None
