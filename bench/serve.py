@@ -99,6 +99,54 @@ async def _load(target: str, request, concurrency: int, seconds: float, min_n: i
     return np.array(lat), np.array(server), wall, failures
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def floor_server(port_file: Path) -> None:
+    """Serve the empty-handler DispatchService on a free loopback port; write the port to ``port_file``."""
+    import grpc
+
+    from service.gen.dispatch.v1 import dispatch_pb2 as pb
+    from service.gen.dispatch.v1 import dispatch_pb2_grpc as pb_grpc
+
+    class Floor(pb_grpc.DispatchServiceServicer):  # type: ignore[misc]
+        """Every Decide answered at once with an empty response: the transport's own cost."""
+
+        async def Decide(self, request, context):  # type: ignore[no-untyped-def]
+            return pb.DecideResponse(request_id=request.request_id)
+
+    async def run() -> None:
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
+        pb_grpc.add_DispatchServiceServicer_to_server(Floor(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        port_file.write_text(f"{port} 0\n")
+        await server.wait_for_termination()
+
+    asyncio.run(run())
+
+
+def _start(cmd: list[str], port_file: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
+    while not port_file.exists():
+        if proc.poll() is not None:
+            raise SystemExit(f"{cmd[2:4]} exited with {proc.returncode}")
+        time.sleep(0.05)
+    return proc, f"127.0.0.1:{port_file.read_text().split()[0]}"
+
+
+def _measure(pid: int, target: str, request, concurrency: int, seconds: float):  # type: ignore[no-untyped-def]
+    """:func:`_load` plus the CPU milliseconds per request of the server process ``pid`` and of this client."""
+    cpu0, mine0 = _cpu_s(pid), time.process_time()
+    lat, server, wall, failed = asyncio.run(_load(target, request, concurrency, seconds, 2 * concurrency))
+    n = len(lat) + failed + 1  # + the warm-up call
+    cpu = ((_cpu_s(pid) - cpu0) / n * 1000, (time.process_time() - mine0) / n * 1000)
+    return lat, server, wall, failed, cpu
+
+
 def _rss_mib(pid: int) -> tuple[float, float]:
     """(current, peak) resident MiB of a process."""
     status = Path(f"/proc/{pid}/status").read_text()
@@ -124,7 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--model", type=Path, help="ONNX model (default: the linear baseline, written to a temp dir)")
     ap.add_argument("--server-args", default="", help="extra `dispatch serve` flags")
+    ap.add_argument("--floor", action="store_true", help="also measure an empty-handler server (the transport floor)")
+    ap.add_argument("--floor-server", type=Path, help=argparse.SUPPRESS)  # internal: run the floor server
     args = ap.parse_args(argv)
+    if args.floor_server:
+        floor_server(args.floor_server)
+        return 0
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     concurrency = [int(c) for c in args.concurrency.split(",")]
     tmp = tempfile.TemporaryDirectory()
@@ -164,30 +217,26 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [sys.executable, "-m", "dispatch_cli.main", "serve", "--model", str(model), "--port", "0",
            "--metrics-port", "-1", "--port-file", str(port_file), "--device", args.device,
            "--log-level", "WARNING", *args.server_args.split()]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
-    try:
-        while not port_file.exists():
-            if proc.poll() is not None:
-                raise SystemExit(f"server exited with {proc.returncode}")
-            time.sleep(0.05)
-        target = f"127.0.0.1:{port_file.read_text().split()[0]}"
-        from service.client import snapshot_to_request
+    from service.client import snapshot_to_request
 
+    proc, target = _start(cmd, port_file, env)
+    try:
         print(f"\nEnd to end over gRPC (`dispatch serve --device {args.device} {args.server_args}`, asyncio client):\n")
         print(
             "| shape | concurrency | requests | failed | throughput req/s | p50 ms | p99 ms | p50 / raw ORT p50 "
-            "| server p50 ms: queue / inference / rest |"
+            "| server p50 ms: queue / inference / rest | CPU ms per request: server / client |"
         )
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for nc, no in shapes:
             request = snapshot_to_request(synthetic_snapshot(nc, no))
             for c in concurrency:
-                lat, server, wall, failed = asyncio.run(_load(target, request, c, args.seconds, 2 * c))
+                lat, server, wall, failed, cpu = _measure(proc.pid, target, request, c, args.seconds)
                 q, inf, rest = (np.median(server[:, i]) / 1000 for i in range(3))
                 ratio = np.median(lat) / raw_p50[(nc, no)]
                 print(
                     f"| {nc} × {no} | {c} | {len(lat)} | {failed} | {len(lat) / wall:.1f} | {_ms(lat, 0.5)} "
-                    f"| {_ms(lat, 0.99)} | {ratio:.0f}× | {q:.2f} / {inf:.2f} / {rest:.2f} |"
+                    f"| {_ms(lat, 0.99)} | {ratio:.0f}× | {q:.2f} / {inf:.2f} / {rest:.2f} "
+                    f"| {cpu[0]:.2f} / {cpu[1]:.2f} |"
                 )
         rss, peak = _rss_mib(proc.pid)
         kids = [_rss_mib(c)[0] for c in _children(proc.pid)]
@@ -196,7 +245,26 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
-        tmp.cleanup()
+    if args.floor:
+        # The same client against a server that answers at once: what gRPC and protobuf cost on this machine.
+        port_file.unlink()
+        floor, target = _start([sys.executable, "-m", "bench.serve", "--floor-server", str(port_file)], port_file, env)
+        try:
+            print("\ngRPC floor: the same client and requests, a server whose Decide returns an empty response:\n")
+            print("| shape | concurrency | requests | req/s | p50 ms | p99 ms | CPU ms per request: server / client |")
+            print("|---|---|---|---|---|---|---|")
+            for nc, no in shapes:
+                request = snapshot_to_request(synthetic_snapshot(nc, no))
+                for c in concurrency:
+                    lat, _, wall, _, cpu = _measure(floor.pid, target, request, c, args.seconds)
+                    print(
+                        f"| {nc} × {no} | {c} | {len(lat)} | {len(lat) / wall:.1f} | {_ms(lat, 0.5)} "
+                        f"| {_ms(lat, 0.99)} | {cpu[0]:.2f} / {cpu[1]:.2f} |"
+                    )
+        finally:
+            floor.send_signal(signal.SIGTERM)
+            floor.wait(60)
+    tmp.cleanup()
     return 0
 
 
