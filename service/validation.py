@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -25,24 +26,54 @@ class Limits:
     max_restaurants: int = 10000
 
 
-def _columns(rows: list[tuple[Any, ...]], width: int) -> list[tuple[Any, ...]]:
-    """Rows of message fields as per-field tuples (``width`` empty tuples when there are no rows)."""
-    return list(zip(*rows, strict=True)) if rows else [()] * width
+@dataclass(frozen=True)
+class _Field:
+    """How errors name element ``i``'s attribute: ``orders[3].x`` (list form) or ``order_table.x[3]`` (table)."""
+
+    name: str
+    table: bool
+
+    def at(self, i: int, attr: str) -> str:
+        return f"{self.name}.{attr}[{i}]" if self.table else f"{self.name}[{i}].{attr}"
+
+    def element(self, i: int) -> str:
+        return f"{self.name}.id[{i}]" if self.table else f"{self.name}[{i}]"
 
 
-def _unique_ids(ids: Sequence[str], field: str) -> None:
+def _read(msg: pb.DecideRequest, rows: str, table: str, attrs: tuple[str, ...]) -> tuple[_Field, list[tuple[Any, ...]]]:
+    """Per-attribute columns of one entity list, from its repeated messages or from its table.
+
+    Sending both forms is an error; a table's arrays must all have the length of its ``id`` array.
+    """
+    items = getattr(msg, rows)
+    if not msg.HasField(table):
+        # One pass over the repeated field reads every attribute once (attribute access dominates here).
+        cols = list(zip(*map(attrgetter(*attrs), items), strict=True)) if items else [()] * len(attrs)
+        return _Field(rows, False), cols
+    if len(items):
+        raise ValidationError(f"{table}: send {rows} either as a list or as a table, not both")
+    t = getattr(msg, table)
+    cols = [tuple(getattr(t, a)) for a in attrs]
+    n = len(cols[0])
+    for a, col in zip(attrs[1:], cols[1:], strict=True):
+        if len(col) != n:
+            raise ValidationError(f"{table}.{a}: {len(col)} values for {n} ids (one per id)")
+    return _Field(table, True), cols
+
+
+def _unique_ids(ids: Sequence[str], field: _Field) -> None:
     if "" not in ids and len(set(ids)) == len(ids):
         return  # the common case, in C; the loop below only finds the first offender to name it
     seen: dict[str, int] = {}
     for i, x in enumerate(ids):
         if not x:
-            raise ValidationError(f"{field}[{i}].id: empty id")
+            raise ValidationError(f"{field.at(i, 'id')}: empty id")
         j = seen.setdefault(x, i)
         if j != i:
-            raise ValidationError(f"{field}[{i}].id: duplicate id {x!r} (also {field}[{j}])")
+            raise ValidationError(f"{field.at(i, 'id')}: duplicate id {x!r} (also {field.element(j)})")
 
 
-def _check_columns(matrix: np.ndarray, field: str, names: tuple[str, ...], whole_from: int) -> None:
+def _check_columns(matrix: np.ndarray, field: _Field, names: tuple[str, ...], whole_from: int) -> None:
     """:func:`_check_numbers` on each column (columns from ``whole_from`` on are whole minutes)."""
     frac = matrix[:, whole_from:]
     ok = np.isfinite(matrix).all() and (matrix >= 0).all()
@@ -52,7 +83,7 @@ def _check_columns(matrix: np.ndarray, field: str, names: tuple[str, ...], whole
         _check_numbers(matrix[:, j], field, name, whole=j >= whole_from)
 
 
-def _check_numbers(values: np.ndarray, field: str, name: str, *, whole: bool) -> None:
+def _check_numbers(values: np.ndarray, field: _Field, name: str, *, whole: bool) -> None:
     """Finite, non-negative (and whole minutes where ``whole``); names the first offending element."""
     bad = ~np.isfinite(values) | (values < 0)
     if whole:
@@ -69,7 +100,7 @@ def _check_numbers(values: np.ndarray, field: str, name: str, *, whole: bool) ->
             if v > MAX_MINUTES
             else "must be whole minutes"
         )
-        raise ValidationError(f"{field}[{i}].{name}: {v!r} {why}")
+        raise ValidationError(f"{field.at(i, name)}: {v!r} {why}")
 
 
 def _params(msg: pb.DecideRequest) -> ServiceParams:
@@ -97,57 +128,58 @@ def _params(msg: pb.DecideRequest) -> ServiceParams:
 
 def to_snapshot(msg: pb.DecideRequest, limits: Limits = Limits()) -> Snapshot:
     """The Snapshot a request describes; ValidationError names the first field at fault."""
-    for field, n, limit, flag in (
-        ("couriers", len(msg.couriers), limits.max_couriers, "--max-couriers"),
-        ("orders", len(msg.orders), limits.max_orders, "--max-orders"),
-        ("restaurants", len(msg.restaurants), limits.max_restaurants, "--max-restaurants"),
+    for rows, table, limit, flag in (
+        ("couriers", "courier_table", limits.max_couriers, "--max-couriers"),
+        ("orders", "order_table", limits.max_orders, "--max-orders"),
+        ("restaurants", "restaurant_table", limits.max_restaurants, "--max-restaurants"),
     ):
+        n = len(getattr(msg, rows)) + len(getattr(msg, table).id)
         if n > limit:
-            raise ValidationError(f"{field}: {n} entries exceed the limit of {limit} ({flag})")
+            raise ValidationError(f"{rows}: {n} entries exceed the limit of {limit} ({flag})")
     t = msg.time
     if not np.isfinite(t) or t < 0 or t != np.floor(t) or t > MAX_MINUTES:
         raise ValidationError(f"time: {t!r} must be finite, >= 0, whole minutes and at most {MAX_MINUTES}")
     time = int(t)
     params = _params(msg)
 
-    rest = msg.restaurants
-    rest_ids = tuple(r.id for r in rest)
-    _unique_ids(rest_ids, "restaurants")
-    rest_xy = np.array([(r.x, r.y) for r in rest], dtype=np.float64).reshape(-1, 2)
-    _check_columns(rest_xy, "restaurants", ("x", "y"), whole_from=2)
+    where, r_cols = _read(msg, "restaurants", "restaurant_table", ("id", "x", "y"))
+    rest_ids: tuple[str, ...] = r_cols[0]
+    _unique_ids(rest_ids, where)
+    rest_xy = np.array(r_cols[1:], dtype=np.float64).T.reshape(-1, 2)
+    _check_columns(rest_xy, where, ("x", "y"), whole_from=2)
 
-    # One pass over each repeated field reads every attribute once (attribute access dominates here).
-    c_cols = _columns([(c.id, c.x, c.y, c.free_at, c.on_time, c.off_time) for c in msg.couriers], 6)
+    where, c_cols = _read(msg, "couriers", "courier_table", ("id", "x", "y", "free_at", "on_time", "off_time"))
     cour_ids: tuple[str, ...] = c_cols[0]
-    _unique_ids(cour_ids, "couriers")
+    _unique_ids(cour_ids, where)
     c_num = np.array(c_cols[1:], dtype=np.float64).T.reshape(-1, 5)
-    _check_columns(c_num, "couriers", ("x", "y", "free_at", "on_time", "off_time"), whole_from=2)
+    _check_columns(c_num, where, ("x", "y", "free_at", "on_time", "off_time"), whole_from=2)
     bad = np.flatnonzero(c_num[:, 4] <= c_num[:, 3])
     if bad.size:
         i = int(bad[0])
-        raise ValidationError(
-            f"couriers[{i}].off_time: {c_num[i, 4]:g} must be after on_time {c_num[i, 3]:g} (courier {cour_ids[i]!r})"
-        )
+        off, on = c_num[i, 4], c_num[i, 3]
+        why = f"must be after on_time {on:g} (courier {cour_ids[i]!r})"
+        raise ValidationError(f"{where.at(i, 'off_time')}: {off:g} {why}")
 
-    o_cols = _columns([(o.id, o.restaurant_id, o.x, o.y, o.placement_time, o.ready_time) for o in msg.orders], 6)
+    o_attrs = ("id", "restaurant_id", "x", "y", "placement_time", "ready_time")
+    where, o_cols = _read(msg, "orders", "order_table", o_attrs)
     order_ids: tuple[str, ...] = o_cols[0]
-    _unique_ids(order_ids, "orders")
+    _unique_ids(order_ids, where)
     o_num = np.array(o_cols[2:], dtype=np.float64).T.reshape(-1, 4)
-    _check_columns(o_num, "orders", ("x", "y", "placement_time", "ready_time"), whole_from=2)
+    _check_columns(o_num, where, ("x", "y", "placement_time", "ready_time"), whole_from=2)
     r_index = {r: i for i, r in enumerate(rest_ids)}
     found = [r_index.get(r, -1) for r in o_cols[1]]
     o_rest = np.array(found, dtype=np.int64)
     if o_rest.size and o_rest.min() < 0:
         i = int(np.argmin(o_rest))
-        raise ValidationError(f"orders[{i}].restaurant_id: unknown restaurant {o_cols[1][i]!r}")
+        raise ValidationError(f"{where.at(i, 'restaurant_id')}: unknown restaurant {o_cols[1][i]!r}")
     late = np.flatnonzero(o_num[:, 2] > time)
     if late.size:
         i = int(late[0])
-        raise ValidationError(f"orders[{i}].placement_time: {o_num[i, 2]:g} is after time {time} (not open yet)")
+        raise ValidationError(f"{where.at(i, 'placement_time')}: {o_num[i, 2]:g} is after time {time} (not open yet)")
     early = np.flatnonzero(o_num[:, 3] < o_num[:, 2])
     if early.size:
         i = int(early[0])
-        raise ValidationError(f"orders[{i}].ready_time: {o_num[i, 3]:g} is before placement_time {o_num[i, 2]:g}")
+        raise ValidationError(f"{where.at(i, 'ready_time')}: {o_num[i, 3]:g} is before placement_time {o_num[i, 2]:g}")
 
     return Snapshot(
         time=time,

@@ -28,6 +28,18 @@ def test_same_joint_action_as_in_process_policy(server: ThreadedServer, snapshot
                 assert not r.fallback and r.conflict_rule == "greedy"
 
 
+def test_table_form_gives_the_same_answer(server: ThreadedServer, snapshots: list[Snapshot], model_dir: Path):
+    """Couriers, orders and restaurants sent as columnar tables: the same snapshot, the same joint action."""
+    policy = OnnxPolicy(model_dir / "lin.onnx")
+    with DispatchClient(server.target) as client:
+        for snap in snapshots:
+            req = snapshot_to_request(snap, columnar=True, include_scores=True)
+            assert not req.orders and req.order_table.id, "the table form sends no per-entity messages"
+            tables, rows = client.decide(req), client.decide(snap, include_scores=True)
+            assert response_to_ids(tables) == response_to_ids(rows) == policy.decide(snap).action.to_ids(snap)
+            assert [(a.score, a.wait_score) for a in tables.actions] == [(a.score, a.wait_score) for a in rows.actions]
+
+
 @pytest.mark.parametrize("where", ["threads", "processes"])
 def test_every_preparation_path_gives_the_same_answer(model_dir: Path, snapshots: list[Snapshot], where: str):
     """Small snapshots are prepared and scored inline by default; force the thread pools, or a worker process."""

@@ -72,6 +72,65 @@ CASES: list[tuple[str, Mutation, str]] = [
 ]
 
 
+def _cell(column: str, i: int, value: object) -> Mutation:
+    """Set element ``i`` of a table column, e.g. ('order_table.x', 1)."""
+
+    def apply(req: pb.DecideRequest) -> None:
+        table, field = column.split(".")
+        getattr(getattr(req, table), field)[i] = value
+
+    return apply
+
+
+def _drop_last(column: str) -> Mutation:
+    def apply(req: pb.DecideRequest) -> None:
+        table, field = column.split(".")
+        del getattr(getattr(req, table), field)[-1]
+
+    return apply
+
+
+def _dup_id(table: str) -> Mutation:
+    def apply(req: pb.DecideRequest) -> None:
+        ids = getattr(req, table).id
+        ids[1] = ids[0]
+
+    return apply
+
+
+def _also_rows(req: pb.DecideRequest) -> None:
+    req.orders.add(id="row", restaurant_id=req.restaurant_table.id[0])
+
+
+TABLE_CASES: list[tuple[str, Mutation, str]] = [
+    ("empty courier id", _cell("courier_table.id", 1, ""), "courier_table.id[1]"),
+    ("duplicate order id", _dup_id("order_table"), "order_table.id[1]"),
+    ("NaN courier x", _cell("courier_table.x", 0, NAN), "courier_table.x[0]"),
+    ("negative restaurant y", _cell("restaurant_table.y", 2, -1.0), "restaurant_table.y[2]"),
+    ("off before on", _cell("courier_table.off_time", 0, 0.0), "courier_table.off_time[0]"),
+    ("fractional ready", _cell("order_table.ready_time", 1, 700.5), "order_table.ready_time[1]"),
+    ("placement in the future", _cell("order_table.placement_time", 0, 1e6), "order_table.placement_time[0]"),
+    ("unknown restaurant", _cell("order_table.restaurant_id", 1, "nowhere"), "order_table.restaurant_id[1]"),
+    ("short column", _drop_last("order_table.y"), "order_table.y"),
+    ("short courier column", _drop_last("courier_table.free_at"), "courier_table.free_at"),
+    ("list and table at once", _also_rows, "order_table"),
+]
+
+
+@pytest.mark.parametrize(("case", "mutate", "field"), TABLE_CASES, ids=[c[0] for c in TABLE_CASES])
+def test_bad_table_field_is_named(
+    server: ThreadedServer, snapshots: list[Snapshot], case: str, mutate: Mutation, field: str
+):
+    snap = snapshots[0]
+    req = snapshot_to_request(snap, columnar=True)
+    mutate(req)
+    with DispatchClient(server.target) as client:
+        code, details = _code(client, req)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+        assert details.startswith(field), f"{case}: {details!r} does not name {field}"
+        assert client.decide(snapshot_to_request(snap, columnar=True)).actions
+
+
 @pytest.fixture(scope="module")
 def small_server(model_dir: Path) -> Iterator[ThreadedServer]:
     """A server with tight size limits."""
@@ -126,6 +185,10 @@ def test_over_limit_counts_name_the_limit(small_server: ThreadedServer, snapshot
         del req.orders[6:]
         del req.couriers[20:]
         assert client.decide(req).actions
+        # Tables count against the same limits.
+        req = snapshot_to_request(snap, columnar=True)
+        code, details = _code(client, req)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "exceed the limit" in details, details
 
 
 def test_oversized_message_is_refused(small_server: ThreadedServer, snapshots: list[Snapshot]):

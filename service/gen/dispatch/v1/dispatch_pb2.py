@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64ispatch/v1/dispatch.proto\x12\x0b\x64ispatch.v1\"_\n\x07\x43ourier\x12\n\n\x02id\x18\x01 \x01(\t\x12\t\n\x01x\x18\x02 \x01(\x01\x12\t\n\x01y\x18\x03 \x01(\x01\x12\x0f\n\x07\x66ree_at\x18\x04 \x01(\x01\x12\x0f\n\x07on_time\x18\x05 \x01(\x01\x12\x10\n\x08off_time\x18\x06 \x01(\x01\"l\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rrestaurant_id\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\x01\x12\t\n\x01y\x18\x04 \x01(\x01\x12\x16\n\x0eplacement_time\x18\x05 \x01(\x01\x12\x12\n\nready_time\x18\x06 \x01(\x01\".\n\nRestaurant\x12\n\n\x02id\x18\x01 \x01(\t\x12\t\n\x01x\x18\x02 \x01(\x01\x12\t\n\x01y\x18\x03 \x01(\x01\"\xd9\x02\n\rServiceParams\x12\x1e\n\x11meters_per_minute\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12#\n\x16pickup_service_minutes\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12$\n\x17\x64ropoff_service_minutes\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12)\n\x1ctarget_click_to_door_minutes\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12&\n\x19max_click_to_door_minutes\x18\x05 \x01(\x05H\x04\x88\x01\x01\x42\x14\n\x12_meters_per_minuteB\x19\n\x17_pickup_service_minutesB\x1a\n\x18_dropoff_service_minutesB\x1f\n\x1d_target_click_to_door_minutesB\x1c\n\x1a_max_click_to_door_minutes\"O\n\x0ePolicySelector\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nsticky_key\x18\x03 \x01(\t\"\xb6\x02\n\rDecideRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12&\n\x08\x63ouriers\x18\x03 \x03(\x0b\x32\x14.dispatch.v1.Courier\x12\"\n\x06orders\x18\x04 \x03(\x0b\x32\x12.dispatch.v1.Order\x12,\n\x0brestaurants\x18\x05 \x03(\x0b\x32\x17.dispatch.v1.Restaurant\x12*\n\x06params\x18\x06 \x01(\x0b\x32\x1a.dispatch.v1.ServiceParams\x12+\n\x06policy\x18\x07 \x01(\x0b\x32\x1b.dispatch.v1.PolicySelector\x12\x18\n\x10\x64\x65\x61\x64line_hint_ms\x18\x08 \x01(\r\x12\x16\n\x0einclude_scores\x18\t \x01(\x08\"\x8a\x01\n\rCourierAction\x12\x12\n\ncourier_id\x18\x01 \x01(\t\x12\x11\n\torder_ids\x18\x02 \x03(\t\x12\x0c\n\x04wait\x18\x03 \x01(\x08\x12\x12\n\x05score\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\nwait_score\x18\x05 \x01(\x02H\x01\x88\x01\x01\x42\x08\n\x06_scoreB\r\n\x0b_wait_score\"^\n\rServerTimings\x12\x10\n\x08queue_us\x18\x01 \x01(\x03\x12\x14\n\x0cinference_us\x18\x02 \x01(\x03\x12\x13\n\x0b\x61ssembly_us\x18\x03 \x01(\x03\x12\x10\n\x08total_us\x18\x04 \x01(\x03\"\xeb\x01\n\x0e\x44\x65\x63ideResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x07\x61\x63tions\x18\x02 \x03(\x0b\x32\x1a.dispatch.v1.CourierAction\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\x05 \x01(\x08\x12\x17\n\x0f\x66\x61llback_reason\x18\x06 \x01(\t\x12+\n\x07timings\x18\x07 \x01(\x0b\x32\x1a.dispatch.v1.ServerTimings\x12\x15\n\rconflict_rule\x18\x08 \x01(\t\"@\n\x0bStreamError\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"|\n\x14\x44\x65\x63ideStreamResponse\x12/\n\x08response\x18\x01 \x01(\x0b\x32\x1b.dispatch.v1.DecideResponseH\x00\x12)\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x18.dispatch.v1.StreamErrorH\x00\x42\x08\n\x06result\")\n\x13GetModelInfoRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\"\xf9\x02\n\tModelInfo\x12\x0c\n\x04slot\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x15\n\rconflict_rule\x18\x04 \x01(\t\x12\x14\n\x0c\x63\x61ndidates_k\x18\x05 \x01(\x05\x12\x17\n\x0fmax_bundle_size\x18\x06 \x01(\x05\x12\x15\n\rmax_ready_gap\x18\x07 \x01(\x05\x12\x1e\n\x16\x66\x65\x61ture_schema_version\x18\x08 \x01(\x05\x12\x16\n\x0e\x61gent_features\x18\t \x03(\t\x12\x1a\n\x12\x63\x61ndidate_features\x18\n \x03(\t\x12\x13\n\x0bonnx_sha256\x18\x0b \x01(\t\x12\x0c\n\x04path\x18\x0c \x01(\t\x12\x11\n\tloaded_at\x18\r \x01(\x01\x12\x0e\n\x06\x64\x65vice\x18\x0e \x01(\t\x12\x11\n\tproviders\x18\x0f \x03(\t\x12\x11\n\tab_weight\x18\x10 \x01(\x01\x12\x0e\n\x06shadow\x18\x11 \x01(\x08\x12\x12\n\nis_default\x18\x12 \x01(\x08\"=\n\x14GetModelInfoResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.dispatch.v1.ModelInfo\"1\n\rReloadRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"Q\n\x0eReloadResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.dispatch.v1.ModelInfo\x12\x18\n\x10previous_version\x18\x02 \x01(\t\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.dispatch.v1.ModelInfo2\xfc\x01\n\x0f\x44ispatchService\x12\x41\n\x06\x44\x65\x63ide\x12\x1a.dispatch.v1.DecideRequest\x1a\x1b.dispatch.v1.DecideResponse\x12Q\n\x0c\x44\x65\x63ideStream\x12\x1a.dispatch.v1.DecideRequest\x1a!.dispatch.v1.DecideStreamResponse(\x01\x30\x01\x12S\n\x0cGetModelInfo\x12 .dispatch.v1.GetModelInfoRequest\x1a!.dispatch.v1.GetModelInfoResponse2\xa5\x01\n\x11ModelAdminService\x12\x41\n\x06Reload\x12\x1a.dispatch.v1.ReloadRequest\x1a\x1b.dispatch.v1.ReloadResponse\x12M\n\nListModels\x12\x1e.dispatch.v1.ListModelsRequest\x1a\x1f.dispatch.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64ispatch/v1/dispatch.proto\x12\x0b\x64ispatch.v1\"_\n\x07\x43ourier\x12\n\n\x02id\x18\x01 \x01(\t\x12\t\n\x01x\x18\x02 \x01(\x01\x12\t\n\x01y\x18\x03 \x01(\x01\x12\x0f\n\x07\x66ree_at\x18\x04 \x01(\x01\x12\x0f\n\x07on_time\x18\x05 \x01(\x01\x12\x10\n\x08off_time\x18\x06 \x01(\x01\"l\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rrestaurant_id\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\x01\x12\t\n\x01y\x18\x04 \x01(\x01\x12\x16\n\x0eplacement_time\x18\x05 \x01(\x01\x12\x12\n\nready_time\x18\x06 \x01(\x01\".\n\nRestaurant\x12\n\n\x02id\x18\x01 \x01(\t\x12\t\n\x01x\x18\x02 \x01(\x01\x12\t\n\x01y\x18\x03 \x01(\x01\"d\n\x0c\x43ourierTable\x12\n\n\x02id\x18\x01 \x03(\t\x12\t\n\x01x\x18\x02 \x03(\x01\x12\t\n\x01y\x18\x03 \x03(\x01\x12\x0f\n\x07\x66ree_at\x18\x04 \x03(\x01\x12\x0f\n\x07on_time\x18\x05 \x03(\x01\x12\x10\n\x08off_time\x18\x06 \x03(\x01\"q\n\nOrderTable\x12\n\n\x02id\x18\x01 \x03(\t\x12\x15\n\rrestaurant_id\x18\x02 \x03(\t\x12\t\n\x01x\x18\x03 \x03(\x01\x12\t\n\x01y\x18\x04 \x03(\x01\x12\x16\n\x0eplacement_time\x18\x05 \x03(\x01\x12\x12\n\nready_time\x18\x06 \x03(\x01\"3\n\x0fRestaurantTable\x12\n\n\x02id\x18\x01 \x03(\t\x12\t\n\x01x\x18\x02 \x03(\x01\x12\t\n\x01y\x18\x03 \x03(\x01\"\xd9\x02\n\rServiceParams\x12\x1e\n\x11meters_per_minute\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12#\n\x16pickup_service_minutes\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12$\n\x17\x64ropoff_service_minutes\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12)\n\x1ctarget_click_to_door_minutes\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12&\n\x19max_click_to_door_minutes\x18\x05 \x01(\x05H\x04\x88\x01\x01\x42\x14\n\x12_meters_per_minuteB\x19\n\x17_pickup_service_minutesB\x1a\n\x18_dropoff_service_minutesB\x1f\n\x1d_target_click_to_door_minutesB\x1c\n\x1a_max_click_to_door_minutes\"O\n\x0ePolicySelector\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nsticky_key\x18\x03 \x01(\t\"\xce\x03\n\rDecideRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12&\n\x08\x63ouriers\x18\x03 \x03(\x0b\x32\x14.dispatch.v1.Courier\x12\"\n\x06orders\x18\x04 \x03(\x0b\x32\x12.dispatch.v1.Order\x12,\n\x0brestaurants\x18\x05 \x03(\x0b\x32\x17.dispatch.v1.Restaurant\x12*\n\x06params\x18\x06 \x01(\x0b\x32\x1a.dispatch.v1.ServiceParams\x12+\n\x06policy\x18\x07 \x01(\x0b\x32\x1b.dispatch.v1.PolicySelector\x12\x18\n\x10\x64\x65\x61\x64line_hint_ms\x18\x08 \x01(\r\x12\x16\n\x0einclude_scores\x18\t \x01(\x08\x12\x30\n\rcourier_table\x18\n \x01(\x0b\x32\x19.dispatch.v1.CourierTable\x12,\n\x0border_table\x18\x0b \x01(\x0b\x32\x17.dispatch.v1.OrderTable\x12\x36\n\x10restaurant_table\x18\x0c \x01(\x0b\x32\x1c.dispatch.v1.RestaurantTable\"\x8a\x01\n\rCourierAction\x12\x12\n\ncourier_id\x18\x01 \x01(\t\x12\x11\n\torder_ids\x18\x02 \x03(\t\x12\x0c\n\x04wait\x18\x03 \x01(\x08\x12\x12\n\x05score\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\nwait_score\x18\x05 \x01(\x02H\x01\x88\x01\x01\x42\x08\n\x06_scoreB\r\n\x0b_wait_score\"^\n\rServerTimings\x12\x10\n\x08queue_us\x18\x01 \x01(\x03\x12\x14\n\x0cinference_us\x18\x02 \x01(\x03\x12\x13\n\x0b\x61ssembly_us\x18\x03 \x01(\x03\x12\x10\n\x08total_us\x18\x04 \x01(\x03\"\xeb\x01\n\x0e\x44\x65\x63ideResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x07\x61\x63tions\x18\x02 \x03(\x0b\x32\x1a.dispatch.v1.CourierAction\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\x05 \x01(\x08\x12\x17\n\x0f\x66\x61llback_reason\x18\x06 \x01(\t\x12+\n\x07timings\x18\x07 \x01(\x0b\x32\x1a.dispatch.v1.ServerTimings\x12\x15\n\rconflict_rule\x18\x08 \x01(\t\"@\n\x0bStreamError\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"|\n\x14\x44\x65\x63ideStreamResponse\x12/\n\x08response\x18\x01 \x01(\x0b\x32\x1b.dispatch.v1.DecideResponseH\x00\x12)\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x18.dispatch.v1.StreamErrorH\x00\x42\x08\n\x06result\")\n\x13GetModelInfoRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\"\xf9\x02\n\tModelInfo\x12\x0c\n\x04slot\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x15\n\rconflict_rule\x18\x04 \x01(\t\x12\x14\n\x0c\x63\x61ndidates_k\x18\x05 \x01(\x05\x12\x17\n\x0fmax_bundle_size\x18\x06 \x01(\x05\x12\x15\n\rmax_ready_gap\x18\x07 \x01(\x05\x12\x1e\n\x16\x66\x65\x61ture_schema_version\x18\x08 \x01(\x05\x12\x16\n\x0e\x61gent_features\x18\t \x03(\t\x12\x1a\n\x12\x63\x61ndidate_features\x18\n \x03(\t\x12\x13\n\x0bonnx_sha256\x18\x0b \x01(\t\x12\x0c\n\x04path\x18\x0c \x01(\t\x12\x11\n\tloaded_at\x18\r \x01(\x01\x12\x0e\n\x06\x64\x65vice\x18\x0e \x01(\t\x12\x11\n\tproviders\x18\x0f \x03(\t\x12\x11\n\tab_weight\x18\x10 \x01(\x01\x12\x0e\n\x06shadow\x18\x11 \x01(\x08\x12\x12\n\nis_default\x18\x12 \x01(\x08\"=\n\x14GetModelInfoResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.dispatch.v1.ModelInfo\"1\n\rReloadRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"Q\n\x0eReloadResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.dispatch.v1.ModelInfo\x12\x18\n\x10previous_version\x18\x02 \x01(\t\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.dispatch.v1.ModelInfo2\xfc\x01\n\x0f\x44ispatchService\x12\x41\n\x06\x44\x65\x63ide\x12\x1a.dispatch.v1.DecideRequest\x1a\x1b.dispatch.v1.DecideResponse\x12Q\n\x0c\x44\x65\x63ideStream\x12\x1a.dispatch.v1.DecideRequest\x1a!.dispatch.v1.DecideStreamResponse(\x01\x30\x01\x12S\n\x0cGetModelInfo\x12 .dispatch.v1.GetModelInfoRequest\x1a!.dispatch.v1.GetModelInfoResponse2\xa5\x01\n\x11ModelAdminService\x12\x41\n\x06Reload\x12\x1a.dispatch.v1.ReloadRequest\x1a\x1b.dispatch.v1.ReloadResponse\x12M\n\nListModels\x12\x1e.dispatch.v1.ListModelsRequest\x1a\x1f.dispatch.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,38 +38,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDER']._serialized_end=248
   _globals['_RESTAURANT']._serialized_start=250
   _globals['_RESTAURANT']._serialized_end=296
-  _globals['_SERVICEPARAMS']._serialized_start=299
-  _globals['_SERVICEPARAMS']._serialized_end=644
-  _globals['_POLICYSELECTOR']._serialized_start=646
-  _globals['_POLICYSELECTOR']._serialized_end=725
-  _globals['_DECIDEREQUEST']._serialized_start=728
-  _globals['_DECIDEREQUEST']._serialized_end=1038
-  _globals['_COURIERACTION']._serialized_start=1041
-  _globals['_COURIERACTION']._serialized_end=1179
-  _globals['_SERVERTIMINGS']._serialized_start=1181
-  _globals['_SERVERTIMINGS']._serialized_end=1275
-  _globals['_DECIDERESPONSE']._serialized_start=1278
-  _globals['_DECIDERESPONSE']._serialized_end=1513
-  _globals['_STREAMERROR']._serialized_start=1515
-  _globals['_STREAMERROR']._serialized_end=1579
-  _globals['_DECIDESTREAMRESPONSE']._serialized_start=1581
-  _globals['_DECIDESTREAMRESPONSE']._serialized_end=1705
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1707
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1748
-  _globals['_MODELINFO']._serialized_start=1751
-  _globals['_MODELINFO']._serialized_end=2128
-  _globals['_GETMODELINFORESPONSE']._serialized_start=2130
-  _globals['_GETMODELINFORESPONSE']._serialized_end=2191
-  _globals['_RELOADREQUEST']._serialized_start=2193
-  _globals['_RELOADREQUEST']._serialized_end=2242
-  _globals['_RELOADRESPONSE']._serialized_start=2244
-  _globals['_RELOADRESPONSE']._serialized_end=2325
-  _globals['_LISTMODELSREQUEST']._serialized_start=2327
-  _globals['_LISTMODELSREQUEST']._serialized_end=2346
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2348
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2408
-  _globals['_DISPATCHSERVICE']._serialized_start=2411
-  _globals['_DISPATCHSERVICE']._serialized_end=2663
-  _globals['_MODELADMINSERVICE']._serialized_start=2666
-  _globals['_MODELADMINSERVICE']._serialized_end=2831
+  _globals['_COURIERTABLE']._serialized_start=298
+  _globals['_COURIERTABLE']._serialized_end=398
+  _globals['_ORDERTABLE']._serialized_start=400
+  _globals['_ORDERTABLE']._serialized_end=513
+  _globals['_RESTAURANTTABLE']._serialized_start=515
+  _globals['_RESTAURANTTABLE']._serialized_end=566
+  _globals['_SERVICEPARAMS']._serialized_start=569
+  _globals['_SERVICEPARAMS']._serialized_end=914
+  _globals['_POLICYSELECTOR']._serialized_start=916
+  _globals['_POLICYSELECTOR']._serialized_end=995
+  _globals['_DECIDEREQUEST']._serialized_start=998
+  _globals['_DECIDEREQUEST']._serialized_end=1460
+  _globals['_COURIERACTION']._serialized_start=1463
+  _globals['_COURIERACTION']._serialized_end=1601
+  _globals['_SERVERTIMINGS']._serialized_start=1603
+  _globals['_SERVERTIMINGS']._serialized_end=1697
+  _globals['_DECIDERESPONSE']._serialized_start=1700
+  _globals['_DECIDERESPONSE']._serialized_end=1935
+  _globals['_STREAMERROR']._serialized_start=1937
+  _globals['_STREAMERROR']._serialized_end=2001
+  _globals['_DECIDESTREAMRESPONSE']._serialized_start=2003
+  _globals['_DECIDESTREAMRESPONSE']._serialized_end=2127
+  _globals['_GETMODELINFOREQUEST']._serialized_start=2129
+  _globals['_GETMODELINFOREQUEST']._serialized_end=2170
+  _globals['_MODELINFO']._serialized_start=2173
+  _globals['_MODELINFO']._serialized_end=2550
+  _globals['_GETMODELINFORESPONSE']._serialized_start=2552
+  _globals['_GETMODELINFORESPONSE']._serialized_end=2613
+  _globals['_RELOADREQUEST']._serialized_start=2615
+  _globals['_RELOADREQUEST']._serialized_end=2664
+  _globals['_RELOADRESPONSE']._serialized_start=2666
+  _globals['_RELOADRESPONSE']._serialized_end=2747
+  _globals['_LISTMODELSREQUEST']._serialized_start=2749
+  _globals['_LISTMODELSREQUEST']._serialized_end=2768
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2770
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2830
+  _globals['_DISPATCHSERVICE']._serialized_start=2833
+  _globals['_DISPATCHSERVICE']._serialized_end=3085
+  _globals['_MODELADMINSERVICE']._serialized_start=3088
+  _globals['_MODELADMINSERVICE']._serialized_end=3253
 # @@protoc_insertion_point(module_scope)

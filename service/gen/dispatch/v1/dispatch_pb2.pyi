@@ -49,6 +49,48 @@ class Restaurant(_message.Message):
     y: float
     def __init__(self, id: _Optional[str] = ..., x: _Optional[float] = ..., y: _Optional[float] = ...) -> None: ...
 
+class CourierTable(_message.Message):
+    __slots__ = ("id", "x", "y", "free_at", "on_time", "off_time")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    FREE_AT_FIELD_NUMBER: _ClassVar[int]
+    ON_TIME_FIELD_NUMBER: _ClassVar[int]
+    OFF_TIME_FIELD_NUMBER: _ClassVar[int]
+    id: _containers.RepeatedScalarFieldContainer[str]
+    x: _containers.RepeatedScalarFieldContainer[float]
+    y: _containers.RepeatedScalarFieldContainer[float]
+    free_at: _containers.RepeatedScalarFieldContainer[float]
+    on_time: _containers.RepeatedScalarFieldContainer[float]
+    off_time: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, id: _Optional[_Iterable[str]] = ..., x: _Optional[_Iterable[float]] = ..., y: _Optional[_Iterable[float]] = ..., free_at: _Optional[_Iterable[float]] = ..., on_time: _Optional[_Iterable[float]] = ..., off_time: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class OrderTable(_message.Message):
+    __slots__ = ("id", "restaurant_id", "x", "y", "placement_time", "ready_time")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    RESTAURANT_ID_FIELD_NUMBER: _ClassVar[int]
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    READY_TIME_FIELD_NUMBER: _ClassVar[int]
+    id: _containers.RepeatedScalarFieldContainer[str]
+    restaurant_id: _containers.RepeatedScalarFieldContainer[str]
+    x: _containers.RepeatedScalarFieldContainer[float]
+    y: _containers.RepeatedScalarFieldContainer[float]
+    placement_time: _containers.RepeatedScalarFieldContainer[float]
+    ready_time: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, id: _Optional[_Iterable[str]] = ..., restaurant_id: _Optional[_Iterable[str]] = ..., x: _Optional[_Iterable[float]] = ..., y: _Optional[_Iterable[float]] = ..., placement_time: _Optional[_Iterable[float]] = ..., ready_time: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class RestaurantTable(_message.Message):
+    __slots__ = ("id", "x", "y")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    id: _containers.RepeatedScalarFieldContainer[str]
+    x: _containers.RepeatedScalarFieldContainer[float]
+    y: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, id: _Optional[_Iterable[str]] = ..., x: _Optional[_Iterable[float]] = ..., y: _Optional[_Iterable[float]] = ...) -> None: ...
+
 class ServiceParams(_message.Message):
     __slots__ = ("meters_per_minute", "pickup_service_minutes", "dropoff_service_minutes", "target_click_to_door_minutes", "max_click_to_door_minutes")
     METERS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
@@ -74,7 +116,7 @@ class PolicySelector(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., sticky_key: _Optional[str] = ...) -> None: ...
 
 class DecideRequest(_message.Message):
-    __slots__ = ("request_id", "time", "couriers", "orders", "restaurants", "params", "policy", "deadline_hint_ms", "include_scores")
+    __slots__ = ("request_id", "time", "couriers", "orders", "restaurants", "params", "policy", "deadline_hint_ms", "include_scores", "courier_table", "order_table", "restaurant_table")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     COURIERS_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +126,9 @@ class DecideRequest(_message.Message):
     POLICY_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_HINT_MS_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_SCORES_FIELD_NUMBER: _ClassVar[int]
+    COURIER_TABLE_FIELD_NUMBER: _ClassVar[int]
+    ORDER_TABLE_FIELD_NUMBER: _ClassVar[int]
+    RESTAURANT_TABLE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     time: float
     couriers: _containers.RepeatedCompositeFieldContainer[Courier]
@@ -93,7 +138,10 @@ class DecideRequest(_message.Message):
     policy: PolicySelector
     deadline_hint_ms: int
     include_scores: bool
-    def __init__(self, request_id: _Optional[str] = ..., time: _Optional[float] = ..., couriers: _Optional[_Iterable[_Union[Courier, _Mapping]]] = ..., orders: _Optional[_Iterable[_Union[Order, _Mapping]]] = ..., restaurants: _Optional[_Iterable[_Union[Restaurant, _Mapping]]] = ..., params: _Optional[_Union[ServiceParams, _Mapping]] = ..., policy: _Optional[_Union[PolicySelector, _Mapping]] = ..., deadline_hint_ms: _Optional[int] = ..., include_scores: _Optional[bool] = ...) -> None: ...
+    courier_table: CourierTable
+    order_table: OrderTable
+    restaurant_table: RestaurantTable
+    def __init__(self, request_id: _Optional[str] = ..., time: _Optional[float] = ..., couriers: _Optional[_Iterable[_Union[Courier, _Mapping]]] = ..., orders: _Optional[_Iterable[_Union[Order, _Mapping]]] = ..., restaurants: _Optional[_Iterable[_Union[Restaurant, _Mapping]]] = ..., params: _Optional[_Union[ServiceParams, _Mapping]] = ..., policy: _Optional[_Union[PolicySelector, _Mapping]] = ..., deadline_hint_ms: _Optional[int] = ..., include_scores: _Optional[bool] = ..., courier_table: _Optional[_Union[CourierTable, _Mapping]] = ..., order_table: _Optional[_Union[OrderTable, _Mapping]] = ..., restaurant_table: _Optional[_Union[RestaurantTable, _Mapping]] = ...) -> None: ...
 
 class CourierAction(_message.Message):
     __slots__ = ("courier_id", "order_ids", "wait", "score", "wait_score")
