@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--model", type=Path, help="ONNX model (default: the linear baseline, written to a temp dir)")
     ap.add_argument("--server-args", default="", help="extra `dispatch serve` flags")
+    ap.add_argument("--columnar", action="store_true", help="send the columnar (table) request form")
     ap.add_argument("--floor", action="store_true", help="also measure an empty-handler server (the transport floor)")
     ap.add_argument("--floor-server", type=Path, help=argparse.SUPPRESS)  # internal: run the floor server
     args = ap.parse_args(argv)
@@ -221,14 +222,16 @@ def main(argv: list[str] | None = None) -> int:
 
     proc, target = _start(cmd, port_file, env)
     try:
-        print(f"\nEnd to end over gRPC (`dispatch serve --device {args.device} {args.server_args}`, asyncio client):\n")
+        form = "columnar tables" if args.columnar else "per-entity messages"
+        flags = f"--device {args.device} {args.server_args}".strip()
+        print(f"\nEnd to end over gRPC (`dispatch serve {flags}`, asyncio client, requests as {form}):\n")
         print(
             "| shape | concurrency | requests | failed | throughput req/s | p50 ms | p99 ms | p50 / raw ORT p50 "
             "| server p50 ms: queue / inference / rest | CPU ms per request: server / client |"
         )
         print("|---|---|---|---|---|---|---|---|---|---|")
         for nc, no in shapes:
-            request = snapshot_to_request(synthetic_snapshot(nc, no))
+            request = snapshot_to_request(synthetic_snapshot(nc, no), columnar=args.columnar)
             for c in concurrency:
                 lat, server, wall, failed, cpu = _measure(proc.pid, target, request, c, args.seconds)
                 q, inf, rest = (np.median(server[:, i]) / 1000 for i in range(3))
@@ -254,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             print("| shape | concurrency | requests | req/s | p50 ms | p99 ms | CPU ms per request: server / client |")
             print("|---|---|---|---|---|---|---|")
             for nc, no in shapes:
-                request = snapshot_to_request(synthetic_snapshot(nc, no))
+                request = snapshot_to_request(synthetic_snapshot(nc, no), columnar=args.columnar)
                 for c in concurrency:
                     lat, _, wall, _, cpu = _measure(floor.pid, target, request, c, args.seconds)
                     print(
