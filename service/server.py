@@ -557,6 +557,7 @@ class DispatchServer:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+        gc.unfreeze()  # the startup heap is ordinary garbage again (a process may outlive its server)
         self._stopped.set()
         log.info("server stopped")
 
