@@ -10,6 +10,7 @@ against the best heuristic, and print where the report is.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     if rc:
         return rc
     ab_out = args.out / "ab"
+    # Arm B names this run's server port, so an A/B left by an earlier demo cannot be resumed: start over.
+    shutil.rmtree(ab_out, ignore_errors=True)
     step(f"8. A/B in the simulator: the InSPO model served over gRPC against {args.ab_baseline}")
     from service.server import ServerConfig, ThreadedServer
 
