@@ -21,10 +21,13 @@ COPY service ./service
 COPY simulator ./simulator
 COPY training ./training
 # The decision path's compiled kernels are built once here (into NUMBA_CACHE_DIR), not on the first request.
-ENV NUMBA_CACHE_DIR=/opt/numba-cache
-RUN pip install --no-cache-dir --no-deps . \
-    && python -c "import service.server, sys; assert 'torch' not in sys.modules" \
-    && python -m dispatch.kernels --warm
+# Run from / with -P so the installed package is what gets imported and cached (numba keys its cache by
+# the source folder), for a generic CPU so the cache matches whatever host runs the image.
+ENV NUMBA_CACHE_DIR=/opt/numba-cache NUMBA_CPU_NAME=generic
+WORKDIR /
+RUN pip install --no-cache-dir --no-deps /src \
+    && python -P -c "import service.server, sys; assert 'torch' not in sys.modules" \
+    && python -P -m dispatch.kernels --warm
 
 # ---- train: simulator, offline logs, training and export (torch CPU build, pinned) ----
 FROM python:3.11-slim-bookworm AS train
@@ -47,10 +50,12 @@ CMD ["--help"]
 
 # ---- serve: the decision service only; no torch, no compilers, non-root ----
 FROM python:3.11-slim-bookworm AS serve
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 NUMBA_CACHE_DIR=/opt/numba-cache
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+    NUMBA_CACHE_DIR=/opt/numba-cache NUMBA_CPU_NAME=generic
 RUN useradd --system --uid 10001 --no-create-home --no-log-init dispatch
 COPY --from=build /opt/venv /opt/venv
-# numba only uses a cache folder it can write to: the service user owns the prebuilt one.
+# numba only uses a cache folder it can write to: the service user owns the prebuilt one (without it,
+# e.g. under another uid or a read-only root, the kernels compile at start instead: slower, not broken).
 COPY --from=build --chown=10001:10001 /opt/numba-cache /opt/numba-cache
 USER 10001
 WORKDIR /models

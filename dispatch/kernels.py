@@ -13,7 +13,9 @@ them side by side.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numba import njit
@@ -23,13 +25,33 @@ from dispatch.snapshot import BoolArray, IntArray
 if TYPE_CHECKING:  # the decision-path modules import this one
     from dispatch.routes import Bundles, RouteTimes
 
+log = logging.getLogger(__name__)
+
+
+def _compiled(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``numba.njit`` with the on-disk cache where a cache folder is writable, without it elsewhere.
+
+    numba refuses ``cache=True`` outright when it finds no writable location (a read-only image, a
+    container run under another uid): compiling in each process is slower to start, not wrong.
+    """
+
+    def wrap(func: Callable[..., Any]) -> Any:
+        try:
+            return njit(cache=True, nogil=True, **options)(func)
+        except RuntimeError as exc:  # "cannot cache function ...: no locator available"
+            log.warning("numba cache unavailable, compiling %s in this process: %s", func.__name__, exc)
+            return njit(cache=False, nogil=True, **options)(func)
+
+    return wrap
+
+
 # Columns :func:`candidate_features` writes, in dispatch.features.CANDIDATE_FEATURES order (asserted there).
 CANDIDATE_COLUMNS = 16
 # Rank key of an infeasible pair: after every feasible one (keys are below 2**40 for any real day).
 INFEASIBLE_KEY = np.int64(1 << 40)
 
 
-@njit(cache=True, nogil=True)
+@_compiled()
 def _pair_times(
     travel_cr: IntArray,
     restaurant_col: IntArray,
@@ -88,7 +110,7 @@ def pair_times(
     )
 
 
-@njit(cache=True, nogil=True)
+@_compiled()
 def _rank_keys(
     pickup: IntArray, travel: IntArray, feasible: BoolArray, size: IntArray, infeasible: np.int64
 ) -> IntArray:
@@ -111,7 +133,7 @@ def rank_keys(pickup: IntArray, travel: IntArray, feasible: BoolArray, size: Int
     )
 
 
-@njit(cache=True, nogil=True)
+@_compiled()
 def _best_pickup(pickup: IntArray, feasible: BoolArray, none: np.int64) -> IntArray:
     n, b = pickup.shape
     best = np.full(b, none, dtype=np.int64)
@@ -131,33 +153,33 @@ def best_pickup(pickup: IntArray, feasible: BoolArray) -> IntArray:
     )
 
 
-@njit(cache=True, nogil=True)
+@_compiled()
 def _close_pairs(perm: IntArray, rest: IntArray, ready: IntArray, gap: int) -> tuple[IntArray, IntArray]:
     n = perm.shape[0]
-    # Upper bound on the pair count: sum over restaurant groups of size*(size-1)/2.
+    # Within a restaurant group ``perm`` runs in position order, so ready times never decrease: the scan
+    # of a's partners stops at the first one more than ``gap`` later. Two passes: count, then fill.
     total = 0
-    g0 = 0
-    for g in range(1, n + 1):
-        if g == n or rest[perm[g]] != rest[perm[g0]]:
-            size = g - g0
-            total += size * (size - 1) // 2
-            g0 = g
-    first = np.empty(total, dtype=np.int64)
-    second = np.empty(total, dtype=np.int64)
-    m = 0
-    g0 = 0
-    for g in range(1, n + 1):
-        if g == n or rest[perm[g]] != rest[perm[g0]]:
-            for a in range(g0, g):
-                i = perm[a]
-                for c in range(a + 1, g):
-                    j = perm[c]
-                    if ready[j] - ready[i] <= gap:
-                        first[m] = i
-                        second[m] = j
+    for fill in range(2):
+        if fill:
+            first = np.empty(total, dtype=np.int64)
+            second = np.empty(total, dtype=np.int64)
+        m = 0
+        g0 = 0
+        for g in range(1, n + 1):
+            if g == n or rest[perm[g]] != rest[perm[g0]]:
+                for a in range(g0, g):
+                    i = perm[a]
+                    for c in range(a + 1, g):
+                        j = perm[c]
+                        if ready[j] - ready[i] > gap:
+                            break
+                        if fill:
+                            first[m] = i
+                            second[m] = j
                         m += 1
-            g0 = g
-    return first[:m], second[:m]
+                g0 = g
+        total = m
+    return first[:total], second[:total]
 
 
 def close_pairs(rest: IntArray, ready: IntArray, gap: int) -> tuple[IntArray, IntArray]:
@@ -176,7 +198,7 @@ def close_pairs(rest: IntArray, ready: IntArray, gap: int) -> tuple[IntArray, In
     return i[order], j[order]
 
 
-@njit(cache=True, nogil=True)
+@_compiled()
 def _claim(
     rows: IntArray, slots: IntArray, bundles: IntArray, orders: IntArray, n_agents: int, n_orders: int
 ) -> IntArray:
@@ -226,7 +248,7 @@ def claim(rows: IntArray, slots: IntArray, bundles: IntArray, orders: IntArray, 
     )
 
 
-@njit(cache=True, nogil=True)
+@_compiled(error_model="numpy")
 def _candidate_features(
     slot_bundle: IntArray,
     mask: BoolArray,
@@ -335,7 +357,7 @@ def candidate_features(
     )
 
 
-@njit(cache=True, nogil=True)
+@_compiled()
 def _pair_offsets(
     orders: IntArray, leg: IntArray, between: IntArray, leave: int, half_dropoff: int, dropoff_service: int
 ) -> tuple[IntArray, IntArray, IntArray]:
@@ -380,7 +402,7 @@ def pair_offsets(
     )
 
 
-@njit(cache=True, nogil=True)
+@_compiled()
 def _bundle_stats(
     orders: IntArray, order_ready: IntArray, order_placement: IntArray, order_restaurant: IntArray
 ) -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray]:
@@ -406,7 +428,12 @@ def bundle_stats(
     orders: IntArray, order_ready: IntArray, order_placement: IntArray, order_restaurant: IntArray
 ) -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray]:
     """Per bundle row of ``orders`` (left-packed, padded with -1): size, latest ready time, earliest
-    placement, restaurant (of the first member) and last member in the drop-off sequence."""
+    placement, restaurant (of the first member) and last member in the drop-off sequence.
+
+    ValueError for a row with no order (the kernel does not check its indices).
+    """
+    if orders.shape[0] and (orders[:, 0] < 0).any():
+        raise ValueError(f"bundle {int(np.argmax(orders[:, 0] < 0))} has no orders")
     return _bundle_stats(  # type: ignore[no-any-return]
         np.ascontiguousarray(orders, dtype=np.int64),
         np.ascontiguousarray(order_ready, dtype=np.int64),
@@ -415,7 +442,7 @@ def bundle_stats(
     )
 
 
-@njit(cache=True, nogil=True)
+@_compiled()
 def _ctd_terms(
     orders: IntArray, dropoff_offset: IntArray, size: IntArray, order_placement: IntArray
 ) -> tuple[IntArray, IntArray, IntArray]:

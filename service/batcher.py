@@ -46,6 +46,13 @@ class BatchResult:
     batch_size: int
 
 
+def _rows(out: np.ndarray, n: int) -> np.ndarray:
+    """The model output, checked to hold a row block per snapshot of the batch."""
+    if out.ndim != 3 or out.shape[0] < n:
+        raise ValueError(f"model output of shape {out.shape} for a batch of {n} snapshots")
+    return out
+
+
 @dataclass
 class _Item:
     encoded: Encoded
@@ -65,6 +72,7 @@ class MicroBatcher:
         max_delay_s: float = 0.0,
         max_queue: int = 256,
         on_batch: Callable[[int, float], None] | None = None,
+        on_depth: Callable[[int], None] | None = None,
         inline_max_rows: int = 0,
     ) -> None:
         self._run = run
@@ -74,6 +82,7 @@ class MicroBatcher:
         self.max_delay_s = max(0.0, max_delay_s)
         self.max_queue = max(1, max_queue)
         self._on_batch = on_batch
+        self._on_depth = on_depth
         self.inline_max_rows = inline_max_rows
         self._pending: deque[_Item] = deque()
         self._wake = asyncio.Event()
@@ -85,6 +94,10 @@ class MicroBatcher:
     def depth(self) -> int:
         """Snapshots waiting for a batch."""
         return len(self._pending)
+
+    def _depth_changed(self) -> None:
+        if self._on_depth is not None:
+            self._on_depth(len(self._pending))
 
     def start(self) -> None:
         """Start the batching task on the running event loop."""
@@ -98,6 +111,7 @@ class MicroBatcher:
             raise QueueFull(f"batch queue full ({self.max_queue} waiting; --max-queue)")
         fut: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
         self._pending.append(_Item(encoded, fut, time.perf_counter()))
+        self._depth_changed()
         self._wake.set()
         return fut
 
@@ -118,14 +132,14 @@ class MicroBatcher:
             return None
         start = time.perf_counter()
         try:
-            out = self._run(pad_batch([encoded], self.k))
-        except Exception as exc:  # any ONNX Runtime failure: this caller falls back
+            logits = _rows(self._run(pad_batch([encoded], self.k)), 1)[0]
+        except Exception as exc:  # any ONNX Runtime failure or malformed output: this caller falls back
             log.warning("model run failed on a batch of 1: %s", exc)
             raise ModelRunError(str(exc)) from None
         inference = time.perf_counter() - start
         if self._on_batch is not None:
             self._on_batch(1, inference)
-        return BatchResult(out[0], 0.0, inference, 1)
+        return BatchResult(logits, 0.0, inference, 1)
 
     def close(self) -> None:
         """Refuse new work; what is queued still runs."""
@@ -160,6 +174,7 @@ class MicroBatcher:
                 item = self._pending.popleft()
                 if not item.future.done():  # withdrawn by its caller (deadline): skip the work
                     take.append(item)
+            self._depth_changed()
             if take:
                 self._running = True
                 try:
@@ -180,7 +195,8 @@ class MicroBatcher:
                 out = await asyncio.get_running_loop().run_in_executor(
                     self._executor, lambda: self._run(pad_batch(encoded, self.k))
                 )
-        except Exception as exc:  # any ONNX Runtime failure: every caller falls back
+            out = _rows(out, len(take))
+        except Exception as exc:  # any ONNX Runtime failure or malformed output: every caller falls back
             log.warning("model run failed on a batch of %d: %s", len(take), exc)
             for item in take:
                 if not item.future.done():

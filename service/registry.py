@@ -164,6 +164,10 @@ class Registry:
             log.error("%s of slot %r from %s refused: %s", event, slot, path, exc)
             raise
         c = self.config
+        # The metric callbacks capture metric children, never the model or its batcher: a cycle through them
+        # would outlive a reload, since the startup heap is gc.freeze()d (out of the cycle collector's reach).
+        batch_size = self.metrics.batch_size.labels(model.name, model.version)
+        depth = self.metrics.queue_depth.labels(model.name, model.version)
         model.batcher = MicroBatcher(
             model.policy.logits,
             model.k,
@@ -172,11 +176,10 @@ class Registry:
             max_delay_s=c.max_delay_s,
             max_queue=c.max_queue,
             inline_max_rows=c.inline_max_rows,
-            on_batch=lambda n, _s: self.metrics.batch_size.labels(model.name, model.version).observe(n),
+            on_batch=lambda n, _s: batch_size.observe(n),
+            on_depth=depth.set,
         )
         model.batcher.start()
-        batcher = model.batcher
-        self.metrics.queue_depth.labels(model.name, model.version).set_function(lambda: batcher.depth)
         self.metrics.model_events.labels(slot, model.name, model.version, event, "ok").inc()
         log.info(
             "%s slot %r: %s version %s on %s %s", event, slot, model.name, model.version, model.policy.info.device, path
@@ -197,6 +200,8 @@ class Registry:
         self._slots[model.slot] = model
         if old is not None:
             self.metrics.model_info.remove(old.slot, old.name, old.version, old.policy.info.device)
+            if (old.name, old.version) != (model.name, model.version):
+                self.metrics.queue_depth.remove(old.name, old.version)
         self.metrics.model_info.labels(model.slot, model.name, model.version, model.policy.info.device).set(1)
         return old
 

@@ -82,8 +82,9 @@ def worker_pool(jobs: int) -> ProcessPoolExecutor:
     """A process pool whose workers start fresh (spawn), never as forks of this process, and die with it.
 
     A fork inherits every lock held by another thread at that instant; once a process runs gRPC or
-    ONNX Runtime threads (the service, the tests), a forked worker can deadlock on one of them. Call it
-    from a thread that lives as long as the pool (the death signal follows the starting thread).
+    ONNX Runtime threads (the service, the tests), a forked worker can deadlock on one of them. Submit
+    from a thread that lives as long as the pool: workers start at the first submit, and the death
+    signal follows the thread that started them.
     """
     return ProcessPoolExecutor(
         max_workers=jobs,

@@ -7,6 +7,8 @@ give identical arrays, so features, candidates and joint actions cannot drift wh
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -27,8 +29,6 @@ def _snapshots() -> list[Snapshot]:
     ready = s.order_placement + 5 * rng.integers(1, 4, s.n_orders)
     off = s.time + rng.integers(1, 40, s.n_couriers)
     rest = rng.integers(0, 3, s.n_orders)
-    from dataclasses import replace
-
     out.append(replace(s, order_ready=ready.astype(np.int64), courier_off_time=off, order_restaurant=rest))
     return out
 
@@ -157,6 +157,28 @@ def _claim_reference(cands: CandidateSet, rows: np.ndarray, slots: np.ndarray) -
 
 
 @pytest.mark.parametrize("snap", SNAPSHOTS)
+def test_greedy_and_mass_match_their_python_walks(snap: Snapshot) -> None:
+    from dispatch.assemble import MASS_THRESHOLD, _descending
+
+    cands = generate(snap, CandidateConfig(k=8))
+    n, k = cands.bundle.shape
+    if not n:
+        return
+    scores = np.random.default_rng(1).normal(size=(n, k + 1))
+    gain = np.where(cands.mask, scores[:, :k] - scores[:, k:], -np.inf)
+    rows, slots = np.divmod(_descending(gain), k)
+    assert np.array_equal(greedy(cands, scores).choice, _claim_reference(cands, rows, slots))
+    z = np.where(np.concatenate([cands.mask, np.ones((n, 1), bool)], 1), scores, -np.inf)
+    prob = np.exp(z - z.max(axis=1, keepdims=True))
+    prob /= prob.sum(axis=1, keepdims=True)
+    p = np.where(cands.mask, prob[:, :k], 0.0)
+    total = np.bincount(cands.bundle[cands.mask], weights=p[cands.mask], minlength=cands.bundles.n)
+    rows, slots = np.divmod(_descending(p), k)
+    wanted = (total[cands.bundle[rows, slots]] >= MASS_THRESHOLD) | (prob[rows, k] <= 1.0 - MASS_THRESHOLD)
+    assert np.array_equal(mass(cands, scores).choice, _claim_reference(cands, rows[wanted], slots[wanted]))
+
+
+@pytest.mark.parametrize("snap", SNAPSHOTS)
 def test_claim_matches_the_python_walk(snap: Snapshot) -> None:
     cands = generate(snap, CandidateConfig(k=8, max_bundle_size=3))
     rng = np.random.default_rng(0)
@@ -184,8 +206,13 @@ def test_pair_bundles_match_the_numpy_tabulation(snap: Snapshot) -> None:
     orders = bundles.orders
     pair = orders[:, 1] >= 0
     leg = leg_all[np.maximum(orders, 0)]
-    # The served sequence puts the nearer customer first (ties: as listed).
+    # The served sequence puts the nearer customer first; on equal legs the earlier ready (then lower
+    # index) order, as the pair was listed.
     assert not (pair & (leg[:, 1] < leg[:, 0])).any()
+    position = np.empty(snap.n_orders, dtype=np.int64)
+    position[np.argsort(snap.order_ready, kind="stable")] = np.arange(snap.n_orders)
+    tied = pair & (leg[:, 1] == leg[:, 0])
+    assert (position[orders[tied, 0]] < position[orders[tied, 1]]).all()
     d = snap.order_xy[np.maximum(orders[:, 1], 0)] - snap.order_xy[orders[:, 0]]
     between = np.ceil(np.hypot(d[:, 0], d[:, 1]) / p.meters_per_minute).astype(np.int64)
     off_a = (p.pickup_service - p.half_pickup) + leg[:, 0] + p.half_dropoff
@@ -202,3 +229,58 @@ def test_pair_bundles_match_the_numpy_tabulation(snap: Snapshot) -> None:
     assert np.array_equal(bundles.restaurant, snap.order_restaurant[orders[:, 0]])
     last = orders[np.arange(orders.shape[0]), bundles.size - 1]
     assert np.array_equal(bundles.last_xy, snap.order_xy[last])
+
+
+def test_kernels_compile_without_a_writable_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where numba finds no writable cache folder it refuses cache=True: the kernel compiles uncached."""
+    real = kernels.njit
+    seen: list[bool] = []
+
+    def njit(**options: object):  # type: ignore[no-untyped-def]
+        seen.append(bool(options["cache"]))
+        if options["cache"]:
+            raise RuntimeError("cannot cache function 'f': no locator available for file 'kernels.py'")
+        return real(**options)
+
+    monkeypatch.setattr(kernels, "njit", njit)
+
+    @kernels._compiled()
+    def twice(x: int) -> int:
+        return 2 * x
+
+    assert twice(21) == 42 and seen == [True, False]
+
+
+@pytest.mark.parametrize("snap", SNAPSHOTS)
+def test_bundle_stats_match_numpy_for_larger_bundles(snap: Snapshot) -> None:
+    bundles = make_bundles(snap, max_size=3)
+    orders = bundles.orders
+    valid = orders >= 0
+    safe = np.where(valid, orders, 0)
+    assert np.array_equal(bundles.size, valid.sum(axis=1))
+    assert np.array_equal(bundles.ready, np.where(valid, snap.order_ready[safe], np.iinfo(np.int64).min).max(1))
+    placement = np.where(valid, snap.order_placement[safe], np.iinfo(np.int64).max).min(1)
+    assert np.array_equal(bundles.placement_min, placement)
+    assert np.array_equal(bundles.restaurant, snap.order_restaurant[orders[:, 0]])
+    last = np.take_along_axis(orders, np.maximum(bundles.size - 1, 0)[:, None], axis=1)[:, 0]
+    assert np.array_equal(bundles.last_xy, snap.order_xy[last])
+
+
+def test_empty_bundle_is_refused_and_empty_snapshots_work() -> None:
+    snap = SNAPSHOTS[0]
+    with pytest.raises(ValueError, match="bundle 1 has no orders"):
+        rows = np.array([[0, -1], [-1, -1]])
+        kernels.bundle_stats(rows, snap.order_ready, snap.order_placement, snap.order_restaurant)
+    none = np.zeros(0, dtype=np.int64)
+    empty = replace(
+        snap,
+        order_ids=(),
+        order_restaurant=none,
+        order_xy=np.zeros((0, 2)),
+        order_placement=none,
+        order_ready=none,
+    )
+    cands = generate(empty, CandidateConfig())
+    assert cands.bundles.n == 0 and not cands.mask.any()
+    assert encode(empty, cands).cand.shape == (cands.n_agents, cands.k, len(CANDIDATE_FEATURES))
+    assert greedy(cands, np.zeros((cands.n_agents, cands.k + 1))).action.assignments == ()

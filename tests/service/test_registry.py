@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+import weakref
 from collections import Counter
 from pathlib import Path
 
@@ -175,3 +176,18 @@ def test_shadow_scores_every_request_without_answering(model_dir: Path, snapshot
         # The twin has the default weights of arm_a: it agrees on every snapshot; lin2 ranks otherwise.
         assert shadow("agree") >= 5 * n and shadow("error") == 0
         assert {m.slot for m in client.list_models() if m.shadow} == {"twin"}
+
+
+def test_reloaded_model_is_freed(model_dir: Path, snapshots: list[Snapshot], tmp_path: Path):
+    """A retired model (its ONNX Runtime session) goes away after a reload, although the startup heap is frozen."""
+    path = _copy_model(model_dir / "lin.onnx", tmp_path / "live.onnx")
+    cfg = ServerConfig(models=[("live", path)], port=0, metrics_port=None)
+    with ThreadedServer(cfg) as srv, DispatchClient(srv.target) as client:
+        first = weakref.ref(srv.server.registry.get("live").policy)
+        client.decide(snapshots[0])
+        assert client.reload("live", str(model_dir / "lin2.onnx")).model.version == "2"
+        client.decide(snapshots[0])
+        deadline = time.time() + 10
+        while first() is not None and time.time() < deadline:
+            time.sleep(0.05)  # the old model retires once its queue has drained
+        assert first() is None, "the retired model is still referenced"
