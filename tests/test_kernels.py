@@ -17,7 +17,7 @@ from dispatch import kernels
 from dispatch.assemble import greedy, mass
 from dispatch.candidates import CandidateConfig, CandidateSet, generate
 from dispatch.features import CANDIDATE_FEATURES, encode
-from dispatch.routes import make_bundles, route_times
+from dispatch.routes import Bundles, make_bundles, route_times
 from dispatch.snapshot import Snapshot
 
 
@@ -220,15 +220,7 @@ def test_pair_bundles_match_the_numpy_tabulation(snap: Snapshot) -> None:
     assert np.array_equal(bundles.dropoff_offset, np.stack([off_a, off_b], axis=1))
     free = np.where(pair, off_b, off_a) + (p.dropoff_service - p.half_dropoff)
     assert np.array_equal(bundles.free_offset, free)
-    valid = orders >= 0
-    safe = np.where(valid, orders, 0)
-    assert np.array_equal(bundles.size, valid.sum(axis=1))
-    assert np.array_equal(bundles.ready, np.where(valid, snap.order_ready[safe], np.iinfo(np.int64).min).max(1))
-    placement = np.where(valid, snap.order_placement[safe], np.iinfo(np.int64).max).min(1)
-    assert np.array_equal(bundles.placement_min, placement)
-    assert np.array_equal(bundles.restaurant, snap.order_restaurant[orders[:, 0]])
-    last = orders[np.arange(orders.shape[0]), bundles.size - 1]
-    assert np.array_equal(bundles.last_xy, snap.order_xy[last])
+    _assert_bundle_stats(snap, bundles)
 
 
 def test_kernels_compile_without_a_writable_cache(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -253,7 +245,11 @@ def test_kernels_compile_without_a_writable_cache(monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.parametrize("snap", SNAPSHOTS)
 def test_bundle_stats_match_numpy_for_larger_bundles(snap: Snapshot) -> None:
-    bundles = make_bundles(snap, max_size=3)
+    _assert_bundle_stats(snap, make_bundles(snap, max_size=3))
+
+
+def _assert_bundle_stats(snap: Snapshot, bundles: Bundles) -> None:
+    """Size, latest ready, earliest placement, restaurant and last member, as whole-array numpy."""
     orders = bundles.orders
     valid = orders >= 0
     safe = np.where(valid, orders, 0)
