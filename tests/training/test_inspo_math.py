@@ -169,6 +169,32 @@ def test_conditional_behaviour_model_learns_teammate_action_given_own_action():
     assert other.max() < 0.05
 
 
+def test_expected_target_sums_over_the_teammates_logged_actions_only():
+    """A10: y^i = Σ_{a^j in supp μ̂^j(·|s,a^i)} π^j(a^j|s)(Q̄ − V + κ) − κ; unlogged joint actions count −κ."""
+    from training.algos.base import DataInfo
+    from training.algos.inspo import InSPO, InSPOConfig
+
+    torch.manual_seed(0)
+    info = DataInfo(n_agents=2, n_actions=2, obs_dim=3, state_dim=3, gamma=0.9)
+    algo = InSPO(
+        InSPOConfig(conditional_behaviour=True, teammate_expectation=True), info, torch.Generator().manual_seed(0)
+    )
+    b = _ab_ba_batch()
+    b["state"] = b["obs"][:, 0]
+    for _ in range(200):
+        algo._cond_bc_step(b)
+    with torch.no_grad():
+        adv = algo.q_targ(b["state"], b["actions"], b["agent_mask"]) - algo.v(b["state"])
+        y = algo._expected_target(b, 0, adv)
+        pi2 = algo.pi.forward_agent(1, b["obs"], b["legal"]).exp()
+        a1 = b["actions"][:, 0]
+        partner = 1 - a1  # the only teammate action logged with a1
+        joint = torch.stack([a1, partner], dim=1)
+        a_logged = algo.q_targ(b["state"], joint, b["agent_mask"]) - algo.v(b["state"])
+        want = pi2.gather(1, partner[:, None]).squeeze(1) * (a_logged + 1.0) - 1.0
+    assert torch.allclose(y, want, atol=1e-5)
+
+
 def test_marginal_ratios_are_used_by_default_and_with_parameter_sharing():
     from training.algos.base import DataInfo
     from training.algos.inspo import InSPO, InSPOConfig

@@ -19,6 +19,8 @@ Everything is computed on dataset samples (s, a) only; code names in brackets:
         (one pass with an exclusive cumulative sum of log ρ)  [prefix_log_ratios]
     local advantage sample (joint actions absent from D count as advantage −κ)  (3) [local target]
         y^i = W^{-i}·(A(s, a) + κ) − κ,     local critic q^i(s, a^i) ← least squares on y^i          [local]
+        opt-in (A9 + A10, two agents): y^i = Σ_{a^j ∈ supp μ̂^j(·|s,a^i)} π^j(a^j|s)(Q̄(s,a^i,a^j) − V(s) + κ) − κ
+                                                                                        [_expected_target]
     closed form (1) with q^i in place of Q^i, as a weight on the dataset action  (4) [closed_form_weight]
         w^i = π*^i(a^i | s) / μ̂^i(a^i | s) = μ̂^i(a^i|s)^{−β/τ}·exp(q^i(s, a^i)/τ) / Z^i(s)
     weighted maximum likelihood (forward KL to π*^i, on dataset actions only)  (5) [pi loss]
@@ -62,6 +64,10 @@ class InSPOConfig:
     # Teammates' ratios (2) divide by μ̂^j(a^j | s, a^i), a behaviour model conditioned on the updated agent's own
     # logged action, instead of the marginal μ̂^j(a^j | s) of A1 (docs/inspo.md A9). Heterogeneous update only.
     conditional_behaviour: bool = False
+    # Local target (3) as the explicit sum over the teammate's actions in the support of μ̂^j(· | s, a^i) instead of
+    # the importance-weighted dataset sample (docs/inspo.md A10). Takes effect only with conditional_behaviour and
+    # two agents (heterogeneous update); otherwise the ratio form (2)-(3).
+    teammate_expectation: bool = False
 
 
 def closed_form_policy(q: torch.Tensor, log_mu: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
@@ -203,13 +209,41 @@ class InSPO(Algorithm):
         w = log_w.clamp(max=math.log(self.config.joint_ratio_clip)).exp()
         return w * (adv + k) - k
 
-    def _agent_step(
-        self, b: Batch, i: int, log_w: torch.Tensor, adv: torch.Tensor, log_mu_all: torch.Tensor
-    ) -> dict[str, float]:
-        """Local-critic regression then weighted ML for agent i (heterogeneous update)."""
+    def _expected_target(self, b: Batch, i: int, adv: torch.Tensor) -> torch.Tensor:
+        """y^i = Σ_{a^j ∈ S^j(s, a^i)} π^j(a^j|s)·(Q̄(s, a^i, a^j) − V(s) + κ) − κ for two agents (A10).
+
+        S^j(s, a^i): legal a^j with μ̂^j(a^j | s, a^i) ≥ support_threshold·max; the joint critic is evaluated only
+        there (joint actions the conditional behaviour model places in the data), the rest of π^j's mass counts −κ.
+        """
+        cfg, n, a = self.config, self.info.n_agents, self.info.n_actions
+        j = 1 - i
+        with torch.no_grad():
+            code = torch.zeros(b["actions"].shape[0], n * a, dtype=b["obs"].dtype, device=b["obs"].device)
+            code.scatter_(1, (i * a + b["actions"][:, i])[:, None], 1.0)
+            legal_j = b["legal"][:, j]
+            log_mu_c = masked_log_softmax(
+                self.mu_cond.forward_agent(j, torch.cat([b["obs"], code[:, None].expand(-1, n, -1)], dim=-1)),
+                legal_j,
+            )
+            floor = log_mu_c.masked_fill(~legal_j, -1e9).max(-1, keepdim=True).values
+            support = legal_j & (log_mu_c >= floor + math.log(max(cfg.support_threshold, 1e-12)))
+            pi_j = self.pi.forward_agent(j, b["obs"], b["legal"]).exp()
+            bsz = b["actions"].shape[0]
+            acts = b["actions"][:, None, :].expand(bsz, a, n).clone()
+            acts[:, :, j] = torch.arange(a, device=acts.device)
+            state = b["state"][:, None].expand(bsz, a, -1).reshape(bsz * a, -1)
+            mask = b["agent_mask"][:, None].expand(bsz, a, n).reshape(bsz * a, n)
+            q_all = self.q_targ(state, acts.reshape(bsz * a, n), mask).reshape(bsz, a)
+            adv_all = q_all - self.v(b["state"])[:, None]
+            k = cfg.kappa
+            y = (pi_j * support * (adv_all + k)).sum(-1) - k
+            # An absent teammate: the logged advantage itself.
+            return torch.where(b["agent_mask"][:, j], y, adv)
+
+    def _agent_step(self, b: Batch, i: int, y: torch.Tensor, log_mu_all: torch.Tensor) -> dict[str, float]:
+        """Local-critic regression on the target y then weighted ML for agent i (heterogeneous update)."""
         cfg = self.config
         act, valid = b["actions"][:, i], b["agent_mask"][:, i]
-        y = self._local_target(log_w, adv)
         q_i = self.local.forward_agent(i, b["obs"]).gather(-1, act[:, None]).squeeze(-1)
         local_loss = masked_mean((q_i - y).pow(2), valid)
         self.optims["local"].zero_grad(set_to_none=True)
@@ -280,18 +314,22 @@ class InSPO(Algorithm):
         if self.config.shared:
             logs.update(self._shared_step(batch, adv, log_mu_all, log_mu_a))
             return logs
+        expected = conditional and self.config.teammate_expectation and self.info.n_agents == 2
         order = torch.randperm(self.info.n_agents, generator=self.generator).tolist()
         for i in order:
             # Ratios are recomputed before each agent, so teammates updated earlier in this order count
             # with their new policy π_new (the sequential part of the update).
-            if conditional:
-                with torch.no_grad():
-                    log_rho = self._log_ratios(batch, self._cond_log_mu(batch, i))
+            if expected:
+                y = self._expected_target(batch, i, adv)
             else:
-                log_rho = self._log_ratios(batch, log_mu_a)
-            log_rho = torch.where(batch["agent_mask"], log_rho, torch.zeros_like(log_rho))
-            log_w = log_rho.sum(1) - log_rho[:, i]
-            logs.update(self._agent_step(batch, i, log_w, adv, log_mu_all))
+                if conditional:
+                    with torch.no_grad():
+                        log_rho = self._log_ratios(batch, self._cond_log_mu(batch, i))
+                else:
+                    log_rho = self._log_ratios(batch, log_mu_a)
+                log_rho = torch.where(batch["agent_mask"], log_rho, torch.zeros_like(log_rho))
+                y = self._local_target(log_rho.sum(1) - log_rho[:, i], adv)
+            logs.update(self._agent_step(batch, i, y, log_mu_all))
         return logs
 
     def log_probs(self, obs: torch.Tensor, legal: torch.Tensor) -> torch.Tensor:
