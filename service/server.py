@@ -6,13 +6,12 @@ import asyncio
 import contextlib
 import gc
 import logging
-import multiprocessing
 import os
 import signal
 import threading
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from dispatch.assemble import Assembled
 from dispatch.candidates import CandidateConfig
 from dispatch.model import ModelError
 from dispatch.snapshot import FloatArray, Snapshot
+from dispatch.workers import spawn_pool
 from service.auth import TokenAuth, server_credentials
 from service.batcher import BatcherClosed, ModelRunError, QueueFull
 from service.decision import (
@@ -139,11 +139,7 @@ class DecisionService:
         # Candidate generation is Python-heavy and holds the GIL: processes (spawned, since forking a
         # process that runs gRPC threads is unsafe) let it use every core.
         self._prep_processes = prep_processes
-        self.procs = (
-            ProcessPoolExecutor(prep_processes, mp_context=multiprocessing.get_context("spawn"))
-            if prep_processes > 0
-            else None
-        )
+        self.procs = spawn_pool(prep_processes) if prep_processes > 0 else None
         self.registry = registry
         self.metrics = metrics
         self.limits = limits

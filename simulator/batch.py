@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import sys
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -13,6 +11,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dispatch.policy import Policy
+from dispatch.workers import spawn_pool
 from simulator.engine import SimConfig
 
 
@@ -61,37 +60,9 @@ def run_task(task: Task) -> TaskResult:
     return TaskResult(task, inst.name, result.metrics, time.perf_counter() - start)
 
 
-def _exit_with_parent(parent: int) -> None:
-    """Worker initializer: ask Linux to SIGTERM this worker when the process that started it dies.
-
-    A parent killed outright (SIGKILL, OOM) cannot shut its pool down, and its idle workers would wait on
-    their task queue forever; with the death signal they go with it. Elsewhere this is a no-op.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(1)
-
-
 def worker_pool(jobs: int) -> ProcessPoolExecutor:
-    """A process pool whose workers start fresh (spawn), never as forks of this process, and die with it.
-
-    A fork inherits every lock held by another thread at that instant; once a process runs gRPC or
-    ONNX Runtime threads (the service, the tests), a forked worker can deadlock on one of them. Submit
-    from a thread that lives as long as the pool: workers start at the first submit, and the death
-    signal follows the thread that started them.
-    """
-    return ProcessPoolExecutor(
-        max_workers=jobs,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_exit_with_parent,
-        initargs=(os.getpid(),),
-    )
+    """``jobs`` spawned worker processes that go with this one (:func:`dispatch.workers.spawn_pool`)."""
+    return spawn_pool(jobs)
 
 
 def default_jobs() -> int:

@@ -231,3 +231,26 @@ def test_demo_serve_and_call(model_dir: Path, capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     assert "health SERVING" in out and "model linear:1" in out and "0 fallbacks" in out
     assert "server stopped gracefully (exit code 0)" in out
+
+
+def test_killed_server_leaves_no_preparation_processes(model_dir: Path, tmp_path: Path, snapshots: list[Snapshot]):
+    """SIGKILL cannot be drained: the --prep-processes workers notice their parent is gone and exit."""
+    port_file = tmp_path / "ports"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dispatch_cli.main", "serve", "--model", str(model_dir / "lin.onnx"), "--port", "0",
+         "--metrics-port", "-1", "--prep-processes", "2", "--port-file", str(port_file)],
+        env=_env(),
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert _wait_for(port_file.exists, 60.0), "server did not come up"
+        with DispatchClient(f"127.0.0.1:{port_file.read_text().split()[0]}") as client:
+            assert client.decide(snapshots[0]).actions
+        tasks = Path(f"/proc/{proc.pid}/task").iterdir()
+        workers = [int(c) for t in tasks for c in (t / "children").read_text().split()]
+        assert len(workers) >= 2, workers  # the two preparation workers (and multiprocessing's tracker)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert _wait_for(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), 20.0), "orphaned workers"
