@@ -247,9 +247,14 @@ def route_times(snapshot: Snapshot, couriers: IntArray, bundles: Bundles) -> Rou
     """
     p = snapshot.params
     start = np.maximum(snapshot.courier_free_at[couriers], snapshot.time)
-    # Travel depends on the restaurant only: one (couriers × restaurants) matrix, gathered per bundle.
-    used, at = np.unique(bundles.restaurant, return_inverse=True)
-    travel_cr = travel_matrix(snapshot.courier_xy[couriers], snapshot.restaurant_xy[used], p.meters_per_minute)
+    # Travel depends on the restaurant only: one (couriers × restaurants) matrix, gathered per bundle. Over
+    # every restaurant when they are few next to the bundles (no sort), else over the ones bundles use.
+    if snapshot.restaurant_xy.shape[0] <= bundles.n:
+        used, at = snapshot.restaurant_xy, bundles.restaurant
+    else:
+        idx, at = np.unique(bundles.restaurant, return_inverse=True)
+        used = snapshot.restaurant_xy[idx]
+    travel_cr = travel_matrix(snapshot.courier_xy[couriers], used, p.meters_per_minute)
     # Every drop-off is pickup + a per-bundle offset, so click-to-door splits into pickup + a bundle
     # constant: (couriers × bundles) work only, never (couriers × bundles × bundle size).
     rel_max, ctd_offset_sum, last_offset = ctd_terms(
