@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any
 
 import numpy as np
 
@@ -40,25 +39,32 @@ class _Field:
         return f"{self.name}.id[{i}]" if self.table else f"{self.name}[{i}]"
 
 
-def _read(msg: pb.DecideRequest, rows: str, table: str, attrs: tuple[str, ...]) -> tuple[_Field, list[tuple[Any, ...]]]:
-    """Per-attribute columns of one entity list, from its repeated messages or from its table.
+def _read(
+    msg: pb.DecideRequest, rows: str, table: str, texts: tuple[str, ...], numbers: tuple[str, ...]
+) -> tuple[_Field, list[tuple[str, ...]], np.ndarray]:
+    """One entity list, from its repeated messages or from its table: the text columns (``texts``, ids
+    first) as tuples and the ``numbers`` as an (entities × len(numbers)) float64 matrix.
 
     Sending both forms is an error; a table's arrays must all have the length of its ``id`` array.
     """
     items = getattr(msg, rows)
     if not msg.HasField(table):
         # One pass over the repeated field reads every attribute once (attribute access dominates here).
-        cols = list(zip(*map(attrgetter(*attrs), items), strict=True)) if items else [()] * len(attrs)
-        return _Field(rows, False), cols
+        cols = list(zip(*map(attrgetter(*texts, *numbers), items), strict=True)) if items else []
+        if not cols:
+            return _Field(rows, False), [()] * len(texts), np.zeros((0, len(numbers)))
+        num = np.array(cols[len(texts) :], dtype=np.float64).T.reshape(-1, len(numbers))
+        return _Field(rows, False), cols[: len(texts)], num
     if len(items):
         raise ValidationError(f"{table}: send {rows} either as a list or as a table, not both")
     t = getattr(msg, table)
-    cols = [tuple(getattr(t, a)) for a in attrs]
-    n = len(cols[0])
-    for a, col in zip(attrs[1:], cols[1:], strict=True):
-        if len(col) != n:
-            raise ValidationError(f"{table}.{a}: {len(col)} values for {n} ids (one per id)")
-    return _Field(table, True), cols
+    n = len(t.id)
+    for a in texts[1:] + numbers:
+        if len(getattr(t, a)) != n:
+            raise ValidationError(f"{table}.{a}: {len(getattr(t, a))} values for {n} ids (one per id)")
+    # Packed repeated doubles convert to numpy without a Python float per value.
+    num = np.array([getattr(t, a) for a in numbers], dtype=np.float64).T.reshape(-1, len(numbers))
+    return _Field(table, True), [tuple(getattr(t, a)) for a in texts], num
 
 
 def _unique_ids(ids: Sequence[str], field: _Field) -> None:
@@ -142,17 +148,16 @@ def to_snapshot(msg: pb.DecideRequest, limits: Limits = Limits()) -> Snapshot:
     time = int(t)
     params = _params(msg)
 
-    where, r_cols = _read(msg, "restaurants", "restaurant_table", ("id", "x", "y"))
-    rest_ids: tuple[str, ...] = r_cols[0]
+    where, r_text, rest_xy = _read(msg, "restaurants", "restaurant_table", ("id",), ("x", "y"))
+    rest_ids = r_text[0]
     _unique_ids(rest_ids, where)
-    rest_xy = np.array(r_cols[1:], dtype=np.float64).T.reshape(-1, 2)
     _check_columns(rest_xy, where, ("x", "y"), whole_from=2)
 
-    where, c_cols = _read(msg, "couriers", "courier_table", ("id", "x", "y", "free_at", "on_time", "off_time"))
-    cour_ids: tuple[str, ...] = c_cols[0]
+    c_attrs = ("x", "y", "free_at", "on_time", "off_time")
+    where, c_text, c_num = _read(msg, "couriers", "courier_table", ("id",), c_attrs)
+    cour_ids = c_text[0]
     _unique_ids(cour_ids, where)
-    c_num = np.array(c_cols[1:], dtype=np.float64).T.reshape(-1, 5)
-    _check_columns(c_num, where, ("x", "y", "free_at", "on_time", "off_time"), whole_from=2)
+    _check_columns(c_num, where, c_attrs, whole_from=2)
     bad = np.flatnonzero(c_num[:, 4] <= c_num[:, 3])
     if bad.size:
         i = int(bad[0])
@@ -160,12 +165,11 @@ def to_snapshot(msg: pb.DecideRequest, limits: Limits = Limits()) -> Snapshot:
         why = f"must be after on_time {on:g} (courier {cour_ids[i]!r})"
         raise ValidationError(f"{where.at(i, 'off_time')}: {off:g} {why}")
 
-    o_attrs = ("id", "restaurant_id", "x", "y", "placement_time", "ready_time")
-    where, o_cols = _read(msg, "orders", "order_table", o_attrs)
-    order_ids: tuple[str, ...] = o_cols[0]
+    o_attrs = ("x", "y", "placement_time", "ready_time")
+    where, o_cols, o_num = _read(msg, "orders", "order_table", ("id", "restaurant_id"), o_attrs)
+    order_ids = o_cols[0]
     _unique_ids(order_ids, where)
-    o_num = np.array(o_cols[2:], dtype=np.float64).T.reshape(-1, 4)
-    _check_columns(o_num, where, ("x", "y", "placement_time", "ready_time"), whole_from=2)
+    _check_columns(o_num, where, o_attrs, whole_from=2)
     r_index = {r: i for i, r in enumerate(rest_ids)}
     found = [r_index.get(r, -1) for r in o_cols[1]]
     o_rest = np.array(found, dtype=np.int64)
