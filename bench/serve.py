@@ -99,6 +99,55 @@ async def _load(target: str, request, concurrency: int, seconds: float, min_n: i
     return np.array(lat), np.array(server), wall, failures
 
 
+async def _load_stream(target: str, request, window: int, seconds: float, min_n: int):  # type: ignore[no-untyped-def]
+    """:func:`_load` over one DecideStream with up to ``window`` messages in flight (the high-rate API)."""
+    import grpc
+
+    from service.gen.dispatch.v1 import dispatch_pb2 as pb
+    from service.gen.dispatch.v1 import dispatch_pb2_grpc as pb_grpc
+
+    async with grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)]) as ch:
+        stub = pb_grpc.DispatchServiceStub(ch)
+        await stub.Decide(request)  # warm-up
+        call = stub.DecideStream()
+        slots = asyncio.Semaphore(window)
+        sent: dict[str, float] = {}
+        lat: list[float] = []
+        server: list[tuple[int, int, int, int]] = []
+        failures = 0
+        start = time.perf_counter()
+        end = start + seconds
+
+        async def writer() -> None:
+            i = 0
+            while time.perf_counter() < end or i < min_n:
+                await slots.acquire()
+                msg = pb.DecideRequest()
+                msg.CopyFrom(request)
+                msg.request_id = str(i)
+                sent[msg.request_id] = time.perf_counter()
+                await call.write(msg)
+                i += 1
+            await call.done_writing()
+
+        async def reader() -> None:
+            nonlocal failures
+            async for out in call:
+                if out.HasField("error"):
+                    failures += 1
+                    sent.pop(out.error.request_id, None)
+                else:
+                    r = out.response
+                    lat.append(time.perf_counter() - sent.pop(r.request_id))
+                    tm = r.timings
+                    server.append((tm.queue_us, tm.inference_us, tm.assembly_us, tm.total_us))
+                slots.release()
+
+        await asyncio.gather(writer(), reader())
+        wall = time.perf_counter() - start
+    return np.array(lat), np.array(server), wall, failures
+
+
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds a process has used (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -138,10 +187,11 @@ def _start(cmd: list[str], port_file: Path, env: dict[str, str]) -> tuple[subpro
     return proc, f"127.0.0.1:{port_file.read_text().split()[0]}"
 
 
-def _measure(pid: int, target: str, request, concurrency: int, seconds: float):  # type: ignore[no-untyped-def]
-    """:func:`_load` plus the CPU milliseconds per request of the server process ``pid`` and of this client."""
+def _measure(pid: int, target: str, request, concurrency: int, seconds: float, stream: bool = False):  # type: ignore[no-untyped-def]
+    """:func:`_load` (or :func:`_load_stream`) plus the CPU ms per request of the server ``pid`` and of this client."""
     cpu0, mine0 = _cpu_s(pid), time.process_time()
-    lat, server, wall, failed = asyncio.run(_load(target, request, concurrency, seconds, 2 * concurrency))
+    load = _load_stream if stream else _load
+    lat, server, wall, failed = asyncio.run(load(target, request, concurrency, seconds, 2 * concurrency))
     n = len(lat) + failed + 1  # + the warm-up call
     cpu = ((_cpu_s(pid) - cpu0) / n * 1000, (time.process_time() - mine0) / n * 1000)
     return lat, server, wall, failed, cpu
@@ -173,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, help="ONNX model (default: the linear baseline, written to a temp dir)")
     ap.add_argument("--server-args", default="", help="extra `dispatch serve` flags")
     ap.add_argument("--columnar", action="store_true", help="send the columnar (table) request form")
+    ap.add_argument("--stream", action="store_true", help="one DecideStream per cell, concurrency = messages in flight")
     ap.add_argument("--floor", action="store_true", help="also measure an empty-handler server (the transport floor)")
     ap.add_argument("--floor-server", type=Path, help=argparse.SUPPRESS)  # internal: run the floor server
     args = ap.parse_args(argv)
@@ -223,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     proc, target = _start(cmd, port_file, env)
     try:
         form = "columnar tables" if args.columnar else "per-entity messages"
+        form += ", over one DecideStream (concurrency = messages in flight)" if args.stream else ", unary Decide"
         flags = f"--device {args.device} {args.server_args}".strip()
         print(f"\nEnd to end over gRPC (`dispatch serve {flags}`, asyncio client, requests as {form}):\n")
         print(
@@ -233,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         for nc, no in shapes:
             request = snapshot_to_request(synthetic_snapshot(nc, no), columnar=args.columnar)
             for c in concurrency:
-                lat, server, wall, failed, cpu = _measure(proc.pid, target, request, c, args.seconds)
+                lat, server, wall, failed, cpu = _measure(proc.pid, target, request, c, args.seconds, args.stream)
                 q, inf, rest = (np.median(server[:, i]) / 1000 for i in range(3))
                 ratio = np.median(lat) / raw_p50[(nc, no)]
                 print(
