@@ -45,6 +45,23 @@ def _compiled(**options: Any) -> Callable[[Callable[..., Any]], Any]:
     return wrap
 
 
+def _call(kernel: Any, *args: Any) -> Any:
+    """Run ``kernel`` on arguments of the one type each parameter is compiled for.
+
+    Arrays become C-contiguous int64 (bool arrays stay bool) and integers Python ints, so a caller's
+    int32 column or sliced view never triggers another compilation or a wrong-layout signature.
+    """
+    fixed = [
+        (
+            np.ascontiguousarray(a, dtype=np.bool_ if a.dtype == np.bool_ else np.int64)
+            if isinstance(a, np.ndarray)
+            else int(a)
+        )
+        for a in args
+    ]
+    return kernel(*fixed)
+
+
 # Columns :func:`candidate_features` writes, in dispatch.features.CANDIDATE_FEATURES order (asserted there).
 CANDIDATE_COLUMNS = 16
 # Rank key of an infeasible pair: after every feasible one (keys are below 2**40 for any real day).
@@ -98,16 +115,9 @@ def pair_times(
     pickup = max(ready, start + travel + half_pickup); max_ctd = pickup + the bundle's largest
     (drop-off offset − placement); feasible = pickup ≤ off time and max_ctd ≤ the limit.
     """
-    return _pair_times(  # type: ignore[no-any-return]
-        np.ascontiguousarray(travel_cr, dtype=np.int64),
-        np.ascontiguousarray(restaurant_col, dtype=np.int64),
-        np.ascontiguousarray(start, dtype=np.int64),
-        np.ascontiguousarray(off_time, dtype=np.int64),
-        np.ascontiguousarray(ready, dtype=np.int64),
-        np.ascontiguousarray(max_ctd_offset, dtype=np.int64),
-        int(half_pickup),
-        int(max_ctd_limit),
-    )
+    return _call(
+        _pair_times, travel_cr, restaurant_col, start, off_time, ready, max_ctd_offset, half_pickup, max_ctd_limit
+    )  # type: ignore[no-any-return]
 
 
 @_compiled()
@@ -124,13 +134,7 @@ def _rank_keys(
 
 def rank_keys(pickup: IntArray, travel: IntArray, feasible: BoolArray, size: IntArray) -> IntArray:
     """Candidate rank key per pair: earliest pickup, then shorter travel, then larger bundle; infeasible last."""
-    return _rank_keys(  # type: ignore[no-any-return]
-        np.ascontiguousarray(pickup, dtype=np.int64),
-        np.ascontiguousarray(travel, dtype=np.int64),
-        np.ascontiguousarray(feasible, dtype=np.bool_),
-        np.ascontiguousarray(size, dtype=np.int64),
-        INFEASIBLE_KEY,
-    )
+    return _call(_rank_keys, pickup, travel, feasible, size, INFEASIBLE_KEY)  # type: ignore[no-any-return]
 
 
 @_compiled()
@@ -146,11 +150,7 @@ def _best_pickup(pickup: IntArray, feasible: BoolArray, none: np.int64) -> IntAr
 
 def best_pickup(pickup: IntArray, feasible: BoolArray) -> IntArray:
     """Per bundle, the earliest feasible pickup over all couriers (int64 max where none is feasible)."""
-    return _best_pickup(  # type: ignore[no-any-return]
-        np.ascontiguousarray(pickup, dtype=np.int64),
-        np.ascontiguousarray(feasible, dtype=np.bool_),
-        np.int64(np.iinfo(np.int64).max),
-    )
+    return _call(_best_pickup, pickup, feasible, np.iinfo(np.int64).max)  # type: ignore[no-any-return]
 
 
 @_compiled()
@@ -193,7 +193,7 @@ def close_pairs(rest: IntArray, ready: IntArray, gap: int) -> tuple[IntArray, In
     if n < 2:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     perm = np.lexsort((np.arange(n), rest))  # by restaurant, then position (hence ready time)
-    i, j = _close_pairs(perm, rest, np.ascontiguousarray(ready, dtype=np.int64), int(gap))
+    i, j = _call(_close_pairs, perm, rest, ready, gap)
     order = np.lexsort((j, i))
     return i[order], j[order]
 
@@ -236,16 +236,8 @@ def claim(rows: IntArray, slots: IntArray, bundles: IntArray, orders: IntArray, 
 
     ``orders`` is the (bundles × size) order table padded with -1.
     """
-    orders = np.ascontiguousarray(orders, dtype=np.int64)
     n_orders = int(orders.max()) + 1 if orders.size else 0
-    return _claim(  # type: ignore[no-any-return]
-        np.ascontiguousarray(rows, dtype=np.int64),
-        np.ascontiguousarray(slots, dtype=np.int64),
-        np.ascontiguousarray(bundles, dtype=np.int64),
-        orders,
-        int(n_agents),
-        max(n_orders, 0),
-    )
+    return _call(_claim, rows, slots, bundles, orders, n_agents, max(n_orders, 0))  # type: ignore[no-any-return]
 
 
 @_compiled(error_model="numpy")
@@ -334,26 +326,26 @@ def candidate_features(
     then stored as float32; ``held`` is how many agents list each bundle and ``best`` each bundle's
     earliest feasible pickup (:func:`best_pickup`).
     """
-    c = np.ascontiguousarray
-    return _candidate_features(  # type: ignore[no-any-return]
-        c(slot_bundle, dtype=np.int64),
-        c(mask, dtype=np.bool_),
-        c(times.pickup, dtype=np.int64),
-        c(times.travel_to_restaurant, dtype=np.int64),
-        c(times.max_ctd, dtype=np.int64),
-        c(times.start_at, dtype=np.int64),
-        c(bundles.size, dtype=np.int64),
-        c(bundles.ready, dtype=np.int64),
-        c(times.free_offset, dtype=np.int64),
-        c(times.ctd_offset_sum, dtype=np.int64),
-        c(bundles.orders, dtype=np.int64),
-        c(bundles.dropoff_offset, dtype=np.int64),
-        c(order_placement, dtype=np.int64),
-        c(held, dtype=np.int64),
-        c(best, dtype=np.int64),
-        int(t),
-        int(half_pickup),
-        int(target_ctd),
+    return _call(  # type: ignore[no-any-return]
+        _candidate_features,
+        slot_bundle,
+        mask,
+        times.pickup,
+        times.travel_to_restaurant,
+        times.max_ctd,
+        times.start_at,
+        bundles.size,
+        bundles.ready,
+        times.free_offset,
+        times.ctd_offset_sum,
+        bundles.orders,
+        bundles.dropoff_offset,
+        order_placement,
+        held,
+        best,
+        t,
+        half_pickup,
+        target_ctd,
     )
 
 
@@ -392,14 +384,7 @@ def pair_offsets(
     first listed order on ties); ``between`` is each row's customer-to-customer minutes, ``leave`` the
     minutes from the pickup instant until the courier leaves the restaurant.
     """
-    return _pair_offsets(  # type: ignore[no-any-return]
-        np.ascontiguousarray(orders, dtype=np.int64),
-        np.ascontiguousarray(leg, dtype=np.int64),
-        np.ascontiguousarray(between, dtype=np.int64),
-        int(leave),
-        int(half_dropoff),
-        int(dropoff_service),
-    )
+    return _call(_pair_offsets, orders, leg, between, leave, half_dropoff, dropoff_service)  # type: ignore[no-any-return]
 
 
 @_compiled()
@@ -434,12 +419,7 @@ def bundle_stats(
     """
     if orders.shape[0] and (orders[:, 0] < 0).any():
         raise ValueError(f"bundle {int(np.argmax(orders[:, 0] < 0))} has no orders")
-    return _bundle_stats(  # type: ignore[no-any-return]
-        np.ascontiguousarray(orders, dtype=np.int64),
-        np.ascontiguousarray(order_ready, dtype=np.int64),
-        np.ascontiguousarray(order_placement, dtype=np.int64),
-        np.ascontiguousarray(order_restaurant, dtype=np.int64),
-    )
+    return _call(_bundle_stats, orders, order_ready, order_placement, order_restaurant)  # type: ignore[no-any-return]
 
 
 @_compiled()
@@ -469,12 +449,7 @@ def ctd_terms(
     With rel = drop-off offset − placement per member: the largest rel (max click-to-door = pickup +
     it), the summed rel (summed click-to-door = pickup × size + it) and the last member's drop-off offset.
     """
-    return _ctd_terms(  # type: ignore[no-any-return]
-        np.ascontiguousarray(orders, dtype=np.int64),
-        np.ascontiguousarray(dropoff_offset, dtype=np.int64),
-        np.ascontiguousarray(size, dtype=np.int64),
-        np.ascontiguousarray(order_placement, dtype=np.int64),
-    )
+    return _call(_ctd_terms, orders, dropoff_offset, size, order_placement)  # type: ignore[no-any-return]
 
 
 def warm_up() -> float:
