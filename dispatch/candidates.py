@@ -3,7 +3,9 @@
 Every consumer (heuristics, log writing, training, the service) builds its action space here, so a
 courier's K candidates mean the same thing everywhere. Candidates are ranked per courier by the
 earliest pickup instant they allow, ties broken by the travel time to the restaurant, then by the
-larger bundle.
+larger bundle. With ``cover`` > 0 the last ``cover`` slots first go to orders that no courier's
+other slots list (oldest order first, each to the courier that could pick it up earliest), so under
+load an order far from every courier still reaches some courier's list instead of expiring unseen.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dispatch.kernels import rank_keys
+from dispatch.kernels import cover, rank_keys
 from dispatch.routes import Bundles, RouteTimes, make_bundles, route_times, sequence_bundles
 from dispatch.snapshot import BoolArray, IntArray, Snapshot
 
@@ -24,6 +26,12 @@ class CandidateConfig:
     k: int = 16
     max_bundle_size: int = 2
     max_ready_gap: int = 15
+    # Slots of the K kept for orders that would otherwise be in nobody's list (0: plain top-K).
+    cover: int = 0
+
+    def __post_init__(self) -> None:
+        if self.cover < 0 or (self.cover and self.cover >= self.k):
+            raise ValueError(f"cover: {self.cover} must be >= 0 and below k ({self.k})")
 
 
 @dataclass(frozen=True)
@@ -76,7 +84,11 @@ def generate(
     part = np.argpartition(key, k - 1, axis=1)[:, :k] if k < b else np.tile(np.arange(b), (n, 1))
     order = np.argsort(np.take_along_axis(key, part, axis=1), axis=1, kind="stable")
     chosen = np.take_along_axis(part, order, axis=1)
-    mask = np.take_along_axis(times.feasible, chosen, axis=1)
+    if config.cover and k < b:
+        singles = np.flatnonzero(bundles.size == 1)
+        oldest = singles[np.argsort(bundles.placement_min[singles], kind="stable")]
+        chosen = cover(key, times.feasible, chosen, k - config.cover, oldest, bundles.orders)
+    mask = np.take_along_axis(times.feasible, np.maximum(chosen, 0), axis=1) & (chosen >= 0)
     chosen = np.where(mask, chosen, -1)
     return CandidateSet(agents, bundles, chosen, mask, times)
 

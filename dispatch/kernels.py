@@ -452,6 +452,73 @@ def ctd_terms(
     return _call(_ctd_terms, orders, dropoff_offset, size, order_placement)  # type: ignore[no-any-return]
 
 
+@_compiled()
+def _cover(
+    key: IntArray, feasible: BoolArray, chosen: IntArray, near: int, singles: IntArray, members: IntArray
+) -> IntArray:
+    n, k = chosen.shape
+    n_orders = 0
+    for b in range(members.shape[0]):
+        for s in range(members.shape[1]):
+            n_orders = max(n_orders, members[b, s] + 1)
+    covered = np.zeros(n_orders, dtype=np.bool_)
+    for i in range(n):
+        for s in range(near):
+            b = chosen[i, s]
+            if feasible[i, b]:
+                for m in range(members.shape[1]):
+                    if members[b, m] >= 0:
+                        covered[members[b, m]] = True
+    out = np.full((n, k), -1, dtype=np.int64)
+    fill = np.full(n, near, dtype=np.int64)
+    out[:, :near] = chosen[:, :near]
+    # Oldest uncovered order first: each goes to the free agent that could pick it up first.
+    for b in singles:
+        o = members[b, 0]
+        if covered[o]:
+            continue
+        best = -1
+        for i in range(n):
+            if fill[i] < k and feasible[i, b] and (best < 0 or key[i, b] < key[best, b]):
+                best = i
+        if best >= 0:
+            out[best, fill[best]] = b
+            fill[best] += 1
+            covered[o] = True
+    # Cover slots left over keep the agent's next-ranked candidates; then each list is re-ranked.
+    for i in range(n):
+        s = near
+        while fill[i] < k and s < k:
+            b = chosen[i, s]
+            s += 1
+            taken = False
+            for t in range(near, fill[i]):
+                taken = taken or out[i, t] == b
+            if not taken:
+                out[i, fill[i]] = b
+                fill[i] += 1
+        row_keys = np.empty(k, dtype=np.int64)
+        for t in range(k):
+            row_keys[t] = key[i, out[i, t]] if out[i, t] >= 0 else INFEASIBLE_KEY + 1
+        out[i] = out[i][np.argsort(row_keys, kind="mergesort")]
+    return out
+
+
+def cover(
+    key: IntArray, feasible: BoolArray, chosen: IntArray, near: int, singles: IntArray, members: IntArray
+) -> IntArray:
+    """Re-fill the last ``K - near`` slots of ranked candidate lists so more open orders appear in one.
+
+    ``chosen`` (agents × K) holds each agent's K best bundles by ``key``; ``singles`` lists the
+    single-order bundles, oldest order first. An order in no agent's first ``near`` slots (alone or in
+    a bundle) takes a cover slot of the feasible agent with the smallest key for it, while that agent
+    has one left; cover slots nobody needs keep the agent's next-ranked candidates, so a snapshot
+    where every order is already listed gets exactly ``chosen``. Each returned row is sorted by key
+    (stable), -1 where a slot stays empty.
+    """
+    return _call(_cover, key, feasible, chosen, near, singles, members)  # type: ignore[no-any-return]
+
+
 def warm_up() -> float:
     """Compile (or load from the cache) every kernel for the argument types the decision path uses.
 
@@ -472,6 +539,7 @@ def warm_up() -> float:
     _pair_offsets(np.zeros((1, 2), dtype=np.int64), i1, i1, 0, 0, 0)
     _bundle_stats(i2, i1, i1, i1)
     _ctd_terms(i2, i2, i1, i1)
+    _cover(i2, b2, i2, 1, i1, i2)
     _candidate_features(i2, b2, i2, i2, i2, i1, i1 + 1, i1, i1, i1, i2, i2, i1, i1, i1, 0, 0, 0)
     return time.perf_counter() - start
 

@@ -100,6 +100,12 @@ def register(sub: Any) -> None:
     g.add_argument("--interval", type=int, default=2, help="minutes between decision epochs (default 2)")
     g.add_argument("--k", type=int, default=16, help="candidates per courier (default 16)")
     g.add_argument(
+        "--cover",
+        type=int,
+        default=0,
+        help="of the K slots, how many go first to orders no courier's other slots list (default 0: plain top-K)",
+    )
+    g.add_argument(
         "--reward",
         action="append",
         default=[],
@@ -230,6 +236,9 @@ def logs_generate(args: argparse.Namespace) -> int:
     if args.days < 1 or args.interval < 1 or args.k < 1:
         print("dispatch logs generate: --days, --interval and --k must be at least 1", file=sys.stderr)
         return 2
+    if not 0 <= args.cover < args.k:
+        print(f"dispatch logs generate: --cover {args.cover} must be >= 0 and below --k ({args.k})", file=sys.stderr)
+        return 2
     try:
         reward_config(args.reward)
     except ValueError as exc:
@@ -244,7 +253,7 @@ def logs_generate(args: argparse.Namespace) -> int:
             args.days,
             args.seed,
             sim=SimConfig(dispatch_interval=args.interval),
-            cands=CandidateConfig(k=args.k),
+            cands=CandidateConfig(k=args.k, cover=args.cover),
             reward=reward_config(args.reward),
             jobs=args.jobs or default_jobs(),
             progress=not args.no_progress,
