@@ -12,9 +12,14 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from service.server import ServerConfig
 
 TOKEN_ENV = "DISPATCH_TOKEN"
+# More worker processes than this is a typo, not a deployment: each one loads every model.
+MAX_WORKERS = 64
 
 
 def _model_spec(text: str) -> tuple[str, Path]:
@@ -36,6 +41,21 @@ def _weight(text: str) -> tuple[str, float]:
     if not sep or not name or not value > 0:
         raise argparse.ArgumentTypeError(f"expected NAME=WEIGHT with WEIGHT > 0, got {text!r}")
     return name, value
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of processes, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"at least 1 (one process, the default), got {value}")
+    if value > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_WORKERS}, got {value} (more processes than cores only add memory: one per core is the "
+            f"useful maximum)"
+        )
+    return value
 
 
 def register(sub: Any) -> None:
@@ -118,6 +138,16 @@ def register(sub: Any) -> None:
     s.add_argument("--token-file", type=Path, help=f"require this bearer token (default: ${TOKEN_ENV} when set)")
     s.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls get at shutdown (default 10)")
     s.add_argument("--port-file", type=Path, help="write 'GRPC_PORT METRICS_PORT' here once serving")
+    s.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="server processes sharing the gRPC port (SO_REUSEPORT: the kernel spreads connections, so clients "
+        "need several connections to use them all); a supervisor restarts crashed workers, drains them on "
+        "SIGTERM, serves their summed metrics on --metrics-port and applies an admin reload received by one "
+        "worker in all of them. Default 1: one process, no supervisor. See docs/serving.md",
+    )
     s.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     s.set_defaults(handler=serve)
 
@@ -147,15 +177,30 @@ def _token(path: Path | None) -> str | None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Run the server until SIGTERM/SIGINT."""
+    """Run the server until SIGTERM/SIGINT (with ``--workers N`` > 1: a supervisor of N server processes)."""
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.workers > 1:
+        from service.supervisor import Supervisor
+
+        return Supervisor(args).run()
+
     import asyncio
 
-    from service.server import ServerConfig
     from service.server import serve as run
+
+    try:
+        return asyncio.run(run(server_config(args)))
+    except ValueError as exc:
+        print(f"dispatch serve: {exc}", file=sys.stderr)
+        return 2
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """The ServerConfig of parsed ``dispatch serve`` flags."""
+    from service.server import ServerConfig
     from service.validation import Limits
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = ServerConfig(
+    return ServerConfig(
         models=args.model,
         host=args.host,
         port=args.port,
@@ -183,11 +228,6 @@ def serve(args: argparse.Namespace) -> int:
         grace_s=args.grace,
         port_file=args.port_file,
     )
-    try:
-        return asyncio.run(run(config))
-    except ValueError as exc:
-        print(f"dispatch serve: {exc}", file=sys.stderr)
-        return 2
 
 
 def instance_snapshot(instance: str, minute: int | None) -> Any:

@@ -95,13 +95,16 @@ def _credentials(
     return grpc.ssl_channel_credentials(read(root_certificates), read(client_key), read(client_cert))
 
 
-def _options(max_message_bytes: int, server_name: str | None) -> list[tuple[str, Any]]:
+def _options(max_message_bytes: int, server_name: str | None, own_connection: bool) -> list[tuple[str, Any]]:
     opts: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
     ]
     if server_name:
         opts.append(("grpc.ssl_target_name_override", server_name))
+    if own_connection:
+        # Channels to one target otherwise share the process-wide subchannel pool, hence one TCP connection.
+        opts.append(("grpc.use_local_subchannel_pool", 1))
     return opts
 
 
@@ -112,7 +115,11 @@ class _Common:
 
 
 class DispatchClient(_Common):
-    """Blocking client. TLS when ``root_certificates`` is given (plus a client cert for mutual TLS)."""
+    """Blocking client. TLS when ``root_certificates`` is given (plus a client cert for mutual TLS).
+
+    ``own_connection``: this client's channel opens its own TCP connection instead of sharing one with the
+    process's other channels to the same target. A ``--workers N`` server balances connections, not calls.
+    """
 
     def __init__(
         self,
@@ -125,9 +132,10 @@ class DispatchClient(_Common):
         token: str | None = None,
         timeout: float | None = 10.0,
         max_message_bytes: int = 64 * 1024 * 1024,
+        own_connection: bool = False,
     ) -> None:
         super().__init__(token, timeout)
-        opts = _options(max_message_bytes, server_name)
+        opts = _options(max_message_bytes, server_name, own_connection)
         if root_certificates is not None or client_cert is not None:
             creds = _credentials(root_certificates, client_cert, client_key)
             self.channel = grpc.secure_channel(target, creds, options=opts)
@@ -195,9 +203,10 @@ class AsyncDispatchClient(_Common):
         token: str | None = None,
         timeout: float | None = 10.0,
         max_message_bytes: int = 64 * 1024 * 1024,
+        own_connection: bool = False,
     ) -> None:
         super().__init__(token, timeout)
-        opts = _options(max_message_bytes, server_name)
+        opts = _options(max_message_bytes, server_name, own_connection)
         if root_certificates is not None or client_cert is not None:
             creds = _credentials(root_certificates, client_cert, client_key)
             self.channel = grpc.aio.secure_channel(target, creds, options=opts)

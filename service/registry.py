@@ -199,9 +199,9 @@ class Registry:
         # One reference assignment on the event loop: a request sees either the old or the new model.
         self._slots[model.slot] = model
         if old is not None:
-            self.metrics.model_info.remove(old.slot, old.name, old.version, old.policy.info.device)
+            self.metrics.drop(self.metrics.model_info, old.slot, old.name, old.version, old.policy.info.device)
             if (old.name, old.version) != (model.name, model.version):
-                self.metrics.queue_depth.remove(old.name, old.version)
+                self.metrics.drop(self.metrics.queue_depth, old.name, old.version)
         self.metrics.model_info.labels(model.slot, model.name, model.version, model.policy.info.device).set(1)
         return old
 

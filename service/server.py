@@ -10,7 +10,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,7 @@ from dispatch.candidates import CandidateConfig
 from dispatch.model import ModelError
 from dispatch.snapshot import FloatArray, Snapshot
 from dispatch.workers import spawn_pool
+from service.adminlog import AdminLog
 from service.auth import TokenAuth, server_credentials
 from service.batcher import BatcherClosed, ModelRunError, QueueFull
 from service.decision import (
@@ -43,6 +44,7 @@ from service.gen.dispatch.v1 import dispatch_pb2_grpc as pb_grpc
 from service.metrics import Metrics
 from service.registry import LoadedModel, Registry, RegistryConfig, UnknownModel, VersionMismatch
 from service.validation import Limits, ValidationError, to_snapshot
+from service.worker import WorkerRole
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,7 @@ class ServerConfig:
     token: str | None = None
     grace_s: float = 10.0
     port_file: Path | None = None
+    worker: WorkerRole | None = None  # set in each worker process of a --workers N server
 
 
 class ServiceError(Exception):
@@ -348,22 +351,22 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
     async def Decide(self, request: pb.DecideRequest, context: grpc.aio.ServicerContext) -> pb.DecideResponse:
         """One snapshot in, one joint action out."""
         # Counted before the status leaves, so a scrape right after the reply already sees it.
-        count = self.service.metrics.requests
+        count = self.service.metrics.count_request
         try:
             response, name, version = await self.service.decide(request, context.time_remaining())
         except ServiceError as exc:
-            count.labels("Decide", exc.code.name, "", "").inc()
+            count("Decide", exc.code.name, "", "")
             await context.abort(exc.code, exc.message)
             raise  # unreachable: abort raises
         except asyncio.CancelledError:
-            count.labels("Decide", grpc.StatusCode.CANCELLED.name, "", "").inc()
+            count("Decide", grpc.StatusCode.CANCELLED.name, "", "")
             raise
         except Exception:
-            count.labels("Decide", grpc.StatusCode.INTERNAL.name, "", "").inc()
+            count("Decide", grpc.StatusCode.INTERNAL.name, "", "")
             log.exception("Decide failed")
             await context.abort(grpc.StatusCode.INTERNAL, "internal error (logged on the server)")
             raise
-        count.labels("Decide", "OK", name, version).inc()
+        count("Decide", "OK", name, version)
         return response
 
     async def DecideStream(
@@ -384,11 +387,11 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
                 )
                 if not isinstance(exc, ServiceError):
                     log.exception("DecideStream message failed")
-                metrics.requests.labels("DecideStream", code.name, "", "").inc()
+                metrics.count_request("DecideStream", code.name, "", "")
                 err = pb.StreamError(request_id=request.request_id, code=code.value[0], message=message)
                 await out.put(pb.DecideStreamResponse(error=err))
                 return
-            metrics.requests.labels("DecideStream", "OK", name, version).inc()
+            metrics.count_request("DecideStream", "OK", name, version)
             await out.put(pb.DecideStreamResponse(response=response))
 
         async def reader() -> None:
@@ -422,16 +425,21 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
             raise
 
 
+Reloader = Callable[[str, str | None], Awaitable[tuple[LoadedModel, str]]]
+
+
 class AdminServicer(pb_grpc.ModelAdminServiceServicer):
     """Hot reload and listing of model slots."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, reload: Reloader | None = None) -> None:
         self.registry = registry
+        # A worker of a --workers N server reloads through the shared admin log (service/adminlog.py).
+        self.reload = reload or registry.reload
 
     async def Reload(self, request: pb.ReloadRequest, context: grpc.aio.ServicerContext) -> pb.ReloadResponse:
         """Reload one slot; the old model keeps serving when the new one is refused."""
         try:
-            model, previous = await self.registry.reload(request.model_name, request.path or None)
+            model, previous = await self.reload(request.model_name, request.path or None)
         except UnknownModel as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
             raise
@@ -452,7 +460,7 @@ class DispatchServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.metrics = Metrics()
+        self.metrics = Metrics(config.worker.index if config.worker else None)
         self.registry = Registry(
             config.models,
             RegistryConfig(
@@ -477,31 +485,46 @@ class DispatchServer:
             config.max_queue,
             config.inline_max_cells,
         )
+        self.admin_log = (
+            AdminLog(config.worker.admin_log, self.registry, config.worker.index) if config.worker else None
+        )
         self.health = health.aio.HealthServicer()
         self.port = 0
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
         self._http: Any = None
         self._watch: asyncio.Task[None] | None = None
+        self._follow: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
 
     async def start(self, load_models: bool = True) -> None:
-        """Listen (health NOT_SERVING), then load the models and turn SERVING; ModelError if one is refused."""
+        """Listen (health NOT_SERVING), then load the models and turn SERVING; ModelError if one is refused.
+
+        A worker of a ``--workers N`` server loads first and listens after: gRPC accepts connections from
+        the moment it binds, and the kernel would hand a worker still loading its share of new ones.
+        """
         c = self.config
         interceptors = [TokenAuth(c.token)] if c.token else []
         options = [
             ("grpc.max_receive_message_length", c.max_message_bytes),
             ("grpc.max_send_message_length", c.max_message_bytes),
         ]
+        if c.worker is not None:
+            # Every worker binds the same port; the kernel spreads incoming connections over them.
+            options.append(("grpc.so_reuseport", 1))
         server = self._server = grpc.aio.server(interceptors=interceptors, options=options)
         pb_grpc.add_DispatchServiceServicer_to_server(DispatchServicer(self.service), server)
-        pb_grpc.add_ModelAdminServiceServicer_to_server(AdminServicer(self.registry), server)
+        reload = self.admin_log.reload if self.admin_log else None
+        pb_grpc.add_ModelAdminServiceServicer_to_server(AdminServicer(self.registry, reload), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (DISPATCH_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         for name in ("", DISPATCH_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        load_first = load_models and c.worker is not None
+        if load_first:
+            await self._load_models()
         address = f"{c.host}:{c.port}"
         if c.tls_cert and c.tls_key:
             self.port = server.add_secure_port(address, server_credentials(c.tls_cert, c.tls_key, c.tls_client_ca))
@@ -514,11 +537,21 @@ class DispatchServer:
             self.metrics_port = int(self._http.server_port)
         await server.start()
         log.info("gRPC listening on %s:%d, metrics on %s", c.host, self.port, self.metrics_port or "off")
-        if load_models:
+        if load_first:
+            await self._report_serving()
+        elif load_models:
             await self.load_models()
 
     async def load_models(self) -> None:
         """Load every model, then report SERVING (and write the port file)."""
+        await self._load_models()
+        await self._report_serving()
+
+    async def _load_models(self) -> None:
+        """Load every model and the decision kernels; a worker also catches up with the shared admin log."""
+        if self.admin_log is not None:
+            # A restarted worker serves what the others serve now, not what the command line named.
+            self.registry.paths.update(self.admin_log.start_paths())
         await self.registry.load_all()
         await asyncio.get_running_loop().run_in_executor(None, self.service.warm_up)
         # Everything alive now (modules, models, compiled kernels: over 100k objects) lives as long as the
@@ -526,6 +559,12 @@ class DispatchServer:
         # behind, so it no longer costs tens of milliseconds in some unlucky request's latency.
         gc.collect()
         gc.freeze()
+        if self.admin_log is not None:
+            await self.admin_log.catch_up()  # changes made while this worker was loading
+            self._follow = asyncio.get_running_loop().create_task(self.admin_log.follow())
+
+    async def _report_serving(self) -> None:
+        """Health SERVING, the --watch poller, the port file."""
         for name in ("", DISPATCH_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.config.watch_s > 0:
@@ -540,8 +579,9 @@ class DispatchServer:
         if self._stopped.is_set():
             return
         await self.health.enter_graceful_shutdown()
-        if self._watch is not None:
-            self._watch.cancel()
+        for task in (self._watch, self._follow):
+            if task is not None:
+                task.cancel()
         if self._server is not None:
             await self._server.stop(self.config.grace_s if grace_s is None else grace_s)
         await self.service.drain_shadow()
@@ -562,8 +602,8 @@ class DispatchServer:
         await self._stopped.wait()
 
 
-async def serve(config: ServerConfig) -> int:
-    """Run until SIGTERM/SIGINT, then shut down gracefully; returns the exit code."""
+async def serve(config: ServerConfig, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> int:
+    """Run until one of ``signals``, then shut down gracefully; returns the exit code."""
     server = DispatchServer(config)
     try:
         await server.start()
@@ -572,7 +612,7 @@ async def serve(config: ServerConfig) -> int:
         await server.stop(0)
         return 2
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in signals:
         loop.add_signal_handler(sig, lambda: loop.create_task(server.stop()))
     await server.wait_stopped()
     return 0

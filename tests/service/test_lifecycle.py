@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -21,21 +19,9 @@ from dispatch.model import ModelError
 from dispatch.snapshot import Snapshot
 from service.client import DispatchClient
 from service.server import DISPATCH_SERVICE, ServerConfig, ThreadedServer
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-
-
-def _wait_for(predicate, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
+from tests.service.helpers import ROOT, promtool_check
+from tests.service.helpers import env as _env
+from tests.service.helpers import wait_for as _wait_for
 
 
 def test_health_not_serving_until_a_model_is_loaded(model_dir: Path, snapshots: list[Snapshot]):
@@ -109,20 +95,13 @@ def test_auto_device_falls_back_to_cpu_with_metric(model_dir: Path):
 
 
 def test_metrics_endpoint_passes_promtool(server: ThreadedServer, snapshots: list[Snapshot]):
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        # CI (.ci/run) installs it and sets DISPATCH_REQUIRE_PROMTOOL, so there a missing promtool fails.
-        if os.environ.get("DISPATCH_REQUIRE_PROMTOOL"):
-            pytest.fail("promtool is required (DISPATCH_REQUIRE_PROMTOOL is set) but not installed")
-        pytest.skip("promtool not installed (Debian package 'prometheus'); `apt-get install prometheus` to run it")
     with DispatchClient(server.target) as client:
         for s in snapshots:
             client.decide(s)
         with pytest.raises(grpc.RpcError):
             client.decide(snapshots[0], model_name="nope")
     text = urllib.request.urlopen(f"http://127.0.0.1:{server.server.metrics_port}/metrics", timeout=10).read()
-    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=60)
-    assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+    promtool_check(text)
     body = text.decode()
     for needle in (
         'dispatch_requests_total{code="OK",method="Decide",model="linear",version="1"}',

@@ -18,21 +18,13 @@ from dispatch.snapshot import Snapshot
 from service.client import DispatchClient, snapshot_to_request
 from service.server import ServerConfig, ThreadedServer
 from tests.service.conftest import other_weights
+from tests.service.helpers import wait_for
 
 
 def _copy_model(src: Path, dst: Path) -> Path:
     shutil.copyfile(src, dst)
     shutil.copyfile(manifest_path(src), manifest_path(dst))
     return dst
-
-
-def _wait_for(predicate, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_hot_reload_under_load_fails_no_request(model_dir: Path, snapshots: list[Snapshot], tmp_path: Path):
@@ -119,7 +111,7 @@ def test_file_watch_reloads_changed_model_and_skips_broken_one(model_dir: Path, 
         time.sleep(0.3)
         assert client.model_info("w").version == "1"  # refused: the old model keeps serving
         write_linear_model(path, name="linear", version="3", weights=other_weights())
-        assert _wait_for(lambda: client.model_info("w").version == "3")
+        assert wait_for(lambda: client.model_info("w").version == "3", 15.0)
 
 
 def test_ab_split_proportions_and_stickiness(model_dir: Path, snapshots: list[Snapshot]):
@@ -171,7 +163,7 @@ def test_shadow_scores_every_request_without_answering(model_dir: Path, snapshot
             )
 
         n = len(snapshots)
-        assert _wait_for(lambda: shadow("agree") + shadow("differ") == 6 * n)
+        assert wait_for(lambda: shadow("agree") + shadow("differ") == 6 * n, 15.0)
         assert names == {"arm_a"}
         # The twin has the default weights of arm_a: it agrees on every snapshot; lin2 ranks otherwise.
         assert shadow("agree") >= 5 * n and shadow("error") == 0

@@ -1,0 +1,112 @@
+"""Model admin changes shared by the worker processes of a ``--workers N`` server.
+
+A Reload reaches one worker (the kernel spreads connections, not calls). That worker applies it and,
+only when it succeeded, appends it to an append-only JSON-lines file in the supervisor's private
+folder; every other worker polls the file (every ``POLL_S``) and applies what it has not seen yet. A
+refused reload is never written, so every worker keeps its old model, as a single process does.
+
+Ordering: a worker holds an exclusive ``flock`` on the file from catching up with it, through its own
+reload, to the append, so admin changes are serialised across workers and every worker applies them
+in the file's order (two concurrent reloads of one slot end with the same model everywhere).
+Readers take no lock: an append is one ``write`` of one line, and a reader consumes whole lines only.
+
+A worker started later (a restart) loads the latest path of every slot from the file instead of its
+command-line ``--model`` path, so it serves what the others serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from dispatch.model import ModelError
+from service.registry import LoadedModel, Registry, UnknownModel
+
+log = logging.getLogger(__name__)
+
+# How often a worker looks for changes made through another worker: the bulk of the consistency window
+# (plus the time the model takes to load).
+POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class AdminOp:
+    """One applied reload: the slot, the file it was loaded from, and who made it (for the logs)."""
+
+    slot: str
+    path: str
+    version: str
+    worker: int
+
+
+class AdminLog:
+    """The shared admin log as seen by one worker (``worker`` is its index)."""
+
+    def __init__(self, path: Path, registry: Registry, worker: int) -> None:
+        self.path = path
+        self.registry = registry
+        self.worker = worker
+        self._offset = 0  # bytes of the file this worker has applied
+        self._lock = asyncio.Lock()  # one catch-up or reload at a time in this process
+
+    def _read_new(self) -> list[AdminOp]:
+        """Complete lines appended since the last read (a line being written is left for the next one)."""
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n") + 1
+        self._offset += end
+        return [AdminOp(**json.loads(line)) for line in data[:end].splitlines() if line.strip()]
+
+    def start_paths(self) -> dict[str, Path]:
+        """The latest path of every slot changed so far (for a worker about to load its models)."""
+        return {op.slot: Path(op.path) for op in self._read_new() if op.slot in self.registry.paths}
+
+    async def catch_up(self) -> None:
+        """Apply the changes other workers made since the last call."""
+        async with self._lock:
+            await self._apply_new()
+
+    async def _apply_new(self) -> None:
+        for op in self._read_new():
+            try:
+                model, _ = await self.registry.reload(op.slot, op.path)
+            except (ModelError, UnknownModel) as exc:
+                # Loaded fine in worker op.worker, refused here (file changed or gone since): keep the old model.
+                log.error("reload of slot %r from worker %d not applied here: %s", op.slot, op.worker, exc)
+                continue
+            log.info("applied reload of slot %r (version %s) from worker %d", op.slot, model.version, op.worker)
+
+    async def follow(self, interval_s: float = POLL_S) -> None:
+        """Apply other workers' changes as they appear (runs until cancelled)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.catch_up()
+
+    async def reload(self, slot: str = "", path: str | Path | None = None) -> tuple[LoadedModel, str]:
+        """``Registry.reload`` for every worker: applied here, then logged for the others on success."""
+        # Shielded: a caller that gives up must not leave the file locked or a change applied but unlogged.
+        return await asyncio.shield(self._reload(slot, path))
+
+    async def _reload(self, slot: str, path: str | Path | None) -> tuple[LoadedModel, str]:
+        async with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, fcntl.flock, fd, fcntl.LOCK_EX)
+                await self._apply_new()
+                model, previous = await self.registry.reload(slot, path)
+                op = AdminOp(model.slot, str(model.path), model.version, self.worker)
+                line = (json.dumps(asdict(op)) + "\n").encode()
+                os.write(fd, line)
+                self._offset += len(line)  # nobody else appends while we hold the lock: skip our own line
+                return model, previous
+            finally:
+                os.close(fd)  # releases the lock

@@ -1,0 +1,87 @@
+"""One worker process of a ``dispatch serve --workers N`` server (started by ``service.supervisor``).
+
+A worker is the full single-process server (the same flags, the same code path) bound to the port the
+supervisor chose, with SO_REUSEPORT so that every worker listens on it; the kernel hands each new
+connection to one of them. Light at import: the supervisor imports this module only to name the
+spawned process's entry point, and must not pull grpc, numpy or onnxruntime in itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dispatch.workers import PARENT_CHECK_S
+
+log = logging.getLogger(__name__)
+
+# Beyond its grace period, how long an orphaned worker may take to drain before it exits outright.
+ORPHAN_MARGIN_S = 10.0
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """What makes a server one worker of several: its index and the admin log it shares with the others."""
+
+    index: int
+    admin_log: Path
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a spawned worker needs (picklable): the serve flags plus what the supervisor decided."""
+
+    args: argparse.Namespace  # the parsed ``dispatch serve`` flags, as given to the supervisor
+    index: int
+    port: int
+    ready_file: Path  # written ('PORT 0') once the worker reports SERVING
+    admin_log: Path
+    parent: int  # the supervisor's pid
+
+
+def _watch_parent(parent: int, grace_s: float) -> None:
+    """Drain and exit once the supervisor is gone (SIGKILL, OOM): a worker must never outlive it."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    log.warning("supervisor %d is gone: shutting down", parent)
+    # The same graceful path as the supervisor's SIGTERM: in-flight calls finish within the grace period.
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(grace_s + ORPHAN_MARGIN_S)
+    os._exit(1)
+
+
+def run_worker(spec: WorkerSpec) -> None:
+    """Entry point of a spawned worker: serve until SIGTERM, exit with the server's exit code."""
+    import asyncio
+    import dataclasses
+    import sys
+
+    from service.cli import server_config
+    from service.server import serve
+
+    # Ctrl-C reaches the whole process group; the supervisor turns it into one SIGTERM per worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(
+        level=spec.args.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s worker {spec.index} %(name)s: %(message)s",
+    )
+    config = dataclasses.replace(
+        server_config(spec.args),
+        port=spec.port,
+        metrics_port=None,  # the supervisor serves every worker's metrics on one port
+        port_file=spec.ready_file,
+        worker=WorkerRole(spec.index, spec.admin_log),
+    )
+    threading.Thread(target=_watch_parent, args=(spec.parent, config.grace_s), name="parent-watch", daemon=True).start()
+    try:
+        code = asyncio.run(serve(config, signals=(signal.SIGTERM,)))
+    except ValueError as exc:  # a bad flag combination, refused as the single-process server refuses it
+        print(f"dispatch serve: {exc}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
