@@ -1,7 +1,10 @@
 """Serving benchmark: end-to-end gRPC latency and throughput next to raw ONNX Runtime on the same inputs.
 
 The server runs as ``dispatch serve`` in its own process (so client and server do not share a GIL);
-the client is one asyncio process keeping C calls in flight. Snapshots are synthetic (seeded): N
+the client is one asyncio process keeping C calls in flight, over ``--channels`` connections (a
+``--workers N`` server balances connections, not calls, so it needs several). Server CPU and memory
+are summed over the server process and its descendants (the workers of ``--workers N``, the
+``--prep-processes`` pools). Snapshots are synthetic (seeded): N
 couriers (70% idle) and M open orders over M/4 restaurants in a 10 km square. In the same run it
 times, in-process: ONNX Runtime ``run`` on the encoded snapshot (batch 1), the shared decision path
 without the network (candidates + features + run + assembly = ``OnnxPolicy.decide``), and its
@@ -70,18 +73,21 @@ def _ms(x: np.ndarray, q: float) -> str:
     return f"{np.quantile(x, q) * 1000:.2f}"
 
 
-async def _load(target: str, request, concurrency: int, seconds: float, min_n: int):  # type: ignore[no-untyped-def]
+async def _load(target: str, request, concurrency: int, seconds: float, min_n: int, channels: int = 1):  # type: ignore[no-untyped-def]
     from service.client import AsyncDispatchClient
 
-    async with AsyncDispatchClient(target, timeout=600.0) as client:
-        await client.decide(request)  # warm-up
+    # Several channels only spread the load when each has a connection of its own.
+    clients = [AsyncDispatchClient(target, timeout=600.0, own_connection=channels > 1) for _ in range(channels)]
+    try:
+        for client in clients:
+            await client.decide(request)  # warm-up (and connect)
         lat: list[float] = []
         server: list[tuple[int, int, int, int]] = []
         start = time.perf_counter()
         end = start + seconds
         failures = 0
 
-        async def worker() -> None:
+        async def worker(client: AsyncDispatchClient) -> None:
             nonlocal failures
             while time.perf_counter() < end or len(lat) < min_n:
                 t = time.perf_counter()
@@ -94,8 +100,11 @@ async def _load(target: str, request, concurrency: int, seconds: float, min_n: i
                 tm = r.timings
                 server.append((tm.queue_us, tm.inference_us, tm.assembly_us, tm.total_us))
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(clients[i % channels]) for i in range(concurrency)))
         wall = time.perf_counter() - start
+    finally:
+        for client in clients:
+            await client.close()
     return np.array(lat), np.array(server), wall, failures
 
 
@@ -149,9 +158,15 @@ async def _load_stream(target: str, request, window: int, seconds: float, min_n:
 
 
 def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds a process has used (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds a process and its live descendants have used (Linux /proc)."""
+    total = 0
+    for p in [pid, *_children(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # exited since it was listed
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def floor_server(port_file: Path) -> None:
@@ -187,11 +202,14 @@ def _start(cmd: list[str], port_file: Path, env: dict[str, str]) -> tuple[subpro
     return proc, f"127.0.0.1:{port_file.read_text().split()[0]}"
 
 
-def _measure(pid: int, target: str, request, concurrency: int, seconds: float, stream: bool = False):  # type: ignore[no-untyped-def]
+def _measure(pid: int, target: str, request, concurrency: int, seconds: float, stream: bool = False, channels: int = 1):  # type: ignore[no-untyped-def]
     """:func:`_load` (or :func:`_load_stream`) plus the CPU ms per request of the server ``pid`` and of this client."""
     cpu0, mine0 = _cpu_s(pid), time.process_time()
-    load = _load_stream if stream else _load
-    lat, server, wall, failed = asyncio.run(load(target, request, concurrency, seconds, 2 * concurrency))
+    if stream:
+        run = _load_stream(target, request, concurrency, seconds, 2 * concurrency)
+    else:
+        run = _load(target, request, concurrency, seconds, 2 * concurrency, channels)
+    lat, server, wall, failed = asyncio.run(run)
     n = len(lat) + failed + 1  # + the warm-up call
     cpu = ((_cpu_s(pid) - cpu0) / n * 1000, (time.process_time() - mine0) / n * 1000)
     return lat, server, wall, failed, cpu
@@ -205,11 +223,19 @@ def _rss_mib(pid: int) -> tuple[float, float]:
 
 
 def _children(pid: int) -> list[int]:
-    """Child processes (the --prep-processes workers and their spawn helper)."""
+    """Descendant processes (--workers processes, --prep-processes workers, their spawn helpers)."""
     out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        out.extend(int(c) for c in text)
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return out
+    for task in tasks:
+        try:
+            text = (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue
+        for child in map(int, text):
+            out.extend([child, *_children(child)])
     return out
 
 
@@ -224,12 +250,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server-args", default="", help="extra `dispatch serve` flags")
     ap.add_argument("--columnar", action="store_true", help="send the columnar (table) request form")
     ap.add_argument("--stream", action="store_true", help="one DecideStream per cell, concurrency = messages in flight")
+    ap.add_argument(
+        "--channels",
+        type=int,
+        default=1,
+        help="client channels, each on its own connection, sharing the concurrency round-robin (default 1); "
+        "a --workers N server needs several (--server-args='--workers 2' --channels 4)",
+    )
     ap.add_argument("--floor", action="store_true", help="also measure an empty-handler server (the transport floor)")
     ap.add_argument("--floor-server", type=Path, help=argparse.SUPPRESS)  # internal: run the floor server
     args = ap.parse_args(argv)
     if args.floor_server:
         floor_server(args.floor_server)
         return 0
+    if args.channels < 1:
+        ap.error(f"--channels must be at least 1, got {args.channels}")
+    if args.channels > 1 and args.stream:
+        ap.error("--channels > 1 with --stream is not supported: one DecideStream is one connection")
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     concurrency = [int(c) for c in args.concurrency.split(",")]
     tmp = tempfile.TemporaryDirectory()
@@ -275,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         form = "columnar tables" if args.columnar else "per-entity messages"
         form += ", over one DecideStream (concurrency = messages in flight)" if args.stream else ", unary Decide"
+        if args.channels > 1:
+            form += f", over {args.channels} connections"
         flags = f"--device {args.device} {args.server_args}".strip()
         print(f"\nEnd to end over gRPC (`dispatch serve {flags}`, asyncio client, requests as {form}):\n")
         print(
@@ -285,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         for nc, no in shapes:
             request = snapshot_to_request(synthetic_snapshot(nc, no), columnar=args.columnar)
             for c in concurrency:
-                lat, server, wall, failed, cpu = _measure(proc.pid, target, request, c, args.seconds, args.stream)
+                lat, server, wall, failed, cpu = _measure(
+                    proc.pid, target, request, c, args.seconds, args.stream, args.channels
+                )
                 q, inf, rest = (np.median(server[:, i]) / 1000 for i in range(3))
                 ratio = np.median(lat) / raw_p50[(nc, no)]
                 print(
@@ -295,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
         rss, peak = _rss_mib(proc.pid)
         kids = [_rss_mib(c)[0] for c in _children(proc.pid)]
-        extra = f" + {len(kids)} child processes {sum(kids):.0f} MiB" if kids else ""
+        extra = f" + {len(kids)} descendant processes {sum(kids):.0f} MiB" if kids else ""
         print(f"\nserver RSS {rss:.0f} MiB (peak {peak:.0f} MiB){extra}; load average after {os.getloadavg()[0]:.2f}")
     finally:
         proc.send_signal(signal.SIGTERM)
