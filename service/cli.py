@@ -79,9 +79,17 @@ def register(sub: Any) -> None:
     s.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics port (default 9464; -1: off)")
     s.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address (default 127.0.0.1)")
     s.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="ONNX Runtime device (default cpu)")
-    s.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: usable cores)")
     s.add_argument(
-        "--cpu-threads", type=int, default=0, help="threads for validation/encoding/assembly (default: usable cores)"
+        "--threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime intra-op threads (default: usable cores, split among --workers)",
+    )
+    s.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=0,
+        help="threads for validation/encoding/assembly (default: usable cores, split among --workers)",
     )
     s.add_argument(
         "--prep-processes",

@@ -63,7 +63,7 @@ def run_worker(spec: WorkerSpec) -> None:
     import sys
 
     from service.cli import server_config
-    from service.server import serve
+    from service.server import serve, usable_cores
 
     # Ctrl-C reaches the whole process group; the supervisor turns it into one SIGTERM per worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -71,8 +71,13 @@ def run_worker(spec: WorkerSpec) -> None:
         level=spec.args.log_level.upper(),
         format=f"%(asctime)s %(levelname)s worker {spec.index} %(name)s: %(message)s",
     )
+    # Unless told otherwise, the workers split the usable cores between their thread pools instead of
+    # each sizing them to all cores (N workers x all cores would oversubscribe them N times).
+    share = max(1, usable_cores() // spec.args.workers)
     config = dataclasses.replace(
         server_config(spec.args),
+        threads=spec.args.threads or share,
+        cpu_threads=spec.args.cpu_threads or share,
         port=spec.port,
         metrics_port=None,  # the supervisor serves every worker's metrics on one port
         port_file=spec.ready_file,
