@@ -111,7 +111,7 @@ def register(sub: Any) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override a reward weight (simulator.engine.RewardConfig: on_time, ctd_per_minute, "
-        "overage_per_minute, undelivered, timing=assignment|accrued); repeatable",
+        "overage_per_minute, undelivered, timing=assignment|accrued|placement); repeatable",
     )
     g.add_argument("--out", type=Path, required=True, help="dataset folder (created, or resumed)")
     g.add_argument("--jobs", type=int, default=0, help="worker processes (default: usable cores)")

@@ -570,6 +570,38 @@ def test_accrued_reward_charges_an_expired_order_its_full_wait() -> None:
     assert total == pytest.approx(-0.02 * 90 - 0.05 * 50 - 3.0)
 
 
+def _day(timing: str, plan: dict[int, dict[str, list[str]]]) -> list[tuple[float, dict[str, float]]]:
+    """Per-epoch (reward, components) of a two_orders_instance day acting ``plan[epoch time]``, else waiting."""
+    eng = Engine(two_orders_instance(), SimConfig(dispatch_interval=2), RewardConfig(timing=timing))
+    out = []
+    while not eng.done:
+        snap = eng.snapshot()
+        step = eng.step(JointAction.from_ids(snap, plan.get(snap.time, {})))
+        out.append((step.reward, step.components))
+    return out
+
+
+@pytest.mark.parametrize("plan", [{6: {"c1": ["o1"]}}, {6: {"c1": ["o1"]}, 30: {"c1": ["o2"]}}, {}])
+def test_placement_reward_charges_at_first_sight_refunds_on_service_same_total(
+    plan: dict[int, dict[str, list[str]]],
+) -> None:
+    paid_late = _day("assignment", plan)
+    upfront = _day("placement", plan)
+    assert len(paid_late) == len(upfront)
+    # o1 is placed at 0 and o2 at 16: first shown at epochs 0 and 8, each charged there once.
+    assert [i for i, (_, c) in enumerate(upfront) if c["placed"]] == [0, 8]
+    assert sum(c["placed"] for _, c in upfront) == 2
+    served = {t // 2 for t in plan}
+    expired = {i for i, (_, c) in enumerate(paid_late) if c["expired"]}
+    assert len(served) + len(expired) == 2  # every order either served in time or expired
+    for i, ((a, _), (b, _)) in enumerate(zip(paid_late, upfront, strict=True)):
+        charge = -3.0 * (i in (0, 8))
+        refund = 3.0 * (i in served)
+        no_expiry_charge = 3.0 * (i in expired)  # paid upfront instead
+        assert b == pytest.approx(a + charge + refund + no_expiry_charge), f"epoch {i}"
+    assert sum(b for b, _ in upfront) == pytest.approx(sum(a for a, _ in paid_late))
+
+
 def test_unknown_reward_timing_is_refused() -> None:
     with pytest.raises(ValueError, match="timing"):
         RewardConfig(timing="later")
