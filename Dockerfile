@@ -63,5 +63,6 @@ WORKDIR /models
 EXPOSE 50051 9464
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-m", "service.healthprobe", "--target", "127.0.0.1:50051"]
+# With --workers N, run under an init (`docker run --init`): see docs/serving.md, "Container images".
 ENTRYPOINT ["dispatch", "serve"]
 CMD ["--model", "/models/model.onnx", "--host", "0.0.0.0", "--port", "50051", "--metrics-host", "0.0.0.0", "--metrics-port", "9464"]

@@ -33,6 +33,11 @@ class CandidateConfig:
         if self.cover < 0 or (self.cover and self.cover >= self.k):
             raise ValueError(f"cover: {self.cover} must be >= 0 and below k ({self.k})")
 
+    def to_dict(self) -> dict[str, int]:
+        """The fields for a manifest; ``cover`` only when set, so runtimes that predate it still read it."""
+        out = {"k": self.k, "max_bundle_size": self.max_bundle_size, "max_ready_gap": self.max_ready_gap}
+        return out | ({"cover": self.cover} if self.cover else {})
+
 
 @dataclass(frozen=True)
 class CandidateSet:

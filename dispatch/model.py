@@ -55,6 +55,7 @@ class ModelManifest:
     def to_json(self) -> str:
         """The manifest file's text."""
         body = asdict(self)
+        body["candidates"] = self.candidates.to_dict()
         body.update(format=MODEL_FORMAT, manifest_version=MANIFEST_VERSION, inputs=list(INPUTS), output=OUTPUT)
         return json.dumps(body, indent=1, sort_keys=True)
 
@@ -101,7 +102,7 @@ def load_manifest(onnx_path: str | Path, onnx_bytes: bytes | None = None) -> Mod
         raise ModelError(f"{path}: field 'conflict_rule' {body['conflict_rule']!r} is not one of {RULES}")
     try:
         cands = CandidateConfig(**body["candidates"])
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # an unknown field, or a value CandidateConfig refuses
         raise ModelError(f"{path}: field 'candidates': {exc}") from None
     if onnx_bytes is not None and sha256_bytes(onnx_bytes) != body["onnx_sha256"]:
         raise ModelError(f"{path}: field 'onnx_sha256' does not match {Path(onnx_path).name} (corrupt or replaced)")

@@ -62,9 +62,16 @@ class AdminLog:
                 data = f.read()
         except FileNotFoundError:
             return []
-        end = data.rfind(b"\n") + 1
-        self._offset += end
-        return [AdminOp(**json.loads(line)) for line in data[:end].splitlines() if line.strip()]
+        ops = []
+        for line in data[: data.rfind(b"\n") + 1].splitlines(keepends=True):
+            self._offset += len(line)  # past this line whatever it holds: a bad line is skipped once, not forever
+            if not line.strip():
+                continue
+            try:
+                ops.append(AdminOp(**json.loads(line)))
+            except (ValueError, TypeError) as exc:  # not JSON, or not an AdminOp: someone else wrote here
+                log.error("admin log %s: unreadable line skipped (%s): %r", self.path, exc, line[:200])
+        return ops
 
     def start_paths(self) -> dict[str, Path]:
         """The latest path of every slot changed so far (for a worker about to load its models)."""
@@ -86,10 +93,13 @@ class AdminLog:
             log.info("applied reload of slot %r (version %s) from worker %d", op.slot, model.version, op.worker)
 
     async def follow(self, interval_s: float = POLL_S) -> None:
-        """Apply other workers' changes as they appear (runs until cancelled)."""
+        """Apply other workers' changes as they appear (runs until cancelled; an error ends one poll only)."""
         while True:
             await asyncio.sleep(interval_s)
-            await self.catch_up()
+            try:
+                await self.catch_up()
+            except Exception:  # a failed poll must not stop this worker following the others for good
+                log.exception("admin log %s: catching up failed; retrying", self.path)
 
     async def reload(self, slot: str = "", path: str | Path | None = None) -> tuple[LoadedModel, str]:
         """``Registry.reload`` for every worker: applied here, then logged for the others on success."""
@@ -105,8 +115,11 @@ class AdminLog:
                 model, previous = await self.registry.reload(slot, path)
                 op = AdminOp(model.slot, str(model.path), model.version, self.worker)
                 line = (json.dumps(asdict(op)) + "\n").encode()
-                os.write(fd, line)
-                self._offset += len(line)  # nobody else appends while we hold the lock: skip our own line
+                written = os.write(fd, line)
+                if written != len(line):  # a full disk: the others would read a torn line
+                    raise OSError(f"admin log {self.path}: wrote {written} of {len(line)} bytes")
+                # Nobody else appends while we hold the lock: everything up to here is applied (ours included).
+                self._offset = os.fstat(fd).st_size
                 return model, previous
             finally:
                 os.close(fd)  # releases the lock

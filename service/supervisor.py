@@ -22,6 +22,7 @@ It imports neither grpc nor the decision path (it is small, and it never has gRP
 from __future__ import annotations
 
 import argparse
+import fcntl
 import logging
 import multiprocessing
 import os
@@ -92,11 +93,32 @@ def _alive(pid: int) -> bool:
     return True
 
 
+LOCK_NAME = "supervisor.lock"
+
+
+def _unlocked(folder: Path) -> bool:
+    """True when no live supervisor holds the folder's lock (a PID can be reused, or be another
+    container's when the temp folder is shared, so the lock, not the PID, decides)."""
+    try:
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR)
+    except FileNotFoundError:
+        return True  # a folder from before the lock file, or one killed before it took it
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # also releases the lock just taken
+    return True
+
+
 def remove_stale_folders() -> None:
     """Remove the private folders of supervisors that were killed outright (SIGKILL, OOM) and left them."""
     for folder in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*-*"):
         pid = folder.name.removeprefix(FOLDER_PREFIX).split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not _alive(int(pid)) and _unlocked(folder):
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -126,10 +148,19 @@ class Supervisor:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         remove_stale_folders()
         self._folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-"))
+        # Held for the supervisor's lifetime (released by the kernel even on SIGKILL): see _unlocked.
+        lock = os.open(self._folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX)
         env_before = os.environ.get(MULTIPROC_ENV)
         try:
             return self._run()
+        except BaseException:
+            # Never leave workers serving unsupervised (nor hang joining them at exit): drain them first.
+            log.exception("supervisor failed: stopping the workers")
+            self._stop()
+            raise
         finally:
+            os.close(lock)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             if env_before is None:
@@ -179,7 +210,13 @@ class Supervisor:
         ready.unlink(missing_ok=True)
         spec = WorkerSpec(self.args, w.index, self.port, ready, self._folder / "admin.log", os.getpid())
         process = self._context.Process(target=run_worker, args=(spec,), name=f"dispatch-worker-{w.index}")
-        process.start()
+        # A spawned child inherits the blocked mask: a Ctrl-C to the process group while it still imports
+        # stays pending there until run_worker ignores SIGINT, and here until the mask is restored.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         w.process, w.started, w.serving, w.restart_at = process, time.monotonic(), False, None
         log.info("worker %d started (pid %s)", w.index, process.pid)
 
@@ -208,7 +245,12 @@ class Supervisor:
             if not started and all(w.serving for w in self.workers):
                 started = True
                 if self.args.port_file:
-                    _write_atomically(self.args.port_file, port_line)
+                    try:
+                        _write_atomically(self.args.port_file, port_line)
+                    except OSError as exc:
+                        log.error("cannot start: --port-file %s: %s", self.args.port_file, exc)
+                        self._stop()
+                        return 2
                 log.info("serving on %s:%d with %d worker processes", self.args.host, self.port, len(self.workers))
             alive = [w.process.sentinel for w in self.workers if w.process is not None]
             if alive:

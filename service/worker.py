@@ -67,6 +67,8 @@ def run_worker(spec: WorkerSpec) -> None:
 
     # Ctrl-C reaches the whole process group; the supervisor turns it into one SIGTERM per worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The supervisor blocks SIGINT while it spawns us (a pending one is discarded by SIG_IGN above).
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     logging.basicConfig(
         level=spec.args.log_level.upper(),
         format=f"%(asctime)s %(levelname)s worker {spec.index} %(name)s: %(message)s",

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dispatch.candidates import generate
+from dispatch.candidates import CandidateConfig, generate
 from dispatch.features import encode
 from dispatch.linear_model import write_linear_model
 from dispatch.model import ModelError, load_manifest, manifest_path
@@ -62,6 +62,8 @@ def test_manifest_fields_are_checked(linear: Path) -> None:
         ("conflict_rule", "coin-flip", "conflict_rule"),
         ("manifest_version", 99, "manifest_version"),
         ("format", "other", "format"),
+        ("candidates", {**body["candidates"], "cover": body["candidates"]["k"]}, "candidates"),
+        ("candidates", {**body["candidates"], "colour": 1}, "candidates"),
     ):
         path.write_text(json.dumps({**body, field: value}))
         with pytest.raises(ModelError, match=message):
@@ -69,6 +71,15 @@ def test_manifest_fields_are_checked(linear: Path) -> None:
     path.unlink()
     with pytest.raises(ModelError, match="manifest missing"):
         load_manifest(linear)
+
+
+def test_manifest_names_cover_only_when_set(tmp_path: Path) -> None:
+    """Runtimes from before ``cover`` refuse unknown candidate fields: a model without it must not carry one."""
+    plain = json.loads(manifest_path(write_linear_model(tmp_path / "plain.onnx")).read_text())
+    assert plain["candidates"] == {"k": 16, "max_bundle_size": 2, "max_ready_gap": 15}
+    covered = write_linear_model(tmp_path / "covered.onnx", candidates=CandidateConfig(cover=4))
+    assert json.loads(manifest_path(covered).read_text())["candidates"]["cover"] == 4
+    assert load_manifest(covered).candidates == CandidateConfig(cover=4)
 
 
 def test_cuda_is_refused_without_a_cuda_provider(linear: Path) -> None:

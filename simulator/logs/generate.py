@@ -135,7 +135,7 @@ def generate(
         "days": days,
         "seed": seed,
         "sim": asdict(sim),
-        "candidates": asdict(cands),
+        "candidates": cands.to_dict(),
         "reward": asdict(reward),
     }
     specs = plan(recipe, instances, days, seed)

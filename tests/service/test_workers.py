@@ -7,12 +7,14 @@ What is observed is what an operator sees: answers, the summed /metrics, the sup
 from __future__ import annotations
 
 import concurrent.futures as cf
+import fcntl
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ from dispatch.onnx_policy import OnnxPolicy
 from dispatch.snapshot import Snapshot
 from service.adminlog import POLL_S
 from service.client import DispatchClient, response_to_ids
+from service.supervisor import LOCK_NAME
 from tests.service.helpers import ROOT, env, promtool_check, wait_for
 
 SERVE = [sys.executable, "-m", "dispatch_cli.main", "serve"]
@@ -164,6 +167,11 @@ def test_admin_reload_through_one_connection_reaches_every_worker(
     assert served.value(**errors) - errors_before == 1, "only the worker that got the call tries a refused reload"
     assert served.value("dispatch_model_loaded", slot="rl", version=version) == 2, "the old model serves everywhere"
 
+    # A line nobody should have written (a torn write, a stray editor) is skipped, not fatal to following.
+    (admin_log,) = Path(tempfile.gettempdir()).glob(f"dispatch-serve-{served.proc.pid}-*/admin.log")
+    with admin_log.open("a") as f:
+        f.write("not json\n")
+    time.sleep(3 * POLL_S)
     with served.client() as client:
         answer = client.reload("rl", str(model_dir / "lin2.onnx"))
     assert (answer.model.version, answer.previous_version) == ("2", version)
@@ -171,6 +179,7 @@ def test_admin_reload_through_one_connection_reaches_every_worker(
     assert wait_for(lambda: served.value("dispatch_model_loaded", slot="rl", version="2") == 2, 10.0)
     assert served.value("dispatch_model_loaded", slot="rl", version=version) == 0
     assert "applied reload of slot 'rl' (version 2) from worker" in served.log_text()
+    assert "unreadable line skipped" in served.log_text()
     policy = OnnxPolicy(model_dir / "lin2.onnx")
     for i in range(8):  # new connections, so both workers answer some of them
         snap = snapshots[i % len(snapshots)]
@@ -250,9 +259,14 @@ def test_port_held_by_another_program_is_refused(model_dir: Path, tmp_path: Path
     gone = subprocess.Popen([sys.executable, "-c", ""])
     gone.wait()  # reaped: its pid belongs to no process now
     stale, alive = tmp_path / f"dispatch-serve-{gone.pid}-x", tmp_path / f"dispatch-serve-{os.getpid()}-x"
-    for folder in (stale, alive):
+    # The pid is dead here, but a live supervisor (another container sharing the folder) holds its lock.
+    locked = tmp_path / f"dispatch-serve-{gone.pid}-y"
+    for folder in (stale, alive, locked):
         folder.mkdir()
         (folder / "admin.log").touch()
+    (stale / LOCK_NAME).touch()  # a lock file nobody holds
+    lock = os.open(locked / LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))
         other.listen()
@@ -267,8 +281,25 @@ def test_port_held_by_another_program_is_refused(model_dir: Path, tmp_path: Path
         )  # fmt: skip
     assert out.returncode == 2 and f"cannot start: --host 127.0.0.1 --port {port}" in out.stderr, out.stderr
     assert "worker 0 started" not in out.stderr  # refused before any worker was spawned
-    assert not stale.exists() and alive.exists()
-    assert sorted(tmp_path.glob("dispatch-serve-*")) == [alive], "its own folder is removed too"
+    os.close(lock)
+    assert not stale.exists() and alive.exists() and locked.exists()
+    assert sorted(tmp_path.glob("dispatch-serve-*")) == [alive, locked], "its own folder is removed too"
+
+
+def test_supervisor_failure_after_spawn_stops_the_workers(model_dir: Path, tmp_path: Path):
+    """An unwritable --port-file is found only once every worker serves: they must not be left behind."""
+    out = subprocess.run(
+        [*SERVE, "--model", str(model_dir / "lin.onnx"), "--workers", "2", "--port", "0", "--metrics-port", "-1",
+         "--port-file", str(tmp_path / "no-such-folder" / "ports")],
+        env=dict(env(), TMPDIR=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )  # fmt: skip
+    assert out.returncode == 2 and "cannot start: --port-file" in out.stderr, out.stderr
+    workers = [int(p) for p in re.findall(r"worker \d+ started \(pid (\d+)\)", out.stderr)]
+    assert len(workers) == 2 and not any(_running(p) for p in workers)
+    assert not list(tmp_path.glob("dispatch-serve-*"))
 
 
 def test_help_describes_workers():
