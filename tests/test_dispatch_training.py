@@ -145,3 +145,38 @@ def test_device_choice_is_recorded_and_cuda_is_refused_where_unusable(logs: Path
         assert not (tmp_path / "cuda").exists()
     with pytest.raises(SystemExit, match="device"):
         dispatch(["train", "--data", "xor:ab", "--device", "auto", "--steps", "1", "--out", str(tmp_path / "g")])
+
+
+def test_returns_to_go_discount_each_logged_day_to_its_end(logs: Path) -> None:
+    import numpy as np
+
+    from simulator.logs.view import load as load_view
+    from training.dispatch.batches import minibatch, returns_to_go
+
+    view = load_view(logs)
+    g = returns_to_go(view, 0.9)
+    ends = np.flatnonzero(view.next_index < 0)
+    assert ends.size == 2  # two logged days
+    assert np.allclose(g[ends], view.reward[ends])
+    inner = np.flatnonzero(view.next_index >= 0)
+    assert np.allclose(g[inner], view.reward[inner] + 0.9 * g[view.next_index[inner]], atol=1e-5)
+    # By brute force on the first day: the discounted sum of its rewards from epoch 0.
+    first = view.reward[: ends[0] + 1].astype(np.float64)
+    assert g[0] == pytest.approx(float((first * 0.9 ** np.arange(first.size)).sum()), rel=1e-5)
+    batch = minibatch(view, np.array([0, int(ends[0])]), g)
+    assert torch.equal(batch["returns"], torch.from_numpy(g[[0, int(ends[0])]]))  # type: ignore[arg-type]
+    assert "returns" not in minibatch(view, np.array([0]))
+
+
+def test_inspo_critic_on_logged_returns(logs: Path, tmp_path: Path) -> None:
+    """critic_target='mc' fits Q to the logged returns-to-go: another run than the TD default, same seed."""
+    runs = {}
+    for target in ("td", "mc"):
+        out = tmp_path / target
+        params = {"warmup_steps": 2, "critic_target": target}
+        train(DispatchTrainConfig(data=str(logs), steps=6, batch_size=4, progress=False, out=str(out), params=params))
+        assert json.loads((out / "config.json").read_text())["algo"]["critic_target"] == target
+        runs[target] = _params(out)
+    assert not torch.equal(runs["td"]["q.head.0.weight"], runs["mc"]["q.head.0.weight"])
+    with pytest.raises(ValueError, match="critic_target"):
+        train(DispatchTrainConfig(data=str(logs), steps=1, out=str(tmp_path / "x"), params={"critic_target": "x"}))

@@ -68,6 +68,14 @@ class InSPOConfig:
     # the importance-weighted dataset sample (docs/inspo.md A10). Takes effect only with conditional_behaviour and
     # two agents (heterogeneous update); otherwise the ratio form (2)-(3).
     teammate_expectation: bool = False
+    # Target of the joint critic Q: "td" (r + γ V(s'), IQL) or "mc", the logged discounted return-to-go of the
+    # behaviour (Q^μ), which ties a delayed cost to the decisions before it without bootstrapping through V.
+    # "mc" needs batches with "returns" (the dispatch harness provides them).
+    critic_target: str = "td"
+
+    def __post_init__(self) -> None:
+        if self.critic_target not in ("td", "mc"):
+            raise ValueError(f"critic_target: {self.critic_target!r} is not 'td' or 'mc'")
 
 
 def closed_form_policy(q: torch.Tensor, log_mu: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
@@ -157,7 +165,12 @@ class InSPO(Algorithm):
     def _critic_step(self, b: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """In-sample critic (IQL): returns the advantage A(s, a) of the dataset joint action."""
         with torch.no_grad():
-            y = td_target(b["rewards"], self.info.gamma, b["terminated"], self.v(b["next_state"]))
+            if self.config.critic_target == "mc":
+                if "returns" not in b:
+                    raise ValueError("critic_target='mc' needs batches with logged returns-to-go ('returns')")
+                y = b["returns"]
+            else:
+                y = td_target(b["rewards"], self.info.gamma, b["terminated"], self.v(b["next_state"]))
             q_bar = self.q_targ(b["state"], b["actions"], b["agent_mask"])
         q_loss = (self.q(b["state"], b["actions"], b["agent_mask"]) - y).pow(2).mean()
         v = self.v(b["state"])

@@ -58,8 +58,21 @@ def _pad(view: TrainingView, idx: np.ndarray) -> dict[str, torch.Tensor]:
     return t
 
 
-def minibatch(view: TrainingView, idx: np.ndarray) -> dict[str, object]:
-    """The minibatch of epochs ``idx`` in the layout the algorithms read."""
+def returns_to_go(view: TrainingView, gamma: float) -> np.ndarray:
+    """Discounted return from each epoch to the end of its logged day (float32, one per epoch).
+
+    A day's last epoch contributes its own reward only (a truncated day is not bootstrapped).
+    """
+    out = np.zeros(view.n_epochs, dtype=np.float64)
+    nxt, reward, term = view.next_index, view.reward.astype(np.float64), view.terminated
+    for t in range(view.n_epochs - 1, -1, -1):  # next_index[t] is t + 1 or -1: later epochs are done first
+        j = nxt[t]
+        out[t] = reward[t] + (gamma * out[j] if j >= 0 and not term[t] else 0.0)
+    return out.astype(np.float32)
+
+
+def minibatch(view: TrainingView, idx: np.ndarray, returns: np.ndarray | None = None) -> dict[str, object]:
+    """The minibatch of epochs ``idx`` in the layout the algorithms read (plus ``returns`` when given)."""
     cur = _pad(view, idx)
     nxt = _pad(view, view.next_index[idx])
     state = {k: cur[k] for k in ("agent", "cand", "cand_mask", "agent_mask", "global")}
@@ -75,7 +88,7 @@ def minibatch(view: TrainingView, idx: np.ndarray) -> dict[str, object]:
         "rank": cur["rank"],
         "rewards": torch.from_numpy(view.reward[idx].astype(np.float32)),
         "terminated": torch.from_numpy(view.terminated[idx]),
-    }
+    } | ({"returns": torch.from_numpy(returns[idx])} if returns is not None else {})
 
 
 def to_device(batch: dict[str, object], device: torch.device) -> dict[str, object]:

@@ -28,7 +28,7 @@ from simulator.logs.view import STATE_FEATURES
 from simulator.logs.view import load as load_view
 from training.algos.base import DataInfo
 from training.dispatch.algo import make
-from training.dispatch.batches import minibatch, to_device
+from training.dispatch.batches import minibatch, returns_to_go, to_device
 from training.harness import atomic_write_bytes, code_version, rng_state, set_rng_state
 
 CHECKPOINT = "checkpoint.pt"
@@ -108,6 +108,7 @@ def train(cfg: DispatchTrainConfig) -> dict[str, Any]:
     view.reward = (view.reward / scale).astype(np.float32)
     info = DataInfo(n_agents=0, n_actions=view.k + 1, obs_dim=0, state_dim=len(STATE_FEATURES), gamma=cfg.gamma)
     algo = make(cfg.algo, dict(cfg.params), info, gen)
+    returns = returns_to_go(view, cfg.gamma) if getattr(algo.config, "critic_target", "td") == "mc" else None
     for module in algo.modules.values():
         module.to(device)  # parameters move in place, so the optimisers built over them stay valid
     out = Path(cfg.out)
@@ -148,7 +149,7 @@ def train(cfg: DispatchTrainConfig) -> dict[str, Any]:
             writer.writerow(["step", "metric", "value"])
         for step in tqdm(range(start, end), initial=start, total=cfg.steps, disable=not cfg.progress, desc=cfg.algo):
             idx = np_rng.choice(live, size=min(cfg.batch_size, live.size), replace=False)
-            batch = to_device(minibatch(view, idx), device)
+            batch = to_device(minibatch(view, idx, returns), device)
             metrics = algo.update(batch, step)
             rows += int(batch["agent_mask"].sum())  # type: ignore[attr-defined]
             done = step + 1
