@@ -93,7 +93,9 @@ def generate(
         singles = np.flatnonzero(bundles.size == 1)
         oldest = singles[np.argsort(bundles.placement_min[singles], kind="stable")]
         chosen = cover(key, times.feasible, chosen, k - config.cover, oldest, bundles.orders)
-    mask = np.take_along_axis(times.feasible, np.maximum(chosen, 0), axis=1) & (chosen >= 0)
+        mask = np.take_along_axis(times.feasible, np.maximum(chosen, 0), axis=1) & (chosen >= 0)  # -1: empty
+    else:
+        mask = np.take_along_axis(times.feasible, chosen, axis=1)
     chosen = np.where(mask, chosen, -1)
     return CandidateSet(agents, bundles, chosen, mask, times)
 

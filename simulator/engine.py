@@ -33,7 +33,7 @@ class SimConfig:
 REWARD_TIMINGS = ("assignment", "accrued", "placement")
 # Engine-side components of the accrued and placement timings (not logged: the logged reward already
 # includes them).
-ACCRUAL_COMPONENTS = (
+UNLOGGED_COMPONENTS = (
     "waited_minutes",
     "waited_overage_minutes",
     "assigned_waited_minutes",
@@ -237,7 +237,7 @@ class Engine:
                 "overage_minutes",
                 "expired",
                 "late_undelivered",
-                *ACCRUAL_COMPONENTS,
+                *UNLOGGED_COMPONENTS,
             ),
             0.0,
         )
