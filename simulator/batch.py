@@ -35,6 +35,8 @@ class TaskResult:
     instance_name: str
     metrics: dict[str, float]
     seconds: float
+    # How the fleet's time was used (simulator.fleet); not MDRP metrics, so kept apart from them.
+    fleet: dict[str, float] = field(default_factory=dict)
 
 
 def run_task(task: Task) -> TaskResult:
@@ -42,6 +44,7 @@ def run_task(task: Task) -> TaskResult:
     import time
 
     from simulator import solution
+    from simulator.fleet import fleet_time
     from simulator.heuristics import make
     from simulator.run import run_episode
     from simulator.sources import load_spec
@@ -57,7 +60,7 @@ def run_task(task: Task) -> TaskResult:
     result = run_episode(inst, policy, seed=task.seed, config=task.config)
     if task.out:
         solution.write(result.records, Path(task.out))
-    return TaskResult(task, inst.name, result.metrics, time.perf_counter() - start)
+    return TaskResult(task, inst.name, result.metrics, time.perf_counter() - start, fleet_time(result.records))
 
 
 def worker_pool(jobs: int) -> ProcessPoolExecutor:

@@ -70,6 +70,12 @@ def register(sub: Any) -> None:
     ev.add_argument("--sample", action="store_true", help="sample each courier's action instead of the conflict rule")
     ev.add_argument("--seed", type=int, default=0, help="seed of sampled policies (default 0)")
     ev.add_argument("--jobs", type=int, default=0, help="worker processes (default: usable cores)")
+    ev.add_argument(
+        "--fleet",
+        action="store_true",
+        help="also print how the fleet's time was used: minutes driven to the restaurant and from assignment to "
+        "pickup per bundle, work minutes per delivered order",
+    )
     ev.add_argument("--json", type=Path, help="also write every run's metrics to this JSON file")
     ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     ev.set_defaults(handler=evaluate)
@@ -283,7 +289,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from dispatch.model import ModelError, load_manifest
     from simulator.batch import Task, run_many
     from simulator.instance import InstanceError
-    from simulator.report import mean_metrics, text_table
+    from simulator.report import FLEET_COLUMNS, mean_metrics, text_table
     from simulator.sources import expand
 
     for m in args.model:
@@ -310,7 +316,14 @@ def evaluate(args: argparse.Namespace) -> int:
     labels = [Path(p).stem if p.endswith(".onnx") else p for p in policies]
     print(f"mean over {len(instances)} instances")
     print(text_table(labels, [mean_metrics([r.metrics for r in results if r.task.policy == p]) for p in policies]))
+    if args.fleet:
+        print()
+        fleet = [mean_metrics([r.fleet for r in results if r.task.policy == p]) for p in policies]
+        print(text_table(labels, fleet, columns=FLEET_COLUMNS))
     if args.json:
-        payload = [{"instance": r.instance_name, "policy": r.task.policy, "metrics": r.metrics} for r in results]
+        payload = [
+            {"instance": r.instance_name, "policy": r.task.policy, "metrics": r.metrics, "fleet": r.fleet}
+            for r in results
+        ]
         args.json.write_text(json.dumps(payload, indent=1))
     return 0

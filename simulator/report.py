@@ -22,6 +22,12 @@ TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("cost_per_order", "$/order", "{:.2f}"),
     ("guaranteed_share", "guar.", "{:.2f}"),
 )
+# The fleet-time figures of simulator.fleet (simulated days only).
+FLEET_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("deadhead_per_bundle", "to restaurant min/bundle", "{:.2f}"),
+    ("lead_per_bundle", "assigned-to-pickup min/bundle", "{:.2f}"),
+    ("work_per_delivered", "work min/delivered order", "{:.2f}"),
+)
 
 
 def mean_metrics(rows: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -30,10 +36,15 @@ def mean_metrics(rows: Sequence[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
 
 
-def text_table(labels: Sequence[str], rows: Sequence[dict[str, float]], label_title: str = "policy") -> str:
-    """A fixed-width table, one row per label."""
-    head = [label_title] + [t for _, t, _ in TABLE_COLUMNS]
-    body = [[lab] + [fmt.format(r[k]) for k, _, fmt in TABLE_COLUMNS] for lab, r in zip(labels, rows, strict=True)]
+def text_table(
+    labels: Sequence[str],
+    rows: Sequence[dict[str, float]],
+    label_title: str = "policy",
+    columns: Sequence[tuple[str, str, str]] = TABLE_COLUMNS,
+) -> str:
+    """A fixed-width table, one row per label (``columns``: the MDRP metrics unless given)."""
+    head = [label_title] + [t for _, t, _ in columns]
+    body = [[lab] + [fmt.format(r[k]) for k, _, fmt in columns] for lab, r in zip(labels, rows, strict=True)]
     widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
     lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(head, widths, strict=True)))]
     for row in body:
