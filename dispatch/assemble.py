@@ -47,7 +47,11 @@ class Assembled:
 
 
 def _to_action(cands: CandidateSet, choice: IntArray) -> JointAction:
-    rows = np.flatnonzero(choice != WAIT)
+    """The executed joint action: every agent's choice, except reservations of agents not yet free."""
+    chosen = choice != WAIT
+    if cands.committable is not None:
+        chosen &= cands.committable
+    rows = np.flatnonzero(chosen)
     if rows.size == 0:
         return JointAction()
     agents = cands.agents[rows].tolist()

@@ -6,6 +6,10 @@ earliest pickup instant they allow, ties broken by the travel time to the restau
 larger bundle. With ``cover`` > 0 the last ``cover`` slots first go to orders that no courier's
 other slots list (oldest order first, each to the courier that could pick it up earliest), so under
 load an order far from every courier still reaches some courier's list instead of expiring unseen.
+With ``lookahead`` > 0, couriers that will be free within that many minutes hold candidates too (from
+where and when they will be free); their picks only reserve orders (:func:`dispatch.assemble._to_action`
+drops them from the executed action), so a courier about to be free near a restaurant can keep a far
+idle courier from being committed to it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from dispatch.kernels import cover, rank_keys
 from dispatch.routes import Bundles, RouteTimes, make_bundles, route_times, sequence_bundles
 from dispatch.snapshot import BoolArray, IntArray, Snapshot
 
+MAX_LOOKAHEAD = 120
+
 
 @dataclass(frozen=True, slots=True)
 class CandidateConfig:
@@ -28,15 +34,22 @@ class CandidateConfig:
     max_ready_gap: int = 15
     # Slots of the K kept for orders that would otherwise be in nobody's list (0: plain top-K).
     cover: int = 0
+    # Minutes ahead: couriers that will be free within them are agents too. What such a courier picks
+    # is reserved for it (no other courier takes it this epoch) but not executed (0: idle couriers only).
+    lookahead: int = 0
 
     def __post_init__(self) -> None:
         if self.cover < 0 or (self.cover and self.cover >= self.k):
             raise ValueError(f"cover: {self.cover} must be >= 0 and below k ({self.k})")
+        if not 0 <= self.lookahead <= MAX_LOOKAHEAD:
+            raise ValueError(f"lookahead: {self.lookahead} must be between 0 and {MAX_LOOKAHEAD} minutes")
 
     def to_dict(self) -> dict[str, int]:
-        """The fields for a manifest; ``cover`` only when set, so runtimes that predate it still read it."""
+        """The fields for a manifest; ``cover`` and ``lookahead`` only when set, so runtimes that predate
+        them still read manifests that do not use them."""
         out = {"k": self.k, "max_bundle_size": self.max_bundle_size, "max_ready_gap": self.max_ready_gap}
-        return out | ({"cover": self.cover} if self.cover else {})
+        extra = {"cover": self.cover, "lookahead": self.lookahead}
+        return out | {key: value for key, value in extra.items() if value}
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,8 @@ class CandidateSet:
     bundle: IntArray
     mask: BoolArray
     times: RouteTimes
+    # Agents that may be committed now; the others only reserve (None: every agent, no lookahead).
+    committable: BoolArray | None = None
 
     @property
     def n_agents(self) -> int:
@@ -75,7 +90,8 @@ def generate(
 ) -> CandidateSet:
     """Top-K feasible candidate bundles for each agent (default: every available courier)."""
     if agents is None:
-        agents = np.flatnonzero(snapshot.available()).astype(np.int64)
+        agents = np.flatnonzero(snapshot.available(config.lookahead)).astype(np.int64)
+    committable = snapshot.available()[agents] if config.lookahead else None
     if bundles is None:
         bundles = make_bundles(snapshot, max_size=config.max_bundle_size, max_ready_gap=config.max_ready_gap)
     times = route_times(snapshot, agents, bundles)
@@ -83,7 +99,7 @@ def generate(
     k = min(config.k, b) if config.k > 0 else b
     if n == 0 or b == 0:
         empty = np.zeros((n, max(k, 0)), dtype=np.int64)
-        return CandidateSet(agents, bundles, empty - 1, empty.astype(bool), times)
+        return CandidateSet(agents, bundles, empty - 1, empty.astype(bool), times, committable)
     # Lexicographic key: pickup, then travel, then larger bundle first; infeasible last.
     key = rank_keys(times.pickup, times.travel_to_restaurant, times.feasible, bundles.size)
     part = np.argpartition(key, k - 1, axis=1)[:, :k] if k < b else np.tile(np.arange(b), (n, 1))
@@ -97,7 +113,7 @@ def generate(
     else:
         mask = np.take_along_axis(times.feasible, chosen, axis=1)
     chosen = np.where(mask, chosen, -1)
-    return CandidateSet(agents, bundles, chosen, mask, times)
+    return CandidateSet(agents, bundles, chosen, mask, times, committable)
 
 
 def with_bundles(

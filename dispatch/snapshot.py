@@ -90,10 +90,12 @@ class Snapshot:
         """Number of open orders in the snapshot."""
         return len(self.order_ids)
 
-    def available(self) -> BoolArray:
-        """Couriers that can take an assignment now: on duty, idle and before their off-time."""
+    def available(self, within: int = 0) -> BoolArray:
+        """Couriers that can take an assignment now (on duty, idle, before their off-time), or, with
+        ``within`` > 0, that will be on duty and idle within that many minutes."""
         t = self.time
-        return (self.courier_on_time <= t) & (self.courier_free_at <= t) & (self.courier_off_time > t)
+        soon = t + within
+        return (self.courier_on_time <= soon) & (self.courier_free_at <= soon) & (self.courier_off_time > t)
 
     def order_index(self, order_id: str) -> int:
         """Index of an open order by id; KeyError names the id when it is not open."""

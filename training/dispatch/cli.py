@@ -22,6 +22,13 @@ def register(sub: Any) -> None:
     p.add_argument("--name", default="", help="model name (default: the run folder's name)")
     p.add_argument("--version", default="1", help="model version (default 1)")
     p.add_argument("--conflict-rule", default="mass", help="joint-action rule recorded in the manifest (default mass)")
+    p.add_argument(
+        "--lookahead",
+        type=int,
+        metavar="MIN",
+        help="couriers free within MIN minutes also score candidates, and what they pick is reserved for them, "
+        "not executed (recorded in the manifest; default: as the logs were made, normally 0 = idle couriers only)",
+    )
     p.add_argument("--metrics", type=Path, help="JSON of metrics to record in the manifest")
     p.set_defaults(handler=run_export)
 
@@ -70,7 +77,9 @@ def run_export(args: argparse.Namespace) -> int:
 
     metrics = json.loads(args.metrics.read_text()) if args.metrics else {}
     try:
-        path, diff = export_run(args.run, args.out, args.name, args.version, args.conflict_rule, metrics)
+        path, diff = export_run(
+            args.run, args.out, args.name, args.version, args.conflict_rule, metrics, lookahead=args.lookahead
+        )
     except (LogError, ValueError) as exc:
         print(f"dispatch export: {exc}", file=sys.stderr)
         return 2

@@ -95,11 +95,16 @@ def export_run(
     version: str = "1",
     conflict_rule: str = "mass",
     metrics: dict[str, float] | None = None,
+    lookahead: int | None = None,
 ) -> tuple[Path, float]:
     """Export a training run folder's policy; returns the ONNX path and the torch/ONNX parity on random inputs.
 
+    ``lookahead`` (minutes) overrides the candidate config the logs were made with (see
+    :class:`dispatch.candidates.CandidateConfig`); None keeps it.
+
     Raises ValueError when ``run`` is not a finished dispatch training run.
     """
+    import dataclasses
     import hashlib
     import json
 
@@ -121,12 +126,15 @@ def export_run(
     algo.load_state_dict(_load(run / CHECKPOINT)["algo"])
     scorer = scorer_of(algo)
     data_hash = hashlib.sha256(json.dumps(manifest["episodes"], sort_keys=True).encode()).hexdigest()
+    candidates = CandidateConfig(**manifest["args"]["candidates"])
+    if lookahead is not None:
+        candidates = dataclasses.replace(candidates, lookahead=lookahead)
     path = export(
         scorer,
         out,
         name or run.name,
         version,
-        CandidateConfig(**manifest["args"]["candidates"]),
+        candidates,
         conflict_rule=conflict_rule,
         metrics=metrics or {},
         code_version=resolved.get("code_version", ""),

@@ -1,0 +1,99 @@
+"""``CandidateConfig.lookahead``: couriers about to be free are agents that can reserve, never be committed.
+
+Parameters as in tests.helpers.EASY: 100 m/min, service halves of 2 minutes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dispatch import assemble
+from dispatch.candidates import CandidateConfig, generate
+from dispatch.linear_model import write_linear_model
+from dispatch.model import ModelError, load_manifest, manifest_path
+from dispatch.onnx_policy import OnnxPolicy
+from dispatch.snapshot import Snapshot
+from simulator.engine import Engine, SimConfig
+from simulator.instance import load
+from simulator.run import run_episode
+from tests.helpers import act, make_instance
+
+
+def near_busy_far_idle() -> Snapshot:
+    """t=2: ``near`` is busy until 9, one minute from R1; ``far`` is idle 15 minutes away; o2 is open."""
+    inst = make_instance(
+        [("R1", 0.0, 0.0)],
+        [("o1", 0.0, -100.0, 0, "R1", 0), ("o2", 0.0, 100.0, 0, "R1", 20)],
+        [("near", 0.0, 0.0, 0, 200), ("far", 1500.0, 0.0, 0, 200)],
+    )
+    eng = Engine(inst, SimConfig(dispatch_interval=2))
+    # t=0: near at R1 takes o1 (ready at 0): pickup 2, leave 4, 1 min to o1 (arrive 5, drop 7), free at 9
+    # at (0,-100).
+    act(eng, {"near": ["o1"]})
+    snap = eng.snapshot()
+    assert snap.time == 2 and snap.courier_free_at.tolist() == [9, 0]
+    return snap
+
+
+def test_agents_within_the_lookahead_and_who_may_be_committed() -> None:
+    snap = near_busy_far_idle()
+    plain = generate(snap, CandidateConfig())
+    assert plain.agents.tolist() == [1] and plain.committable is None
+    short = generate(snap, CandidateConfig(lookahead=5))  # near is free at 9 > 2 + 5
+    assert short.agents.tolist() == [1] and short.committable is not None and short.committable.tolist() == [True]
+    ahead = generate(snap, CandidateConfig(lookahead=10))
+    assert ahead.agents.tolist() == [0, 1]
+    assert ahead.committable is not None and ahead.committable.tolist() == [False, True]
+    # The busy agent's candidates start where and when it will be free: (0,-100) at 9, 1 min to R1.
+    assert ahead.times.start_at.tolist() == [9, 2]
+    assert ahead.times.travel_to_restaurant[0].tolist() == [1]
+
+
+def test_a_reservation_blocks_the_order_and_is_not_executed() -> None:
+    cands = generate(near_busy_far_idle(), CandidateConfig(lookahead=10))
+    k = cands.k
+    assert k == 1 and cands.mask.all()  # one bundle (o2) listed by both agents
+    scores = np.array([[5.0, 0.0], [4.0, 0.0]])  # both want o2, the busy one more
+    out = assemble.assemble(cands, scores, "greedy")
+    assert out.choice.tolist() == [0, assemble.WAIT]  # near reserves o2, so far waits
+    assert out.action.assignments == ()  # and nothing is executed this epoch
+    scores[0, 0] = -1.0  # near prefers to wait: far takes o2
+    out = assemble.assemble(cands, scores, "greedy")
+    # o2 is the snapshot's only open order (index 0).
+    assert [(a.courier, a.orders) for a in out.action.assignments] == [(1, (0,))]
+
+
+def test_lookahead_is_validated_and_named_in_manifests_only_when_set(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="lookahead"):
+        CandidateConfig(lookahead=-1)
+    with pytest.raises(ValueError, match="lookahead"):
+        CandidateConfig(lookahead=10_000)
+    assert "lookahead" not in CandidateConfig().to_dict()
+    model = write_linear_model(tmp_path / "ahead.onnx", candidates=CandidateConfig(lookahead=15))
+    body = json.loads(manifest_path(model).read_text())
+    assert body["candidates"]["lookahead"] == 15
+    assert load_manifest(model).candidates.lookahead == 15
+    manifest_path(model).write_text(json.dumps({**body, "candidates": {**body["candidates"], "lookahead": -3}}))
+    with pytest.raises(ModelError, match="candidates"):
+        load_manifest(model)
+
+
+def test_a_day_with_reservations_commits_only_idle_couriers(tmp_path: Path) -> None:
+    """The engine refuses any assignment of a busy courier, so a whole day run is the check."""
+    model = write_linear_model(tmp_path / "ahead.onnx", candidates=CandidateConfig(lookahead=15))
+    policy = OnnxPolicy(model)
+    seen_reservation = False
+    result = run_episode(load("0o50t75s2p100"), policy)
+    engine = Engine(load("0o50t75s2p100"))
+    while not engine.done and not seen_reservation:
+        decision = policy.decide(engine.snapshot())
+        assert decision.candidates is not None and decision.choice is not None
+        busy = ~decision.candidates.committable if decision.candidates.committable is not None else None
+        seen_reservation = bool(busy is not None and (decision.choice[busy] >= 0).any())
+        engine.step(decision.action)
+    assert seen_reservation  # the day does exercise reservations
+    assert result.metrics["delivered"] > 0
