@@ -103,7 +103,9 @@ class OnnxPolicy:
     def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """Raw model logits for a padded batch, masked slots set to a large negative value."""
         out = self.session.run([OUTPUT], batch)[0]
-        k = batch["cand_mask"].shape[2]
+        b, n, k = batch["cand_mask"].shape
+        if out.shape != (b, n, k + 1):
+            raise ModelError(f"{self.path}: output {OUTPUT!r} has shape {list(out.shape)}, expected {[b, n, k + 1]}")
         out = np.asarray(out, dtype=np.float64)
         out[..., :k] = np.where(batch["cand_mask"], out[..., :k], MASKED)
         return out
@@ -121,6 +123,9 @@ class OnnxPolicy:
         k = self.manifest.candidates.k
         logits = self.logits(pad_batch([enc], k))[0, : cands.n_agents]
         scores = np.concatenate([logits[:, : cands.k], logits[:, k : k + 1]], axis=1)
+        if not np.isfinite(scores).all():
+            # Every rule would quietly treat such couriers as waiting; a broken model must not pass as a policy.
+            raise ModelError(f"{self.path}: the model returned NaN or infinite scores at minute {snapshot.time}")
         if self.sample:
             order = self.rng.permutation(cands.n_agents)
             out = assemble.sequential(cands, scores, order=order, rng=self.rng)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -284,21 +285,45 @@ def logs_card(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unwritable(path: Path) -> str:
+    """Why ``path`` cannot be written as a file ('' when it can), checked before any long work."""
+    if path.is_dir():
+        return "is a folder"
+    parent = path.parent
+    if not parent.is_dir():
+        return f"folder {parent} does not exist"
+    if not os.access(parent, os.W_OK):
+        return f"folder {parent} is not writable"
+    return ""
+
+
 def evaluate(args: argparse.Namespace) -> int:
     """Models and heuristics over the same instances, metrics side by side."""
-    from dispatch.model import ModelError, load_manifest
+    from dispatch.model import ModelError
+    from dispatch.onnx_policy import OnnxPolicy
     from simulator.batch import Task, run_many
+    from simulator.heuristics import NAMES as HEURISTICS
     from simulator.instance import InstanceError
     from simulator.report import FLEET_COLUMNS, mean_metrics, text_table
     from simulator.sources import expand
 
     for m in args.model:
         try:
-            load_manifest(m, m.read_bytes())
+            OnnxPolicy(m)  # the manifest, and whether ONNX Runtime can load the model with the contract's inputs
         except (OSError, ModelError) as exc:
             print(f"dispatch evaluate: --model {m}: {exc}", file=sys.stderr)
             return 2
     heuristics = [h for h in args.heuristics.split(",") if h]
+    unknown = [h for h in heuristics if h not in HEURISTICS]
+    if unknown:
+        print(f"dispatch evaluate: --heuristics {unknown[0]!r}: not one of {', '.join(HEURISTICS)}", file=sys.stderr)
+        return 2
+    if args.jobs < 0:
+        print(f"dispatch evaluate: --jobs must be >= 0 (0: usable cores), got {args.jobs}", file=sys.stderr)
+        return 2
+    if args.json and (problem := _unwritable(args.json)):
+        print(f"dispatch evaluate: --json {args.json}: {problem}", file=sys.stderr)
+        return 2
     policies = [str(m) for m in args.model] + heuristics
     if not policies:
         print("dispatch evaluate: nothing to evaluate (give --model or --heuristics)", file=sys.stderr)
@@ -312,7 +337,11 @@ def evaluate(args: argparse.Namespace) -> int:
     tasks = [
         Task(i, p, seed=args.seed, options=opts if p.endswith(".onnx") else ()) for i in instances for p in policies
     ]
-    results = run_many(tasks, jobs=args.jobs or None, progress=not args.no_progress)
+    try:
+        results = run_many(tasks, jobs=args.jobs or None, progress=not args.no_progress)
+    except (ModelError, InstanceError) as exc:
+        print(f"dispatch evaluate: {exc}", file=sys.stderr)
+        return 2
     labels = [Path(p).stem if p.endswith(".onnx") else p for p in policies]
     print(f"mean over {len(instances)} instances")
     print(text_table(labels, [mean_metrics([r.metrics for r in results if r.task.policy == p]) for p in policies]))

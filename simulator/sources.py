@@ -31,10 +31,14 @@ def expand(patterns: list[str]) -> list[str]:
         if pat.startswith("synthetic:") and "-" in pat[len("synthetic:") :]:
             lo, hi = pat[len("synthetic:") :].split("-", 1)
             try:
-                out.extend(f"synthetic:{s}" for s in range(int(lo), int(hi) + 1))
+                seeds = range(int(lo), int(hi) + 1)
             except ValueError:
                 raise InstanceError(f"instance range {pat!r}: expected synthetic:A-B with integers") from None
+            if not seeds:
+                raise InstanceError(f"instance range {pat!r} is empty: A must not exceed B")
+            out.extend(f"synthetic:{s}" for s in seeds)
             continue
+        typed = pat
         if pat.startswith("seed") and "/" in pat:
             # 'seed3/*' selects every variant of base day 3.
             seed, rest = pat[4:].split("/", 1)
@@ -42,7 +46,7 @@ def expand(patterns: list[str]) -> list[str]:
         if any(ch in pat for ch in "*?[") and not Path(pat).exists():
             matched = [n for n in names if fnmatch.fnmatch(n, pat)]
             if not matched:
-                raise InstanceError(f"instance pattern {pat!r} matches none of the {len(names)} public instances")
+                raise InstanceError(f"instance pattern {typed!r} matches none of the {len(names)} public instances")
             out.extend(matched)
         else:
             out.append(pat)
