@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from dispatch.candidates import CandidateSet
-from dispatch.snapshot import FloatArray, IntArray, JointAction, Snapshot
+from dispatch.snapshot import Assignment, FloatArray, IntArray, JointAction, Snapshot
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,9 @@ class Decision:
     ``choice[i]`` is agent i's candidate slot or -1 for wait; ``logp[i]`` the log-probability the
     policy gave that choice (0 for a deterministic policy), conditioned on the choices of the agents
     before it in ``order`` (the sequence in which agents chose; None when they chose jointly).
+    ``reservations``: pairs a planning heuristic (reyes) holds this epoch for couriers not free yet;
+    never executed, but a behaviour policy logs them as those couriers' actions when they are agents
+    (``CandidateConfig.lookahead``).
     """
 
     action: JointAction
@@ -23,6 +26,7 @@ class Decision:
     choice: IntArray | None = None
     logp: FloatArray | None = None
     order: IntArray | None = None
+    reservations: tuple[Assignment, ...] = ()
 
 
 class Policy(Protocol):

@@ -88,14 +88,19 @@ class BehaviourPolicy:
 
     def decide(self, snapshot: Snapshot) -> Decision:
         """Sample a joint action around the heuristic's proposal."""
-        proposal = self.base.decide(snapshot).action.assignments if self.base is not None else ()
-        bundles, rows = with_bundles(snapshot, [a.orders for a in proposal], self.candidates)
+        base = self.base.decide(snapshot) if self.base is not None else None
+        proposal = base.action.assignments if base is not None else ()
+        # With a lookahead, couriers not free yet are agents too: their target is what the heuristic
+        # holds for them (a reservation), else wait.
+        held = base.reservations if base is not None and self.candidates.lookahead else ()
+        bundles, rows = with_bundles(snapshot, [a.orders for a in (*proposal, *held)], self.candidates)
         cands = generate(snapshot, self.candidates, bundles=bundles)
         target = np.full(cands.n_agents, assemble.WAIT, dtype=np.int64)
         agent_row = {int(c): i for i, c in enumerate(cands.agents)}
-        for a, b in zip(proposal, rows, strict=True):
-            i = agent_row[a.courier]
-            target[i] = force(cands, i, int(b))
+        for a, b in zip((*proposal, *held), rows, strict=True):
+            i = agent_row.get(a.courier, -1)
+            if i >= 0:  # a held courier beyond the lookahead is no agent
+                target[i] = force(cands, i, int(b))
         order = self.rng.permutation(cands.n_agents)
         out = assemble.sequential_mixture(cands, target, self.recipe.epsilon, order, None if self.greedy else self.rng)
         return Decision(out.action, cands, out.choice, out.logp, order)

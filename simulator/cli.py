@@ -113,6 +113,14 @@ def register(sub: Any) -> None:
         help="of the K slots, how many go first to orders no courier's other slots list (default 0: plain top-K)",
     )
     g.add_argument(
+        "--lookahead",
+        type=int,
+        default=0,
+        metavar="MIN",
+        help="couriers free within MIN minutes are agents too; their logged actions are the reservations reyes "
+        "holds for them, or wait (default 0: idle couriers only)",
+    )
+    g.add_argument(
         "--reward",
         action="append",
         default=[],
@@ -226,7 +234,7 @@ def check(args: argparse.Namespace) -> int:
 
 def logs_generate(args: argparse.Namespace) -> int:
     """Generate (or resume) a log dataset."""
-    from dispatch.candidates import CandidateConfig
+    from dispatch.candidates import MAX_LOOKAHEAD, CandidateConfig
     from simulator.batch import default_jobs
     from simulator.behaviour import RECIPE_NAMES
     from simulator.engine import SimConfig, reward_config
@@ -246,6 +254,12 @@ def logs_generate(args: argparse.Namespace) -> int:
     if not 0 <= args.cover < args.k:
         print(f"dispatch logs generate: --cover {args.cover} must be >= 0 and below --k ({args.k})", file=sys.stderr)
         return 2
+    if not 0 <= args.lookahead <= MAX_LOOKAHEAD:
+        print(
+            f"dispatch logs generate: --lookahead must be 0 to {MAX_LOOKAHEAD} minutes, got {args.lookahead}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         reward_config(args.reward)
     except ValueError as exc:
@@ -260,7 +274,7 @@ def logs_generate(args: argparse.Namespace) -> int:
             args.days,
             args.seed,
             sim=SimConfig(dispatch_interval=args.interval),
-            cands=CandidateConfig(k=args.k, cover=args.cover),
+            cands=CandidateConfig(k=args.k, cover=args.cover, lookahead=args.lookahead),
             reward=reward_config(args.reward),
             jobs=args.jobs or default_jobs(),
             progress=not args.no_progress,

@@ -97,3 +97,55 @@ def test_a_day_with_reservations_commits_only_idle_couriers(tmp_path: Path) -> N
         engine.step(decision.action)
     assert seen_reservation  # the day does exercise reservations
     assert result.metrics["delivered"] > 0
+
+
+def test_reyes_soft_logs_reservations_of_couriers_not_yet_free(tmp_path: Path) -> None:
+    """Logs made with a lookahead: busy agents' logged actions are reyes' reservations, never executed."""
+    from simulator.logs.dataset import LogDataset
+    from simulator.logs.generate import generate as generate_logs
+
+    day = "4o50t75s1p100"
+    manifest = generate_logs(
+        tmp_path / "logs", "reyes-soft", [day], 1, cands=CandidateConfig(lookahead=15), progress=False
+    )
+    assert manifest["args"]["candidates"]["lookahead"] == 15
+    ds = LogDataset(tmp_path / "logs")
+    reserved = executed = 0
+    for d in ds.day(ds.episodes[0]).decisions():
+        committable = d.candidates.committable
+        assert committable is not None
+        assert committable.tolist() == d.snapshot.available()[d.candidates.agents].tolist()
+        reserved += int((d.choice[~committable] >= 0).sum())
+        # The logged (executed) action holds only couriers free at the epoch.
+        assert all(d.snapshot.available()[a.courier] for a in d.action.assignments)
+        executed += len(d.action.assignments)
+    assert reserved > 0 and executed > 0
+    # Without a lookahead the same recipe logs idle couriers only.
+    generate_logs(tmp_path / "plain", "reyes-soft", [day], 1, progress=False)
+    plain = LogDataset(tmp_path / "plain")
+    for d in plain.day(plain.episodes[0]).decisions():
+        assert d.snapshot.available()[d.candidates.agents].all()
+
+
+def test_greedy_behaviour_follows_reyes_reservations() -> None:
+    from simulator.behaviour import BehaviourPolicy
+    from simulator.heuristics.reyes import ReyesPolicy
+
+    behaviour = BehaviourPolicy("reyes-soft", CandidateConfig(lookahead=15), greedy=True)
+    reyes = ReyesPolicy()
+    engine = Engine(load("4o50t75s1p100"))
+    followed = 0
+    for _ in range(120):
+        snap = engine.snapshot()
+        held = reyes.decide(snap).reservations
+        decision = behaviour.decide(snap)
+        cands, choice = decision.candidates, decision.choice
+        assert cands is not None and choice is not None
+        row = {int(c): i for i, c in enumerate(cands.agents)}
+        for a in held:
+            i = row.get(a.courier)
+            if i is not None and choice[i] >= 0:
+                assert cands.bundles.members(int(cands.bundle[i, choice[i]])) == a.orders
+                followed += 1
+        engine.step(decision.action)
+    assert followed > 0

@@ -217,13 +217,14 @@ class ReyesPolicy:
         planned = assemble.assignment(cands, scores)
         # Commitment (step 6).
         available = snap.available()
-        kept = []
+        kept, held = [], []
         choice = np.full(cands.n_agents, assemble.WAIT, dtype=np.int64)
         for i, c in enumerate(planned.choice):
             if c == assemble.WAIT:
                 continue
             d = int(cands.agents[i])
             if not available[d]:
+                held.append(Assignment(d, bundles.members(int(cands.bundle[i, c]))))
                 continue
             b = int(cands.bundle[i, c])
             arrival = t + int(times.travel_to_restaurant[i, b]) + p.half_pickup
@@ -235,4 +236,4 @@ class ReyesPolicy:
             if late_if_postponed or forced or shift_ends:
                 kept.append(Assignment(d, members))
                 choice[i] = c
-        return Decision(JointAction(tuple(kept)), cands, choice, np.zeros(cands.n_agents))
+        return Decision(JointAction(tuple(kept)), cands, choice, np.zeros(cands.n_agents), reservations=tuple(held))

@@ -195,7 +195,9 @@ class LoggedDay:
             rows = [cu["candidates"][c0 + a] for a in agents]
             slots = np.array(rows, dtype=np.int64) if rows else np.zeros((0, 0), dtype=np.int64)
             mask = slots >= 0
-            cands = CandidateSet(agents, bundles, slots, mask, route_times(snap, agents, bundles))
+            # Logs made with a lookahead hold agents not free yet: their actions were reservations.
+            committable = snap.available()[agents]
+            cands = CandidateSet(agents, bundles, slots, mask, route_times(snap, agents, bundles), committable)
             choice = np.array([cu["action"][c0 + a] for a in agents], dtype=np.int64)
             logp = np.array([cu["behaviour_logp"][c0 + a] for a in agents], dtype=np.float64)
             rank = np.array([cu["rank"][c0 + a] for a in agents], dtype=np.int64)
@@ -203,7 +205,7 @@ class LoggedDay:
                 tuple(
                     Assignment(int(agents[i]), bundles.members(int(slots[i, c])))
                     for i, c in enumerate(choice)
-                    if c >= 0
+                    if c >= 0 and committable[i]
                 )
             )
             yield LoggedDecision(
