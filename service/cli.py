@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -251,19 +252,89 @@ def instance_snapshot(instance: str, minute: int | None) -> Any:
     return engine.snapshot()
 
 
+def _call_problem(args: argparse.Namespace) -> str:
+    """Why the flags of ``dispatch call`` cannot work ('' when they can), found before any file or socket.
+
+    gRPC's C core aborts the whole process on a client certificate without its key (or the reverse),
+    and prints a C stack trace for an empty target, so these are refused here.
+    """
+    if not args.target.strip():
+        return "--target must be host:port, got an empty string"
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        return f"--timeout must be a finite number of seconds > 0, got {args.timeout}"
+    if (args.tls_cert is None) != (args.tls_key is None):
+        return "--tls-cert and --tls-key must be given together"
+    if args.tls_cert is not None and args.tls_ca is None:
+        # --tls-ca is what turns TLS on (see its help); a certificate without it is a forgotten flag,
+        # not a request to trust whatever the system's roots accept.
+        return "--tls-cert/--tls-key need --tls-ca (mutual TLS verifies the server with that CA)"
+    return ""
+
+
+def _read_flag_file(flag: str, path: Path | None) -> bytes | None:
+    """The bytes of a file given on the command line; ValueError naming the flag when it cannot be read."""
+    if path is None:
+        return None
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"{flag} {path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{flag} {path}: is a folder, not a file") from None
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: cannot read: {exc.strerror or exc}") from None
+    if flag != "--token-file" and b"-----BEGIN" not in data:
+        # gRPC would only log "Invalid cert chain file" and then fail every call as UNAVAILABLE.
+        raise ValueError(f"{flag} {path}: not a PEM file (no -----BEGIN line)")
+    return data
+
+
 def call(args: argparse.Namespace) -> int:
     """Ask a running service for the joint action of one instance snapshot."""
+    problem = _call_problem(args)
+    if problem:
+        print(f"dispatch call: {problem}", file=sys.stderr)
+        return 2
+    try:
+        ca, cert, key, token_bytes = (
+            _read_flag_file(flag, path)
+            for flag, path in (
+                ("--tls-ca", args.tls_ca),
+                ("--tls-cert", args.tls_cert),
+                ("--tls-key", args.tls_key),
+                ("--token-file", args.token_file),
+            )
+        )
+    except ValueError as exc:
+        print(f"dispatch call: {exc}", file=sys.stderr)
+        return 2
+    token = _token(None)
+    if token_bytes is not None:
+        try:
+            token = token_bytes.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            token = ""
+        if not token or not token.isprintable():
+            # An empty token would silently send no credentials at all; a binary one is not a header value.
+            print(f"dispatch call: --token-file {args.token_file}: expected one line of text", file=sys.stderr)
+            return 2
+
     import grpc
 
     from service.client import DispatchClient, response_to_ids
+    from simulator.instance import InstanceError
 
-    snapshot = instance_snapshot(args.instance, args.time)
+    try:
+        snapshot = instance_snapshot(args.instance, args.time)
+    except InstanceError as exc:
+        print(f"dispatch call: {exc}", file=sys.stderr)
+        return 2
     client = DispatchClient(
         args.target,
-        root_certificates=args.tls_ca,
-        client_cert=args.tls_cert,
-        client_key=args.tls_key,
-        token=_token(args.token_file),
+        root_certificates=ca,
+        client_cert=cert,
+        client_key=key,
+        token=token,
         timeout=args.timeout,
     )
     with client:

@@ -86,8 +86,16 @@ def response_to_action(response: pb.DecideResponse, snapshot: Snapshot) -> Joint
     return JointAction.from_ids(snapshot, {c: list(o) for c, o in response_to_ids(response).items()})
 
 
+def _check_arguments(target: str, client_cert: Path | bytes | None, client_key: Path | bytes | None) -> None:
+    """ValueError on arguments gRPC's C core would abort the process on, or print a C trace for."""
+    if not target.strip():
+        raise ValueError("target must be host:port, got an empty string")
+    if (client_cert is None) != (client_key is None):
+        raise ValueError("client_cert and client_key must be given together (mutual TLS needs both)")
+
+
 def _credentials(
-    root_certificates: Path | bytes | None, client_cert: Path | None, client_key: Path | None
+    root_certificates: Path | bytes | None, client_cert: Path | bytes | None, client_key: Path | bytes | None
 ) -> grpc.ChannelCredentials:
     def read(x: Path | bytes | None) -> bytes | None:
         return x if isinstance(x, bytes) or x is None else Path(x).read_bytes()
@@ -115,7 +123,10 @@ class _Common:
 
 
 class DispatchClient(_Common):
-    """Blocking client. TLS when ``root_certificates`` is given (plus a client cert for mutual TLS).
+    """Blocking client. TLS when ``root_certificates`` is given (plus a client cert and key for mutual TLS).
+
+    A client cert and key without ``root_certificates`` also mean TLS, the server verified against the
+    system's roots. ValueError on an empty target or a client cert without its key (or the reverse).
 
     ``own_connection``: this client's channel opens its own TCP connection instead of sharing one with the
     process's other channels to the same target. A ``--workers N`` server balances connections, not calls.
@@ -126,14 +137,15 @@ class DispatchClient(_Common):
         target: str,
         *,
         root_certificates: Path | bytes | None = None,
-        client_cert: Path | None = None,
-        client_key: Path | None = None,
+        client_cert: Path | bytes | None = None,
+        client_key: Path | bytes | None = None,
         server_name: str | None = None,
         token: str | None = None,
         timeout: float | None = 10.0,
         max_message_bytes: int = 64 * 1024 * 1024,
         own_connection: bool = False,
     ) -> None:
+        _check_arguments(target, client_cert, client_key)
         super().__init__(token, timeout)
         opts = _options(max_message_bytes, server_name, own_connection)
         if root_certificates is not None or client_cert is not None:
@@ -197,14 +209,15 @@ class AsyncDispatchClient(_Common):
         target: str,
         *,
         root_certificates: Path | bytes | None = None,
-        client_cert: Path | None = None,
-        client_key: Path | None = None,
+        client_cert: Path | bytes | None = None,
+        client_key: Path | bytes | None = None,
         server_name: str | None = None,
         token: str | None = None,
         timeout: float | None = 10.0,
         max_message_bytes: int = 64 * 1024 * 1024,
         own_connection: bool = False,
     ) -> None:
+        _check_arguments(target, client_cert, client_key)
         super().__init__(token, timeout)
         opts = _options(max_message_bytes, server_name, own_connection)
         if root_certificates is not None or client_cert is not None:

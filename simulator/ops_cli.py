@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,32 @@ POLICY_HELP = (
     "a heuristic (nearest, reyes, ...), a behaviour recipe (reyes-soft, ...; add :greedy), "
     "a path to an .onnx model, or grpc://host:port[/model]"
 )
+
+
+def _first_problem(*checks: tuple[bool, str]) -> str:
+    """The message of the first failed check ('' when all pass); each check is written so NaN fails it."""
+    return next((message for ok, message in checks if not ok), "")
+
+
+def _check_instances(specs: list[str]) -> None:
+    """InstanceError on a spec that is no loadable day, raised before --out is created or written.
+
+    A day that failed mid-run would leave a manifest with the bad name, and that folder then refuses
+    the corrected command. Files are loaded (about 2 ms a day); synthetic days only have their seed
+    checked, generating them would cost more than the check is worth.
+    """
+    from simulator.instance import InstanceError
+    from simulator.sources import load_spec
+
+    for spec in specs:
+        if spec.startswith("synthetic:"):
+            seed = spec.split(":", 1)[1]
+            try:
+                int(seed)
+            except ValueError:
+                raise InstanceError(f"instance {spec!r}: synthetic seed {seed!r} is not an integer") from None
+        else:
+            load_spec(spec)
 
 
 def register(sub: Any) -> None:
@@ -115,14 +142,20 @@ def ab(args: argparse.Namespace) -> int:
     from simulator.policies import PolicySpecError, resolve
     from simulator.sources import expand
 
-    if args.seeds < 1 or args.interval < 1 or args.noise < 0 or not 0 < args.alpha < 1 or args.bootstrap < 100:
-        print(
-            "dispatch ab: need --seeds >= 1, --interval >= 1, --noise >= 0, 0 < --alpha < 1, --bootstrap >= 100",
-            file=sys.stderr,
-        )
+    problem = _first_problem(
+        (args.seeds >= 1, f"--seeds must be >= 1, got {args.seeds}"),
+        (args.interval >= 1, f"--interval must be >= 1, got {args.interval}"),
+        (math.isfinite(args.noise) and args.noise >= 0, f"--noise must be a finite number >= 0, got {args.noise}"),
+        (0 < args.alpha < 1, f"--alpha must be between 0 and 1 (exclusive), got {args.alpha}"),
+        (args.bootstrap >= 100, f"--bootstrap must be >= 100, got {args.bootstrap}"),
+        (args.jobs >= 0, f"--jobs must be >= 0 (0: usable cores), got {args.jobs}"),
+    )
+    if problem:
+        print(f"dispatch ab: {problem}", file=sys.stderr)
         return 2
     try:
         instances = expand(args.instances or ["0o50t75s2p100"])
+        _check_instances(instances)
         for spec in (args.a, args.b):
             if not spec.startswith("grpc://"):
                 resolve(spec)  # fail before any simulation on a typo
@@ -170,8 +203,16 @@ def replay(args: argparse.Namespace) -> int:
     if (args.logs is None) == (not args.instance):
         print("dispatch replay: give a log folder or --instance (one of the two)", file=sys.stderr)
         return 2
-    if args.speedup <= 0 or args.max_errors < 0 or args.samples < 1 or args.truth < 0 or args.interval < 1:
-        print("dispatch replay: --speedup > 0, --max-errors >= 0, --samples >= 1, --truth >= 0", file=sys.stderr)
+    problem = _first_problem(
+        # inf is allowed: no wait between decisions, the same as --pace fast.
+        (args.speedup > 0, f"--speedup must be a number > 0, got {args.speedup}"),
+        (args.max_errors >= 0, f"--max-errors must be >= 0, got {args.max_errors}"),
+        (args.samples >= 1, f"--samples must be >= 1, got {args.samples}"),
+        (args.truth >= 0, f"--truth must be >= 0 (0: off), got {args.truth}"),
+        (args.interval >= 1, f"--interval must be >= 1, got {args.interval}"),
+    )
+    if problem:
+        print(f"dispatch replay: {problem}", file=sys.stderr)
         return 2
     try:
         if not args.policy.startswith("grpc://"):
@@ -185,6 +226,7 @@ def replay(args: argparse.Namespace) -> int:
             source: dict[str, Any] = {"logs": str(args.logs.resolve())}
         else:
             specs = expand(args.instance)
+            _check_instances(specs)
             days = instance_days(specs, args.baseline, args.interval)
             source = {"instances": specs, "baseline": args.baseline, "interval": args.interval}
         modes: tuple[str, ...]

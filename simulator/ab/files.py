@@ -48,3 +48,12 @@ def fmt(v: float | None, digits: int = 3) -> str:
     if v is None or not np.isfinite(float(v)):
         return "–"
     return f"{v:.{digits}g}" if abs(v) < 1e-3 and v != 0 else f"{v:.{digits}f}"
+
+
+def out_problem(exc: OSError) -> str:
+    """Why a report folder could not be made or written (``exc`` from mkdir or the first write), in a few words."""
+    if isinstance(exc, FileExistsError):
+        return "exists and is not a folder"
+    if isinstance(exc, NotADirectoryError):
+        return "a parent of it is a file, not a folder"
+    return f"cannot create or write it: {exc.strerror or exc}"

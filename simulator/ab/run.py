@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from dispatch.policy import Policy
 from simulator.ab.crn import NoiseConfig, entity_key, perturb, policy_seed
-from simulator.ab.files import read_json, write_json, write_text
+from simulator.ab.files import out_problem, read_json, write_json, write_text
 from simulator.batch import worker_pool
 from simulator.engine import SimConfig
 
@@ -147,7 +147,10 @@ def load_cell(cell: Cell, out: Path) -> dict[str, Any] | None:
 
 def _prepare(out: Path, config: ABConfig) -> None:
     """Create the out dir or check that it holds this very A/B (same arguments)."""
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ABError(f"--out {out}: {out_problem(exc)}") from None
     man_path = out / MANIFEST
     args = json.loads(json.dumps(config.args()))
     if man_path.exists():
@@ -165,7 +168,10 @@ def _prepare(out: Path, config: ABConfig) -> None:
                 "arguments to resume"
             )
         return
-    write_json(man_path, {"format": FORMAT, "version": FORMAT_VERSION, "args": args})
+    try:
+        write_json(man_path, {"format": FORMAT, "version": FORMAT_VERSION, "args": args})
+    except OSError as exc:  # a read-only folder
+        raise ABError(f"--out {out}: {out_problem(exc)}") from None
 
 
 def _write_status(out: Path, total: int, missing: list[Cell], error: str | None) -> None:

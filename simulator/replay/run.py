@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from dispatch.candidates import CandidateConfig
 from dispatch.policy import Policy
-from simulator.ab.files import read_json, write_json, write_text
+from simulator.ab.files import out_problem, read_json, write_json, write_text
 from simulator.engine import RewardConfig
 from simulator.replay.days import ReplayDay
 from simulator.replay.shadow import ReplayStopped, ShadowConfig
@@ -68,7 +68,10 @@ class ReplayRun:
 
 
 def _prepare(out: Path, config: ReplayConfig) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReplayError(f"--out {out}: {out_problem(exc)}") from None
     path = out / MANIFEST
     if path.exists():
         man = read_json(path)
@@ -82,7 +85,10 @@ def _prepare(out: Path, config: ReplayConfig) -> None:
                 "arguments to resume"
             )
         return
-    write_json(path, {"format": FORMAT, "version": FORMAT_VERSION, "args": config.args()})
+    try:
+        write_json(path, {"format": FORMAT, "version": FORMAT_VERSION, "args": config.args()})
+    except OSError as exc:  # a read-only folder
+        raise ReplayError(f"--out {out}: {out_problem(exc)}") from None
 
 
 def _write_status(out: Path, total: int, missing: list[tuple[str, ReplayDay]], error: str | None) -> None:

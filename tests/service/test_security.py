@@ -134,3 +134,29 @@ def test_bearer_token(model_dir: Path, snapshots: list[Snapshot]):
                     bad.decide_stream([])
                 assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
                 assert bad.health() == "SERVING"  # probes need no token
+
+
+def test_call_cli_with_mutual_tls_and_token_file(
+    model_dir: Path, pki: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dispatch_cli.main import main
+
+    cfg = ServerConfig(
+        models=[("lin", model_dir / "lin.onnx")],
+        port=0,
+        metrics_port=None,
+        tls_cert=pki["server_cert"],
+        tls_key=pki["server_key"],
+        tls_client_ca=pki["ca"],
+        token="s3cret",
+    )
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    tls = ["--tls-ca", str(pki["ca"]), "--tls-cert", str(pki["client_cert"]), "--tls-key", str(pki["client_key"])]
+    with ThreadedServer(cfg) as srv:
+        call = ["call", "--target", srv.target, "--instance", "0o50t75s1p100", "--time", "60", *tls]
+        assert main([*call, "--token-file", str(token)]) == 0, capsys.readouterr().err
+        assert '"assignments"' in capsys.readouterr().out
+        token.write_text("wrong\n")
+        assert main([*call, "--token-file", str(token)]) == 1
+        assert "UNAUTHENTICATED" in capsys.readouterr().err
