@@ -4,18 +4,83 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
+import typing
 from pathlib import Path
 from typing import Any
 
 ALGOS = ("inspo", "bc", "icq", "omiga")  # mirrors training.algos.ALGORITHMS without importing torch
+# Flags that count something and must be at least 1 (at least 0 for the seeds), checked before any work.
+POSITIVE_FLAGS = ("steps", "batch_size", "eval_every", "ckpt_every", "stop_after")
+SEED_FLAGS = ("seed", "data_seed")
 
 
-def _parse_value(text: str) -> Any:
-    """``0.1`` → float, ``true`` → bool, ``3`` → int, anything else stays a string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _coerce(key: str, text: str, kind: Any) -> Any:
+    """``text`` as the type of config field ``key``; ValueError ``KEY: 'TEXT' is not ...``."""
+    if kind is bool:
+        word = text.lower()
+        if word not in ("true", "false", "1", "0"):
+            raise ValueError(f"{key}: {text!r} is not true or false")
+        return word in ("true", "1")
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{key}: {text!r} is not an integer") from None
+    if kind is float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{key}: {text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{key}: {text!r} is not a finite number")
+        return value
+    return text
+
+
+def parse_settings(algo: str, items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as typed overrides of ``algo``'s config, checked by the config itself.
+
+    Raises ValueError ``KEY: ...`` for an unknown key, a value not of the field's type, or one the
+    config refuses (its ``__post_init__``), so nothing trains with a setting it cannot use.
+    """
+    from training.algos import config_class
+
+    cfg_cls = config_class(algo)
+    kinds = typing.get_type_hints(cfg_cls)
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"expects KEY=VALUE, got {item!r}")
+        if key not in kinds:
+            raise ValueError(f"{key}: unknown setting for {algo} (known: {', '.join(kinds)})")
+        params[key] = _coerce(key, value.strip(), kinds[key])
+    cfg_cls(**params)  # the config's own range checks, named by field
+    return params
+
+
+def _check_data(spec: str) -> str | None:
+    """Why ``--data`` names neither a folder nor a known GAME:DATASET, or None when it is usable."""
+    if Path(spec).is_dir():
+        return None
+    if Path(spec).exists():
+        return f"--data {spec}: not a folder (and not a GAME:DATASET spec)"
+    from training.games import available_games, load_game
+
+    game, sep, dataset = spec.partition(":")
+    if not sep or game not in available_games():
+        return f"--data {spec}: no such folder (and not a GAME:DATASET spec; games: {', '.join(available_games())})"
+    names = load_game(game).dataset_names()
+    if dataset not in names:
+        return f"--data {spec}: {game} has no dataset {dataset!r} (known: {', '.join(names)})"
+    return None
 
 
 def register(subparsers: Any) -> None:
@@ -50,7 +115,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--eval-every", type=int, default=500, help="evaluate every N steps (default: 500)")
     p.add_argument("--ckpt-every", type=int, default=500, help="checkpoint every N steps (default: 500)")
     p.add_argument("--out", default="runs/default", help="output directory (default: runs/default)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in OUT from its checkpoint, with the --algo, --data and --set it was made with "
+        "(without --resume, an OUT that holds a run is refused, never overwritten)",
+    )
     p.add_argument("--stop-after", type=int, default=None, help="stop after N steps as if interrupted")
     p.add_argument(
         "--set",
@@ -68,12 +138,20 @@ def run_train(args: argparse.Namespace) -> int:
     """Handler of ``dispatch train``."""
     from training.harness import TrainConfig, train
 
-    params: dict[str, Any] = {}
-    for item in args.set:
-        if "=" not in item:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        params[key.strip()] = _parse_value(value.strip())
+    for dest in (*POSITIVE_FLAGS, *SEED_FLAGS):
+        value, least = getattr(args, dest), 0 if dest in SEED_FLAGS else 1
+        if value is not None and value < least:
+            print(f"dispatch train: {_flag(dest)} must be at least {least}, got {value}", file=sys.stderr)
+            return 2
+    problem = _check_data(args.data)
+    if problem:
+        print(f"dispatch train: {problem}", file=sys.stderr)
+        return 2
+    try:
+        params = parse_settings(args.algo, args.set)
+    except ValueError as exc:
+        print(f"dispatch train: --set {exc}", file=sys.stderr)
+        return 2
     if Path(args.data).is_dir():
         # A folder is a dispatch log dataset (simulator/logs); games are GAME:DATASET specs.
         from training.dispatch.cli import run_dispatch_train
@@ -99,7 +177,11 @@ def run_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         algo_params=params,
     )
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except ValueError as exc:  # a run in --out, a checkpoint that does not fit: named by the message
+        print(f"dispatch train: {exc}", file=sys.stderr)
+        return 2
     if "final" in result:
         print(json.dumps(result["final"], indent=2))
     else:

@@ -26,6 +26,7 @@ from training.data import DataSource, resolve_data, reward_scale
 
 CHECKPOINT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
+CONFIG_NAME = "config.json"
 
 
 @dataclass
@@ -114,16 +115,105 @@ def save_checkpoint(path: Path, algo: Algorithm, step: int, cfg: TrainConfig, ge
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint (tensors and plain data only); rejects other format versions clearly."""
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (torch's can run to a page)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _load_failure(exc: BaseException) -> str:
+    """The cause of a failed ``torch.load`` in a few words, without torch's page of advice."""
+    if isinstance(exc, EOFError):
+        return "empty or truncated file"
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:  # the safe unpickler met something other than tensors and plain data
+        cause = next((line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()), "")
+        return f"not tensors and plain data: {cause}" if cause else "not tensors and plain data"
+    return first_line(exc).split(". ")[0]
+
+
+def load_checkpoint(path: Path, map_location: str | None = None, version: int = CHECKPOINT_VERSION) -> dict[str, Any]:
+    """Read a checkpoint (tensors and plain data only); ValueError names the file for a foreign or other-version one."""
     try:
-        payload: dict[str, Any] = torch.load(path, weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: say which file and why
-        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
-    version = payload.get("format_version")
-    if version != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint format {version}, this code reads {CHECKPOINT_VERSION}")
+        payload: Any = torch.load(path, weights_only=True, map_location=map_location)
+    except Exception as exc:  # a truncated or foreign file: say which file and why, in one line
+        raise ValueError(f"{path}: not a checkpoint this code can read ({_load_failure(exc)})") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("algo"), dict):
+        raise ValueError(f"{path}: not a checkpoint this code can read (no 'algo' state)")
+    if payload.get("format_version") != version:
+        raise ValueError(f"{path}: checkpoint format {payload.get('format_version')}, this code reads {version}")
     return payload
+
+
+def restore(path: Path, payload: dict[str, Any], algo: Algorithm) -> int:
+    """Load a checkpoint's networks and optimisers into ``algo``; returns its step. ValueError names the file."""
+    try:
+        algo.load_state_dict(payload["algo"])
+        return int(payload["step"])
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:  # other networks: another algo or --set
+        if isinstance(exc, KeyError):
+            why = f"it has no state for {exc.args[0]!r}"
+        else:  # torch's first line only says which module; the second says what did not fit
+            why = " ".join([line.strip() for line in str(exc).splitlines() if line.strip()][:2])
+        raise ValueError(f"{path}: does not fit the networks of this --algo and --set ({why})") from None
+
+
+def read_run_config(path: Path) -> dict[str, Any]:
+    """A run's config.json, checked to hold its ``train`` and ``algo`` sections; ValueError names the file."""
+    try:
+        resolved = json.loads(path.read_text())
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(resolved, dict):
+        raise ValueError(f"{path}: not a training run config (a JSON object with 'train' and 'algo')")
+    for key in ("train", "algo"):
+        if not isinstance(resolved.get(key), dict):
+            raise ValueError(f"{path}: field {key!r} is missing or not an object")
+    return resolved
+
+
+def check_out(out: Path, resume: bool) -> None:
+    """Refuse an ``--out`` that is not a folder, or that holds a run and ``--resume`` was not given.
+
+    Called before anything is written: a run is continued on request, never silently overwritten.
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    if not resume and any((out / name).exists() for name in (CONFIG_NAME, CHECKPOINT_NAME)):
+        raise ValueError(
+            f"--out {out} already holds a training run; pass --resume to continue it or choose another --out"
+        )
+
+
+def _same_setting(key: str, was: Any, now: Any) -> bool:
+    if was == now:
+        return True
+    # One dataset folder named two ways (relative, absolute, through a link) is the same data.
+    if key == "data" and isinstance(was, str) and os.path.isdir(was) and os.path.isdir(now):
+        return os.path.samefile(was, now)
+    return False
+
+
+def check_resume(out: Path, resolved: dict[str, Any], flags: dict[str, str]) -> None:
+    """Refuse to resume the run in ``out`` with settings other than those it was made with.
+
+    ``flags`` maps each flag that must match to its key in the ``train`` section (``{"--algo": "algo"}``);
+    every algorithm setting must match too. Settings the run did not record (older code) are not compared.
+    """
+    path = out / CONFIG_NAME
+    if not path.is_file():
+        return  # killed before its config was written: nothing to compare, nothing to lose
+    old = read_run_config(path)
+    changes = [(f"{flag} ", old["train"], key, resolved["train"][key]) for flag, key in flags.items()]
+    changes += [(f"--set {key}=", old["algo"], key, now) for key, now in resolved["algo"].items()]
+    for flag, recorded, key, now in changes:
+        if key in recorded and not _same_setting(key, recorded[key], now):
+            raise ValueError(
+                f"{out} was made with {flag}{recorded[key]}, not {now}; --resume continues a run with its own settings"
+            )
 
 
 class Policy:
@@ -200,15 +290,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_out(out, cfg.resume)
     source, data, algo, generator = build(cfg)
     ckpt_path = out / CHECKPOINT_NAME
-    start = 0
-    if cfg.resume and ckpt_path.exists():
-        payload = load_checkpoint(ckpt_path)
-        algo.load_state_dict(payload["algo"])
-        set_rng_state(payload["rng"], generator)
-        start = int(payload["step"])
     resolved = {
         "train": asdict(cfg),
         "algo": algo.config_dict(),
@@ -216,7 +300,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "reward_scale": reward_scale(source),
         "gamma": source.gamma,
     }
-    atomic_write_bytes(out / "config.json", json.dumps(resolved, indent=2).encode())
+    start = 0
+    if cfg.resume:
+        check_resume(out, resolved, {"--algo": "algo", "--data": "data", "--data-seed": "data_seed"})
+        if ckpt_path.exists():
+            payload = load_checkpoint(ckpt_path)
+            start = restore(ckpt_path, payload, algo)
+            try:
+                set_rng_state(payload["rng"], generator)
+            except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+                raise ValueError(f"{ckpt_path}: unreadable RNG state ({first_line(exc)})") from None
+            if start > cfg.steps:
+                raise ValueError(f"--steps {cfg.steps} is below the {start} steps {out} has already trained")
+    # Only now, with every input checked, does the run folder appear.
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / CONFIG_NAME, json.dumps(resolved, indent=2).encode())
     log = RunLog(out, cfg, resolved, start)
     n = int(data["rewards"].shape[0])
     policy = Policy(algo)

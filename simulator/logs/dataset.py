@@ -47,7 +47,28 @@ def read_manifest(folder: Path) -> dict[str, Any]:
             f"{path}: written with log schema version {version}; this reader understands up to "
             f"{SCHEMA_VERSION}. Upgrade the software to read it."
         )
+    _check_episodes(path, man)
     return man
+
+
+def _check_episodes(path: Path, man: dict[str, Any]) -> None:
+    """Every episode entry lists a part file (path and sha256) for every table; LogError names the field."""
+    episodes = man.get("episodes")
+    if not isinstance(episodes, dict):
+        raise LogError(f"{path}: field 'episodes' is missing or not an object")
+    for key, entry in episodes.items():
+        if not key.isdigit():
+            raise LogError(f"{path}: episode key {key!r} is not an episode number")
+        files = entry.get("files") if isinstance(entry, dict) else None
+        if not isinstance(files, dict):
+            raise LogError(f"{path}: episode {key}: field 'files' is missing or not an object")
+        for table in TABLES:
+            info = files.get(table)
+            if not isinstance(info, dict):
+                raise LogError(f"{path}: episode {key}: field 'files.{table}' is missing or not an object")
+            for field in ("path", "sha256"):
+                if not isinstance(info.get(field), str) or not info[field]:
+                    raise LogError(f"{path}: episode {key}: field 'files.{table}.{field}' is missing or not a string")
 
 
 def read_part(path: Path, table: str) -> pa.Table:

@@ -9,26 +9,30 @@ import torch
 from training.algos.base import Algorithm, DataInfo
 
 ALGORITHMS = ("bc", "inspo", "icq", "omiga")
+# name → (algorithm class, config dataclass) in training/algos/NAME.py, imported on demand.
+CONFIGS = {
+    "bc": ("BC", "BCConfig"),
+    "inspo": ("InSPO", "InSPOConfig"),
+    "icq": ("ICQ", "ICQConfig"),
+    "omiga": ("OMIGA", "OMIGAConfig"),
+}
+
+
+def config_class(name: str) -> Any:
+    """The hyperparameter dataclass of algorithm ``name`` (ValueError for an unknown name)."""
+    import importlib
+
+    if name not in CONFIGS:
+        raise ValueError(f"unknown algorithm {name!r}; known: {', '.join(ALGORITHMS)}")
+    return getattr(importlib.import_module(f"training.algos.{name}"), CONFIGS[name][1])
 
 
 def make_algorithm(name: str, info: DataInfo, params: dict[str, Any], generator: torch.Generator) -> Algorithm:
     """Instantiate algorithm ``name`` with config overrides ``params`` (unknown keys are an error)."""
     import importlib
 
-    modules = {
-        "bc": ("BC", "BCConfig"),
-        "inspo": ("InSPO", "InSPOConfig"),
-        "icq": ("ICQ", "ICQConfig"),
-        "omiga": ("OMIGA", "OMIGAConfig"),
-    }
-    table: dict[str, Any] = {}
-    for key, (cls_name, cfg_name) in modules.items():
-        if key == name:
-            mod = importlib.import_module(f"training.algos.{key}")
-            table[key] = (getattr(mod, cls_name), getattr(mod, cfg_name))
-    if name not in table:
-        raise ValueError(f"unknown algorithm {name!r}; known: {', '.join(ALGORITHMS)}")
-    cls, cfg_cls = table[name]
+    cfg_cls = config_class(name)
+    cls = getattr(importlib.import_module(f"training.algos.{name}"), CONFIGS[name][0])
     fields = set(cfg_cls.__dataclass_fields__)
     unknown = set(params) - fields
     if unknown:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -21,6 +22,53 @@ class DataInfo:
 
 
 Batch = dict[str, Any]
+
+
+def check_config(
+    config: Any,
+    *,
+    positive: tuple[str, ...] = (),
+    non_negative: tuple[str, ...] = (),
+    unit_open: tuple[str, ...] = (),
+    unit_half_open: tuple[str, ...] = (),
+) -> None:
+    """Refuse an algorithm config whose values cannot train; ValueError names the field.
+
+    Every numeric field must hold a finite number of its declared kind and every ``bool`` field a bool
+    (a config is also built from JSON and from ``--set``). Then: ``positive`` fields > 0 (and int sizes
+    at least 1), ``non_negative`` >= 0, ``unit_open`` in (0, 1), ``unit_half_open`` in (0, 1].
+    """
+    for f in fields(config):
+        value = getattr(config, f.name)
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise ValueError(f"{f.name}: {value!r} is not true or false")
+        elif kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{f.name}: {value!r} is not an integer")
+        elif kind == "float":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{f.name}: {value!r} is not a number")
+            if not math.isfinite(value):
+                raise ValueError(f"{f.name}: {value!r} is not a finite number")
+        elif kind == "str" and not isinstance(value, str):
+            raise ValueError(f"{f.name}: {value!r} is not a string")
+    for name in positive:
+        value = getattr(config, name)
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"{name}: must be at least 1, got {value}")
+        if value <= 0:
+            raise ValueError(f"{name}: must be above 0, got {value}")
+    for name in non_negative:
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name}: must be at least 0, got {getattr(config, name)}")
+    for name in unit_open:
+        if not 0 < getattr(config, name) < 1:
+            raise ValueError(f"{name}: must be between 0 and 1 (exclusive), got {getattr(config, name)}")
+    for name in unit_half_open:
+        if not 0 < getattr(config, name) <= 1:
+            raise ValueError(f"{name}: must be above 0 and at most 1, got {getattr(config, name)}")
 
 
 class Algorithm:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from training.algos.base import Algorithm, Batch, DataInfo, masked_mean
+from training.algos.base import Algorithm, Batch, DataInfo, check_config, masked_mean
 from training.nets import Policy, gather_actions
 
 
@@ -23,6 +23,9 @@ class BCConfig:
     lr: float = 1e-3
     hidden: int = 64
     shared: bool = False
+
+    def __post_init__(self) -> None:
+        check_config(self, positive=("lr", "hidden"))
 
 
 class BC(Algorithm):

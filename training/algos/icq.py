@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from training.algos.base import Algorithm, Batch, DataInfo, masked_mean
+from training.algos.base import Algorithm, Batch, DataInfo, check_config, masked_mean
 from training.nets import LinearMixer, PerAgent, Policy, gather_actions, polyak
 
 
@@ -35,6 +35,14 @@ class ICQConfig:
     hidden: int = 64
     critic_hidden: int = 256  # same critic width as InSPO's
     shared: bool = False
+
+    def __post_init__(self) -> None:
+        # critic_alpha and actor_beta divide (softmax temperatures), so 0 is refused too.
+        check_config(
+            self,
+            positive=("critic_alpha", "actor_beta", "lr", "critic_lr", "hidden", "critic_hidden"),
+            unit_half_open=("polyak",),
+        )
 
 
 class ICQ(Algorithm):

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from training.algos.base import Algorithm, Batch, DataInfo, expectile_loss, masked_mean, td_target
+from training.algos.base import Algorithm, Batch, DataInfo, check_config, expectile_loss, masked_mean, td_target
 from training.nets import JointQ, PerAgent, Policy, StateValue, gather_actions, masked_log_softmax, polyak
 
 
@@ -74,6 +74,27 @@ class InSPOConfig:
     critic_target: str = "td"
 
     def __post_init__(self) -> None:
+        check_config(
+            self,
+            # The clips enter as logarithms, the rates and widths must be able to learn.
+            positive=(
+                "ratio_clip",
+                "joint_ratio_clip",
+                "max_weight",
+                "lr",
+                "critic_lr",
+                "local_lr",
+                "hidden",
+                "critic_hidden",
+            ),
+            non_negative=("alpha", "beta", "kappa", "support_threshold", "warmup_steps"),
+            unit_open=("expectile",),
+            unit_half_open=("polyak",),
+        )
+        if self.support_threshold > 1:  # relative to μ̂'s mode: above 1 no action would be in the support
+            raise ValueError(f"support_threshold: must be at most 1, got {self.support_threshold}")
+        if self.alpha + self.beta <= 0:  # τ = α + β divides in the closed-form policy (1)
+            raise ValueError("alpha, beta: must not both be 0 (their sum is the policy's temperature)")
         if self.critic_target not in ("td", "mc"):
             raise ValueError(f"critic_target: {self.critic_target!r} is not 'td' or 'mc'")
 

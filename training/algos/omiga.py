@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from training.algos.base import Algorithm, Batch, DataInfo, masked_mean, td_target
+from training.algos.base import Algorithm, Batch, DataInfo, check_config, masked_mean, td_target
 from training.nets import LinearMixer, PerAgent, Policy, gather_actions, polyak
 
 
@@ -33,6 +33,14 @@ class OMIGAConfig:
     hidden: int = 64
     critic_hidden: int = 256  # same critic width as InSPO's
     shared: bool = False
+
+    def __post_init__(self) -> None:
+        # alpha divides (the weight's temperature), so 0 is refused too.
+        check_config(
+            self,
+            positive=("alpha", "lr", "critic_lr", "hidden", "critic_hidden"),
+            unit_half_open=("polyak",),
+        )
 
 
 class OMIGA(Algorithm):

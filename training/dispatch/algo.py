@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from training.algos import config_class
 from training.algos.base import Algorithm, DataInfo
 from training.algos.bc import BC, BCConfig
 from training.algos.inspo import InSPO, InSPOConfig
@@ -68,7 +69,12 @@ class DispatchInSPO(InSPO):
 
 
 def make(name: str, params: dict[str, Any], info: DataInfo, generator: torch.Generator) -> Algorithm:
-    """A dispatch algorithm by name with config overrides."""
+    """A dispatch algorithm by name with config overrides (unknown keys and bad values are a ValueError)."""
+    if name in DISPATCH_ALGOS:
+        known = set(config_class(name).__dataclass_fields__)
+        unknown = set(params) - known
+        if unknown:
+            raise ValueError(f"{name}: unknown config keys {sorted(unknown)}; known: {sorted(known)}")
     if name == "bc":
         cfg_bc = BCConfig(**{"shared": True, **params})
         return DispatchBC(cfg_bc, info, generator)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,11 @@ def register(sub: Any) -> None:
     p.add_argument("--out", type=Path, required=True, help="MODEL.onnx to write (manifest goes beside it)")
     p.add_argument("--name", default="", help="model name (default: the run folder's name)")
     p.add_argument("--version", default="1", help="model version (default 1)")
-    p.add_argument("--conflict-rule", default="mass", help="joint-action rule recorded in the manifest (default mass)")
+    p.add_argument(
+        "--conflict-rule",
+        default="mass",
+        help="joint-action rule recorded in the manifest: greedy, assignment, sequential or mass (default mass)",
+    )
     p.add_argument(
         "--lookahead",
         type=int,
@@ -29,7 +35,12 @@ def register(sub: Any) -> None:
         help="couriers free within MIN minutes also score candidates, and what they pick is reserved for them, "
         "not executed (recorded in the manifest; default: as the logs were made, normally 0 = idle couriers only)",
     )
-    p.add_argument("--metrics", type=Path, help="JSON of metrics to record in the manifest")
+    p.add_argument(
+        "--metrics",
+        type=Path,
+        metavar="FILE",
+        help="JSON file holding an object of metric name → number, recorded in the manifest",
+    )
     p.set_defaults(handler=run_export)
 
 
@@ -70,12 +81,66 @@ def run_dispatch_train(args: argparse.Namespace, params: dict[str, Any]) -> int:
     return 0
 
 
+def read_metrics(path: Path) -> dict[str, float]:
+    """The ``--metrics`` file: a JSON object of metric name → finite number; ValueError says what is wrong."""
+    try:
+        body = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError("no such file") from None
+    except OSError as exc:
+        raise ValueError(f"cannot be read ({exc.strerror or exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not valid JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise ValueError(f"expected a JSON object of metric name → number, got {type(body).__name__}")
+    for key, value in body.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"metric {key!r} is {value!r}, not a finite number")
+    return {k: float(v) for k, v in body.items()}
+
+
+def check_model_target(out: Path) -> str | None:
+    """Why ``--out`` cannot take a model and its manifest, or None; checked before any work or write."""
+    from dispatch.model import manifest_path
+
+    if out.suffix == ".json":
+        return "must not end in .json (the manifest is written beside the model as NAME.json)"
+    for target in (out, manifest_path(out)):
+        if target.is_dir():
+            return f"{target} is a folder; give the model file to write, e.g. {target / 'model.onnx'}"
+    # The nearest existing ancestor holds the files (or the folders created for them): it must be a writable
+    # folder. Writing replaces files by rename, which needs the folder's permission, not the file's.
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot write in {parent} (permission denied)"
+    return None
+
+
 def run_export(args: argparse.Namespace) -> int:
-    """Handler of ``dispatch export``."""
+    """Handler of ``dispatch export``: every argument is checked before the model is built or anything written."""
+    from dispatch.assemble import RULES
     from simulator.logs.dataset import LogError
     from training.dispatch.export import export_run
 
-    metrics = json.loads(args.metrics.read_text()) if args.metrics else {}
+    if args.conflict_rule not in RULES:
+        print(
+            f"dispatch export: --conflict-rule {args.conflict_rule!r} is not one of {', '.join(RULES)}",
+            file=sys.stderr,
+        )
+        return 2
+    problem = check_model_target(args.out)
+    if problem:
+        print(f"dispatch export: --out {args.out}: {problem}", file=sys.stderr)
+        return 2
+    try:
+        metrics = read_metrics(args.metrics) if args.metrics else {}
+    except ValueError as exc:
+        print(f"dispatch export: --metrics {args.metrics}: {exc}", file=sys.stderr)
+        return 2
     try:
         path, diff = export_run(
             args.run, args.out, args.name, args.version, args.conflict_rule, metrics, lookahead=args.lookahead

@@ -52,10 +52,13 @@ def export(
     metrics: dict[str, float] | None = None,
     code_version: str = "",
 ) -> Path:
-    """Write ``path`` (.onnx) and its manifest, both atomically; returns the ONNX path."""
+    """Write ``path`` (.onnx) and its manifest, both atomically; returns the ONNX path.
+
+    Raises ValueError naming the file when either cannot be written; no temporary file is left behind,
+    nor a new manifest without its model.
+    """
     data = onnx_bytes(scorer, candidates.k)
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     manifest = ModelManifest(
         name=name,
         version=version,
@@ -69,10 +72,22 @@ def export(
     )
     # Manifest first, model last: a crash in between leaves a manifest whose checksum the old model file
     # fails, so runtimes refuse the pair instead of serving a model under the wrong manifest.
-    for target, payload in ((manifest_path(out), manifest.to_json().encode()), (out, data)):
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_bytes(payload)
-        os.replace(tmp, target)
+    had_manifest = manifest_path(out).exists()
+    target = out.parent
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for target, payload in ((manifest_path(out), manifest.to_json().encode()), (out, data)):
+            tmp = target.with_name(target.name + ".tmp")
+            try:
+                tmp.write_bytes(payload)
+                os.replace(tmp, target)
+            finally:
+                if tmp.is_file():
+                    tmp.unlink()
+    except OSError as exc:
+        if target == out and not had_manifest:
+            manifest_path(out).unlink(missing_ok=True)  # a manifest of ours with no model: nothing to keep
+        raise ValueError(f"{target}: cannot write ({exc.strerror or exc})") from None
     return out
 
 
@@ -108,25 +123,39 @@ def export_run(
     import hashlib
     import json
 
-    from simulator.logs.dataset import read_manifest
+    from simulator.logs.dataset import MANIFEST, LogError, read_manifest
     from training.algos.base import DataInfo
-    from training.dispatch.algo import make, scorer_of
+    from training.dispatch.algo import DISPATCH_ALGOS, make, scorer_of
     from training.dispatch.train import CHECKPOINT, _load
+    from training.harness import CONFIG_NAME, read_run_config, restore
 
-    cfg_path = run / "config.json"
+    cfg_path = run / CONFIG_NAME
     if not cfg_path.is_file() or not (run / CHECKPOINT).is_file():
         raise ValueError(f"{run} is not a dispatch training run (config.json, {CHECKPOINT})")
-    resolved = json.loads(cfg_path.read_text())
+    resolved = read_run_config(cfg_path)
     train_cfg = resolved["train"]
+    kinds = {"data": str, "algo": str, "params": dict, "gamma": float}
+    for key, kind in kinds.items():
+        value = train_cfg.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float if kind is float else kind):
+            raise ValueError(f"{cfg_path}: field 'train.{key}' is missing or not a {kind.__name__}")
+    if train_cfg["algo"] not in DISPATCH_ALGOS:
+        raise ValueError(f"{cfg_path}: field 'train.algo' is {train_cfg['algo']!r}, not a dispatch algorithm")
     data_dir = Path(train_cfg["data"])
     manifest = read_manifest(data_dir)
-    k = int(manifest["args"]["candidates"]["k"])
+    try:
+        candidates = CandidateConfig(**manifest["args"]["candidates"])
+    except (KeyError, TypeError, ValueError) as exc:  # absent, an unknown field, or a value it refuses
+        raise LogError(f"{data_dir / MANIFEST}: field 'args.candidates' is missing or invalid ({exc})") from None
+    k = candidates.k
     info = DataInfo(n_agents=0, n_actions=k + 1, obs_dim=0, state_dim=4, gamma=train_cfg["gamma"])
-    algo = make(train_cfg["algo"], dict(train_cfg["params"]), info, torch.Generator())
-    algo.load_state_dict(_load(run / CHECKPOINT)["algo"])
+    try:
+        algo = make(train_cfg["algo"], dict(train_cfg["params"]), info, torch.Generator())
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{cfg_path}: field 'train.params': {exc}") from None
+    restore(run / CHECKPOINT, _load(run / CHECKPOINT), algo)
     scorer = scorer_of(algo)
     data_hash = hashlib.sha256(json.dumps(manifest["episodes"], sort_keys=True).encode()).hexdigest()
-    candidates = CandidateConfig(**manifest["args"]["candidates"])
     if lookahead is not None:
         candidates = dataclasses.replace(candidates, lookahead=lookahead)
     path = export(

@@ -24,12 +24,24 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from simulator.logs.dataset import MANIFEST, LogError
 from simulator.logs.view import STATE_FEATURES
 from simulator.logs.view import load as load_view
 from training.algos.base import DataInfo
 from training.dispatch.algo import make
 from training.dispatch.batches import minibatch, returns_to_go, to_device
-from training.harness import atomic_write_bytes, code_version, rng_state, set_rng_state
+from training.harness import (
+    CONFIG_NAME,
+    atomic_write_bytes,
+    check_out,
+    check_resume,
+    code_version,
+    first_line,
+    load_checkpoint,
+    restore,
+    rng_state,
+    set_rng_state,
+)
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
@@ -84,16 +96,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _load(path: Path) -> dict[str, Any]:
-    try:
-        # map_location: a checkpoint written on a GPU loads on a CPU-only machine (export, resume there).
-        payload: dict[str, Any] = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # a truncated or foreign file: say which and why
-        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
-    if payload.get("format_version") != CHECKPOINT_VERSION:
-        raise ValueError(
-            f"{path}: checkpoint format {payload.get('format_version')}, this code reads {CHECKPOINT_VERSION}"
-        )
-    return payload
+    """A dispatch checkpoint; ValueError names the file when it is foreign, truncated or of another version."""
+    # map_location: a checkpoint written on a GPU loads on a CPU-only machine (export, resume there).
+    return load_checkpoint(path, map_location="cpu", version=CHECKPOINT_VERSION)
 
 
 def train(cfg: DispatchTrainConfig) -> dict[str, Any]:
@@ -103,7 +108,13 @@ def train(cfg: DispatchTrainConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     np_rng = np.random.default_rng(cfg.seed)
+    out = Path(cfg.out)
+    check_out(out, cfg.resume)
     view = load_view(cfg.data, progress=cfg.progress)
+    live = np.flatnonzero(np.diff(view.agent_offset) > 0)
+    if live.size == 0:  # no finished day, or days where no courier was ever free to decide
+        why = "no logged day (was its generation interrupted?)" if view.n_epochs == 0 else "no courier decision"
+        raise LogError(f"{Path(cfg.data) / MANIFEST}: {why}; nothing to train on")
     scale = float(np.percentile(np.abs(view.reward), 99)) or 1.0
     view.reward = (view.reward / scale).astype(np.float32)
     info = DataInfo(n_agents=0, n_actions=view.k + 1, obs_dim=0, state_dim=len(STATE_FEATURES), gamma=cfg.gamma)
@@ -111,18 +122,24 @@ def train(cfg: DispatchTrainConfig) -> dict[str, Any]:
     returns = returns_to_go(view, cfg.gamma) if getattr(algo.config, "critic_target", "td") == "mc" else None
     for module in algo.modules.values():
         module.to(device)  # parameters move in place, so the optimisers built over them stay valid
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    train_cfg, algo_cfg = asdict(cfg), algo.config_dict()
     start = 0
-    if cfg.resume and (out / CHECKPOINT).exists():
-        payload = _load(out / CHECKPOINT)
-        algo.load_state_dict(payload["algo"])
-        set_rng_state(payload["rng"], gen)
-        np_rng.bit_generator.state = json.loads(payload["np_rng"])
-        start = int(payload["step"])
+    if cfg.resume:
+        flags = {"--algo": "algo", "--data": "data", "--gamma": "gamma"}
+        check_resume(out, {"train": train_cfg, "algo": algo_cfg}, flags)
+        if (out / CHECKPOINT).exists():
+            payload = _load(out / CHECKPOINT)
+            start = restore(out / CHECKPOINT, payload, algo)
+            try:
+                set_rng_state(payload["rng"], gen)
+                np_rng.bit_generator.state = json.loads(payload["np_rng"])
+            except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+                raise ValueError(f"{out / CHECKPOINT}: unreadable RNG state ({first_line(exc)})") from None
+            if start > cfg.steps:
+                raise ValueError(f"--steps {cfg.steps} is below the {start} steps {out} has already trained")
     resolved = {
-        "train": asdict(cfg),
-        "algo": algo.config_dict(),
+        "train": train_cfg,
+        "algo": algo_cfg,
         "code_version": code_version(),
         "device": str(device),
         "reward_scale": scale,
@@ -130,8 +147,9 @@ def train(cfg: DispatchTrainConfig) -> dict[str, Any]:
         "data_epochs": view.n_epochs,
         "data_courier_decisions": view.n_agent_rows,
     }
-    atomic_write_bytes(out / "config.json", json.dumps(resolved, indent=1).encode())
-    live = np.flatnonzero(np.diff(view.agent_offset) > 0)
+    # Only now, with every input checked, does the run folder appear.
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / CONFIG_NAME, json.dumps(resolved, indent=1).encode())
     end = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
     log_path = out / "train.csv"
     fresh = not (cfg.resume and log_path.exists())

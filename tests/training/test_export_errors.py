@@ -1,0 +1,122 @@
+"""``dispatch export`` checks --out, --metrics, --conflict-rule and the run folder first; nothing is left behind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dispatch.candidates import CandidateConfig
+from dispatch_cli.main import main as dispatch
+from simulator.logs.generate import generate
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny trained dispatch run."""
+    root = tmp_path_factory.mktemp("xerr")
+    generate(root / "logs", "mixed", ["0o50t75s1p100"], days=1, seed=0, jobs=1, progress=False)
+    out = root / "run"
+    argv = ["train", "--algo", "bc", "--data", str(root / "logs"), "--steps", "2", "--batch-size", "4",
+            "--out", str(out), "--no-progress"]  # fmt: skip
+    assert dispatch(argv) == 0
+    return out
+
+
+def _refused(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+    capsys.readouterr()
+    assert dispatch(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+def test_an_out_that_cannot_take_the_model_is_refused_and_nothing_is_written(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "p.json").mkdir()
+    cases = {
+        "m": "m is a folder; give the model file to write",
+        "p.onnx": "p.json is a folder",
+        "afile/x.onnx": "afile is not a folder",
+        "x.json": "must not end in .json",
+    }
+    before = _files(tmp_path)
+    for out, message in cases.items():
+        _refused(capsys, ["export", str(run), "--out", str(tmp_path / out)], f"--out {tmp_path / out}: ")
+        _refused(capsys, ["export", str(run), "--out", str(tmp_path / out)], message)
+    assert _files(tmp_path) == before
+
+
+def test_a_failed_write_leaves_no_temporary_file_nor_a_lone_manifest(tmp_path: Path) -> None:
+    from training.dispatch.export import export
+    from training.dispatch.nets import Scorer
+
+    (tmp_path / "m.onnx").mkdir()  # the model's own name is taken by a folder: its rename fails
+    with pytest.raises(ValueError, match=r"m\.onnx: cannot write"):
+        export(Scorer(8), tmp_path / "m.onnx", "m", "1", CandidateConfig(k=4))
+    assert _files(tmp_path) == {"m.onnx"}
+
+
+def test_metrics_is_a_json_file_of_numbers(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        dispatch(["export", "--help"])
+    assert "--metrics FILE" in capsys.readouterr().out
+    bodies = {
+        "bad.json": ("{bad", "not valid JSON"),
+        "list.json": ("[1, 2]", "expected a JSON object of metric name → number, got list"),
+        "str.json": ('{"ctd": "low"}', "metric 'ctd' is 'low', not a finite number"),
+        "nan.json": ('{"ctd": NaN}', "metric 'ctd' is nan, not a finite number"),
+    }
+    out = tmp_path / "out" / "m.onnx"
+    for name, (body, message) in bodies.items():
+        (tmp_path / name).write_text(body)
+        _refused(capsys, ["export", str(run), "--out", str(out), "--metrics", str(tmp_path / name)], message)
+    _refused(capsys, ["export", str(run), "--out", str(out), "--metrics", str(tmp_path / "no.json")], "no such file")
+    assert not out.parent.exists()
+    (tmp_path / "ok.json").write_text('{"ctd": 21.5, "undelivered_pct": 0}')
+    assert dispatch(["export", str(run), "--out", str(out), "--metrics", str(tmp_path / "ok.json")]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["metrics"] == {"ctd": 21.5, "undelivered_pct": 0.0}
+
+
+def test_an_unknown_conflict_rule_is_refused(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "m.onnx"
+    _refused(capsys, ["export", str(run), "--out", str(out), "--conflict-rule", "bogus"], "--conflict-rule 'bogus'")
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("{broken", "config.json: not valid JSON"),
+        ("[]", "config.json: not a training run config"),
+        ('{"train": {}, "algo": {}}', "config.json: field 'train.data' is missing"),
+    ],
+)
+def test_a_broken_run_config_is_named(
+    config: str, message: str, run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "run"
+    shutil.copytree(run, broken)
+    (broken / "config.json").write_text(config)
+    _refused(capsys, ["export", str(broken), "--out", str(tmp_path / "m.onnx")], f"{broken / message}")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", b"\x80\x02}q\x00."])
+def test_a_garbage_checkpoint_is_one_line_naming_it(
+    content: bytes, run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "run"
+    shutil.copytree(run, broken)
+    (broken / "checkpoint.pt").write_bytes(content)
+    message = f"{broken / 'checkpoint.pt'}: not a checkpoint this code can read ("
+    _refused(capsys, ["export", str(broken), "--out", str(tmp_path / "m.onnx")], message)
+    assert not (tmp_path / "m.onnx").exists()
