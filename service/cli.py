@@ -180,14 +180,34 @@ def register(sub: Any) -> None:
 
 
 def _token(path: Path | None) -> str | None:
-    if path is not None:
-        return path.read_text().strip()
-    return os.environ.get(TOKEN_ENV) or None
+    """The bearer token of ``--token-file`` (else ``$DISPATCH_TOKEN``); ValueError naming the flag when unusable."""
+    data = _read_flag_file("--token-file", path)
+    if data is None:
+        return os.environ.get(TOKEN_ENV) or None
+    try:
+        token = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        token = ""
+    if not token or not token.isprintable():
+        # An empty token would silently send (or require) no credentials at all; a binary one is no header value.
+        raise ValueError(f"--token-file {path}: expected one line of text")
+    return token
 
 
 def serve(args: argparse.Namespace) -> int:
     """Run the server until SIGTERM/SIGINT (with ``--workers N`` > 1: a supervisor of N server processes)."""
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:  # credential files, checked before any worker starts or port opens
+        _token(args.token_file)
+        for flag, path in (
+            ("--tls-cert", args.tls_cert),
+            ("--tls-key", args.tls_key),
+            ("--tls-client-ca", args.tls_client_ca),
+        ):
+            _read_flag_file(flag, path)
+    except ValueError as exc:
+        print(f"dispatch serve: {exc}", file=sys.stderr)
+        return 2
     if args.workers > 1:
         from service.supervisor import Supervisor
 
@@ -296,28 +316,14 @@ def call(args: argparse.Namespace) -> int:
         print(f"dispatch call: {problem}", file=sys.stderr)
         return 2
     try:
-        ca, cert, key, token_bytes = (
+        ca, cert, key = (
             _read_flag_file(flag, path)
-            for flag, path in (
-                ("--tls-ca", args.tls_ca),
-                ("--tls-cert", args.tls_cert),
-                ("--tls-key", args.tls_key),
-                ("--token-file", args.token_file),
-            )
+            for flag, path in (("--tls-ca", args.tls_ca), ("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key))
         )
+        token = _token(args.token_file)
     except ValueError as exc:
         print(f"dispatch call: {exc}", file=sys.stderr)
         return 2
-    token = _token(None)
-    if token_bytes is not None:
-        try:
-            token = token_bytes.decode("utf-8").strip()
-        except UnicodeDecodeError:
-            token = ""
-        if not token or not token.isprintable():
-            # An empty token would silently send no credentials at all; a binary one is not a header value.
-            print(f"dispatch call: --token-file {args.token_file}: expected one line of text", file=sys.stderr)
-            return 2
 
     import grpc
 

@@ -110,3 +110,28 @@ def test_call_blank_target(target: str) -> None:
 def test_call_timeout_must_be_positive_and_finite(timeout: str, capsys: pytest.CaptureFixture[str]) -> None:
     rc, err = _call(capsys, "--timeout", timeout)
     assert rc == 2 and err.startswith("dispatch call: --timeout must be")
+
+
+@pytest.mark.parametrize(
+    ("flag", "content", "message"),
+    [
+        ("--token-file", None, "no such file"),
+        ("--token-file", "\n", "expected one line of text"),
+        ("--tls-cert", "not a certificate", "not a PEM file (no -----BEGIN line)"),
+        ("--tls-client-ca", None, "no such file"),
+    ],
+)
+def test_serve_checks_credential_files_before_starting(
+    flag: str, content: str | None, message: str, pem: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dispatch.linear_model import write_linear_model
+
+    model = write_linear_model(tmp_path / "linear.onnx")
+    path = tmp_path / "credential"
+    if content is not None:
+        path.write_text(content)
+    tls = ["--tls-cert", str(pem), "--tls-key", str(pem)] if flag != "--token-file" else []
+    args = ["serve", "--model", str(model), "--port", "0", "--metrics-port", "-1", *tls, flag, str(path)]
+    for workers in ("1", "2"):
+        assert main([*args, "--workers", workers]) == 2
+        assert capsys.readouterr().err == f"dispatch serve: {flag} {path}: {message}\n"
