@@ -81,7 +81,9 @@ def make(name: str, params: dict[str, Any], info: DataInfo, generator: torch.Gen
     if name == "inspo":
         # No support cut (docs/inspo.md, A7): μ̂ is mostly `wait` here, and the serve actions that carry the
         # signal sit below any threshold relative to its mode.
-        cfg = InSPOConfig(**{"shared": True, "support_threshold": 0.0, **params})
+        # α = 1: with the lookahead decoder it served more orders, sooner, than the games' 0.05 on training-seed
+        # instances (docs/dispatch-experiments.md §6); the smaller α drifts to far, early commitments.
+        cfg = InSPOConfig(**{"shared": True, "support_threshold": 0.0, "alpha": 1.0, **params})
         return DispatchInSPO(cfg, info, generator)
     raise ValueError(f"unknown dispatch algorithm {name!r}; known: {', '.join(DISPATCH_ALGOS)}")
 

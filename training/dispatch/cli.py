@@ -33,7 +33,7 @@ def register(sub: Any) -> None:
         type=int,
         metavar="MIN",
         help="couriers free within MIN minutes also score candidates, and what they pick is reserved for them, "
-        "not executed (recorded in the manifest; default: as the logs were made, normally 0 = idle couriers only)",
+        "not executed; recorded in the manifest (default: the logs' lookahead, else 15; 0: idle couriers only)",
     )
     p.add_argument(
         "--metrics",
