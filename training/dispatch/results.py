@@ -4,7 +4,7 @@ One command, every step cached under ``--work`` so a killed run resumes where it
 
 1. **logs**: the ``mixed`` recipe, one logged day per training instance (instance seeds 0–5 only);
 2. **train**: every algorithm (BC, InSPO) with every training seed, then export to ONNX with the
-   ``mass`` conflict rule;
+   ``mass`` conflict rule and the default lookahead;
 3. **evaluate**: every model and every heuristic on all 240 public instances (per-instance metrics
    cached in a JSON file beside the report; heuristic rows are taken from ``docs/results.json``,
    written by ``make results`` with the same simulator, when it has them);
@@ -31,6 +31,7 @@ from dispatch.model import manifest_path, sha256_bytes
 from simulator.instance import list_instances
 from simulator.report import markdown_table, mean_metrics
 from simulator.results import KEEP, PUBLISHED, charged_ctd, floors, save_cache
+from training.dispatch.export import DEFAULT_LOOKAHEAD
 from training.harness import atomic_write_bytes
 
 ALGOS = ("bc", "inspo")
@@ -210,7 +211,8 @@ def render(data: dict[str, dict[str, dict[str, float]]], groups: dict[str, list[
         f"`mixed` recipe, one logged day on each of the {len(_instances(proto.train_instances))} instances "
         f"{', '.join(f'`{p}`' for p in proto.train_instances)}. "
         f"Each learned policy: {proto.seeds} training seeds × {proto.steps} steps (batch {proto.batch_size}), "
-        f"exported to ONNX, joint actions by the `{proto.rule}` rule. Its row is the mean over its seeds of each "
+        f"exported to ONNX with a {DEFAULT_LOOKAHEAD}-minute lookahead (couriers about to be free reserve orders), "
+        f"joint actions by the `{proto.rule}` rule. Its row is the mean over its seeds of each "
         "instance's metric. Figures are means across instances (the published convention).",
         "",
         PUBLISHED,
