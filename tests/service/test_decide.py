@@ -171,3 +171,27 @@ def test_readme_client_example_runs(
     exec(code.replace("127.0.0.1:50051", server.target), {"snapshot": snapshots[0]})
     out = capsys.readouterr().out
     assert out.startswith("linear 1 False") and snapshots[0].courier_ids[0] in out
+
+
+def test_a_lookahead_model_serves_as_in_process_and_busy_couriers_still_wait(
+    model_dir: Path, snapshots: list[Snapshot], tmp_path: Path
+) -> None:
+    """Couriers about to be free are scored and may reserve orders; the answer commits idle couriers only."""
+    from dispatch.candidates import CandidateConfig
+    from dispatch.linear_model import write_linear_model
+
+    model = write_linear_model(tmp_path / "ahead.onnx", name="ahead", candidates=CandidateConfig(lookahead=30))
+    policy = OnnxPolicy(model)
+    cfg = ServerConfig(models=[("ahead", model)], port=0, metrics_port=None)
+    reserving = 0
+    with ThreadedServer(cfg) as srv, DispatchClient(srv.target) as client:
+        for snap in snapshots:
+            decision = policy.decide(snap)
+            assert decision.candidates is not None and decision.choice is not None
+            committable = decision.candidates.committable
+            assert committable is not None and not committable.all(), "the snapshots hold soon-free couriers"
+            reserving += int((decision.choice[~committable] >= 0).sum())
+            r = client.decide(snap)
+            assert response_to_ids(r) == decision.action.to_ids(snap)
+            response_to_action(r, snap).check(snap)  # raises if a busy courier were committed
+    assert reserving > 0, "some soon-free courier reserved an order"
