@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     run = args.out / "run-inspo"
     model = args.out / "models" / "inspo-demo.onnx"
     step("4. train a small InSPO policy on the demo logs")
+    # `dispatch train` never overwrites a run; the demo's own run is retrained on every demo.
+    shutil.rmtree(run, ignore_errors=True)
     rc = dispatch(
         [
             "train",
