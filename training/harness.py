@@ -159,14 +159,24 @@ def restore(path: Path, payload: dict[str, Any], algo: Algorithm) -> int:
         raise ValueError(f"{path}: does not fit the networks of this --algo and --set ({why})") from None
 
 
+def read_json(path: Path) -> Any:
+    """The JSON value in ``path``; ValueError says why it cannot be had (the caller names the file or flag)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError("no such file") from None
+    except OSError as exc:
+        raise ValueError(f"cannot be read ({exc.strerror or exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not valid JSON ({exc})") from None
+
+
 def read_run_config(path: Path) -> dict[str, Any]:
     """A run's config.json, checked to hold its ``train`` and ``algo`` sections; ValueError names the file."""
     try:
-        resolved = json.loads(path.read_text())
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        resolved = read_json(path)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     if not isinstance(resolved, dict):
         raise ValueError(f"{path}: not a training run config (a JSON object with 'train' and 'algo')")
     for key in ("train", "algo"):

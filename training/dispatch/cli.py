@@ -83,14 +83,9 @@ def run_dispatch_train(args: argparse.Namespace, params: dict[str, Any]) -> int:
 
 def read_metrics(path: Path) -> dict[str, float]:
     """The ``--metrics`` file: a JSON object of metric name → finite number; ValueError says what is wrong."""
-    try:
-        body = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError("no such file") from None
-    except OSError as exc:
-        raise ValueError(f"cannot be read ({exc.strerror or exc})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"not valid JSON ({exc})") from None
+    from training.harness import read_json
+
+    body = read_json(path)
     if not isinstance(body, dict):
         raise ValueError(f"expected a JSON object of metric name → number, got {type(body).__name__}")
     for key, value in body.items():
