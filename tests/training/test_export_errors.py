@@ -92,6 +92,23 @@ def test_an_unknown_conflict_rule_is_refused(run: Path, tmp_path: Path, capsys: 
     assert not out.exists() and not out.with_suffix(".json").exists()
 
 
+@pytest.mark.parametrize("minutes", ["-1", "121"])
+def test_a_lookahead_out_of_range_is_refused(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], minutes: str
+) -> None:
+    out = tmp_path / "m.onnx"
+    _refused(capsys, ["export", str(run), "--out", str(out), "--lookahead", minutes], "--lookahead must be 0 to 120")
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+def test_the_lookahead_reaches_the_manifest(run: Path, tmp_path: Path) -> None:
+    """Default: 15 for logs of idle couriers only; an explicit value, 0 included, wins."""
+    for flags, want in (([], 15), (["--lookahead", "0"], 0), (["--lookahead", "7"], 7)):
+        out = tmp_path / f"m{want}.onnx"
+        assert dispatch(["export", str(run), "--out", str(out), *flags]) == 0
+        assert json.loads(out.with_suffix(".json").read_text())["candidates"].get("lookahead", 0) == want
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [

@@ -118,6 +118,7 @@ def check_model_target(out: Path) -> str | None:
 def run_export(args: argparse.Namespace) -> int:
     """Handler of ``dispatch export``: every argument is checked before the model is built or anything written."""
     from dispatch.assemble import RULES
+    from dispatch.candidates import MAX_LOOKAHEAD
     from simulator.logs.dataset import LogError
     from training.dispatch.export import export_run
 
@@ -125,6 +126,11 @@ def run_export(args: argparse.Namespace) -> int:
         print(
             f"dispatch export: --conflict-rule {args.conflict_rule!r} is not one of {', '.join(RULES)}",
             file=sys.stderr,
+        )
+        return 2
+    if args.lookahead is not None and not 0 <= args.lookahead <= MAX_LOOKAHEAD:
+        print(
+            f"dispatch export: --lookahead must be 0 to {MAX_LOOKAHEAD} minutes, got {args.lookahead}", file=sys.stderr
         )
         return 2
     problem = check_model_target(args.out)
