@@ -246,7 +246,10 @@ def route_times(snapshot: Snapshot, couriers: IntArray, bundles: Bundles) -> Rou
     reach its customer later than the maximum click-to-door.
     """
     p = snapshot.params
-    start = np.maximum(snapshot.courier_free_at[couriers], snapshot.time)
+    # A courier not yet on duty starts at its on-time even if a client sends an earlier free_at.
+    start = np.maximum(
+        np.maximum(snapshot.courier_free_at[couriers], snapshot.courier_on_time[couriers]), snapshot.time
+    )
     # Travel depends on the restaurant only: one (couriers × restaurants) matrix, gathered per bundle. Over
     # every restaurant when they are few next to the bundles (no sort), else over the ones bundles use.
     if snapshot.restaurant_xy.shape[0] <= bundles.n:

@@ -119,6 +119,9 @@ class DispatchParallelEnv(ParallelEnv[AgentID, ObsArray, int]):
         self.candidate_config = candidate_config or CandidateConfig()
         self.reward_config = reward_config or RewardConfig()
         self.k = self.candidate_config.k
+        if self.candidate_config.lookahead:
+            # Its agents would include couriers not free yet, whose actions the engine cannot execute.
+            raise ValueError("CandidateConfig.lookahead is not supported by the PettingZoo environment (use 0)")
         if self.k < 1:
             # k <= 0 means "all bundles" to the generator, which has no fixed width.
             raise ValueError(f"CandidateConfig.k must be at least 1 for a fixed action space, not {self.k}")

@@ -149,3 +149,35 @@ def test_greedy_behaviour_follows_reyes_reservations() -> None:
                 followed += 1
         engine.step(decision.action)
     assert followed > 0
+
+
+def test_a_courier_not_yet_on_duty_starts_at_its_on_time() -> None:
+    """A client may send free_at before on_time; candidate times must not start before the shift."""
+    import dataclasses
+
+    snap = near_busy_far_idle()  # t = 2
+    early = dataclasses.replace(
+        snap, courier_on_time=np.array([0, 10]), courier_free_at=np.array([9, 0]), courier_off_time=np.array([200, 200])
+    )
+    cands = generate(early, CandidateConfig(lookahead=10))
+    assert cands.agents.tolist() == [0, 1]
+    assert cands.times.start_at.tolist() == [9, 10]
+    assert cands.committable is not None and not cands.committable.any()
+
+
+def test_tools_without_reservation_support_refuse_a_lookahead(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dispatch_cli.main import main
+    from simulator.pettingzoo_env import DispatchParallelEnv
+
+    with pytest.raises(ValueError, match="lookahead"):
+        DispatchParallelEnv("0o50t75s2p100", candidate_config=CandidateConfig(lookahead=15))
+    logs = tmp_path / "logs"
+    args = ["logs", "generate", "--recipe", "reyes-soft", "--instances", "0o50t75s2p100", "--lookahead", "15"]
+    assert main([*args, "--out", str(logs), "--jobs", "1", "--no-progress"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "ope"
+    code = main(["replay", str(logs), "--policy", "reyes-soft", "--mode", "ope", "--out", str(out), "--no-progress"])
+    assert code == 2
+    assert "lookahead" in capsys.readouterr().err

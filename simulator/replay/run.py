@@ -122,6 +122,11 @@ def run_replay(
         raise ReplayError(f"modes {unknown or '(none)'}: expected some of {', '.join(MODES)}")
     if "ope" in config.modes and any(d.logged is None for d in days):
         raise ReplayError("off-policy estimates need logged days (behaviour probabilities); instance days have none")
+    if "ope" in config.modes and config.candidates.lookahead:
+        # The targets do not yet model reservations of couriers not free, so every weight would be wrong.
+        raise ReplayError(
+            f"off-policy estimates do not support logs made with a lookahead ({config.candidates.lookahead} min) yet"
+        )
     if resolver is None:
         cands = config.candidates
 

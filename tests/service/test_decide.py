@@ -191,7 +191,10 @@ def test_a_lookahead_model_serves_as_in_process_and_busy_couriers_still_wait(
             committable = decision.candidates.committable
             assert committable is not None and not committable.all(), "the snapshots hold soon-free couriers"
             reserving += int((decision.choice[~committable] >= 0).sum())
-            r = client.decide(snap)
+            r = client.decide(snap, include_scores=True)
             assert response_to_ids(r) == decision.action.to_ids(snap)
             response_to_action(r, snap).check(snap)  # raises if a busy courier were committed
+            # Scores only for couriers that could act now (the proto's promise), not for reservations.
+            can_act = set(decision.candidates.agents[committable].tolist())
+            assert {i for i, a in enumerate(r.actions) if a.HasField("score")} == can_act
     assert reserving > 0, "some soon-free courier reserved an order"
