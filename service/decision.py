@@ -75,10 +75,12 @@ def build_response(
     if assembled is not None:
         orders_of = {a.courier: a.orders for a in assembled.action.assignments}
     scored = include_scores and scores is not None and assembled is not None
-    cands = prepared.cands
-    # Couriers not yet free (a lookahead model's reservations) cannot act: no scores, as the proto says.
-    can_act = cands.committable if cands.committable is not None else np.ones(cands.n_agents, bool)
-    agent_row = {int(c): i for i, c in enumerate(cands.agents) if can_act[i]} if scored else {}
+    agent_row: dict[int, int] = {}
+    if scored:
+        cands = prepared.cands
+        # Couriers not yet free (a lookahead model's reservations) cannot act: no scores, as the proto says.
+        can_act = cands.committable
+        agent_row = {int(c): i for i, c in enumerate(cands.agents) if can_act is None or can_act[i]}
     k = prepared.cands.k
     response = pb.DecideResponse()
     add = response.actions.add
