@@ -4,6 +4,7 @@ import itertools
 import math
 
 import numpy as np
+import pytest
 import torch
 from scipy.optimize import minimize
 
@@ -195,11 +196,26 @@ def test_expected_target_sums_over_the_teammates_logged_actions_only():
     assert torch.allclose(y, want, atol=1e-5)
 
 
-def test_marginal_ratios_are_used_by_default_and_with_parameter_sharing():
+def test_conditional_ratios_by_default_marginal_when_off_or_with_parameter_sharing():
     from training.algos.base import DataInfo
     from training.algos.inspo import InSPO, InSPOConfig
 
     info = DataInfo(n_agents=2, n_actions=2, obs_dim=3, state_dim=3, gamma=0.9)
-    for cfg in [InSPOConfig(shared=True, conditional_behaviour=True), InSPOConfig()]:
+    assert "mu_cond" in InSPO(InSPOConfig(), info, torch.Generator().manual_seed(0)).modules
+    for cfg in [InSPOConfig(shared=True), InSPOConfig(conditional_behaviour=False)]:
         algo = InSPO(cfg, info, torch.Generator().manual_seed(0))
         assert "mu_cond" not in algo.modules
+
+
+def test_entropy_weight_anneals_linearly_from_the_end_of_warm_up():
+    """A11: β = beta_start until π starts, then linear to beta over beta_anneal_steps; constant without them."""
+    from training.algos.base import DataInfo
+    from training.algos.inspo import InSPO, InSPOConfig
+
+    info = DataInfo(n_agents=2, n_actions=2, obs_dim=3, state_dim=3, gamma=0.9)
+    cfg = InSPOConfig(beta=0.1, beta_start=0.9, beta_anneal_steps=400, warmup_steps=100)
+    algo = InSPO(cfg, info, torch.Generator().manual_seed(0))
+    got = [algo.beta_at(s) for s in (0, 100, 200, 300, 500, 10_000)]
+    assert got == pytest.approx([0.9, 0.9, 0.7, 0.5, 0.1, 0.1])
+    flat = InSPO(InSPOConfig(beta=0.1, beta_start=0.9, beta_anneal_steps=0), info, torch.Generator().manual_seed(0))
+    assert {flat.beta_at(s) for s in (0, 300, 10_000)} == {0.1}

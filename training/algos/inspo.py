@@ -44,7 +44,11 @@ class InSPOConfig:
     """InSPO hyperparameters (rewards arrive scaled to max |r| = 1 by the harness)."""
 
     alpha: float = 0.05  # weight of the reverse KL to μ
-    beta: float = 0.05  # weight of the entropy bonus
+    beta: float = 0.02  # weight of the entropy bonus (its final value when annealed)
+    # Entropy annealing (docs/inspo.md A11): β starts at beta_start when π starts (end of warm-up) and falls
+    # linearly to beta over beta_anneal_steps. 0 steps: β is constant and beta_start is not used.
+    beta_start: float = 0.5
+    beta_anneal_steps: int = 600
     kappa: float = 1.0  # advantage assigned to joint actions absent from the data (as −κ)
     ratio_clip: float = 10.0  # c: upper clip of each teammate ratio π^j/μ̂^j
     joint_ratio_clip: float = 10.0  # c_joint: upper clip of the product of teammate ratios
@@ -63,11 +67,11 @@ class InSPOConfig:
     shared: bool = False  # parameter sharing with the permutation form (dispatch); False: agent by agent
     # Teammates' ratios (2) divide by μ̂^j(a^j | s, a^i), a behaviour model conditioned on the updated agent's own
     # logged action, instead of the marginal μ̂^j(a^j | s) of A1 (docs/inspo.md A9). Heterogeneous update only.
-    conditional_behaviour: bool = False
+    conditional_behaviour: bool = True
     # Local target (3) as the explicit sum over the teammate's actions in the support of μ̂^j(· | s, a^i) instead of
     # the importance-weighted dataset sample (docs/inspo.md A10). Takes effect only with conditional_behaviour and
     # two agents (heterogeneous update); otherwise the ratio form (2)-(3).
-    teammate_expectation: bool = False
+    teammate_expectation: bool = True
     # Target of the joint critic Q: "td" (r + γ V(s'), IQL) or "mc", the logged discounted return-to-go of the
     # behaviour (Q^μ), which ties a delayed cost to the decisions before it without bootstrapping through V.
     # "mc" needs batches with "returns" (the dispatch harness provides them).
@@ -87,7 +91,15 @@ class InSPOConfig:
                 "hidden",
                 "critic_hidden",
             ),
-            non_negative=("alpha", "beta", "kappa", "support_threshold", "warmup_steps"),
+            non_negative=(
+                "alpha",
+                "beta",
+                "beta_start",
+                "beta_anneal_steps",
+                "kappa",
+                "support_threshold",
+                "warmup_steps",
+            ),
             unit_open=("expectile",),
             unit_half_open=("polyak",),
         )
@@ -182,6 +194,14 @@ class InSPO(Algorithm):
             "critic": torch.optim.Adam([*q.parameters(), *v.parameters()], lr=cfg.critic_lr),
         }
 
+    def beta_at(self, step: int) -> float:
+        """Entropy weight β at a training step: linear from beta_start to beta after the warm-up (A11)."""
+        cfg = self.config
+        if cfg.beta_anneal_steps <= 0:
+            return cfg.beta
+        frac = min(max(step - cfg.warmup_steps, 0) / cfg.beta_anneal_steps, 1.0)
+        return cfg.beta_start + (cfg.beta - cfg.beta_start) * frac
+
     # --- pieces ---------------------------------------------------------------------------------
     def _critic_step(self, b: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """In-sample critic (IQL): returns the advantage A(s, a) of the dataset joint action."""
@@ -274,7 +294,7 @@ class InSPO(Algorithm):
             # An absent teammate: the logged advantage itself.
             return torch.where(b["agent_mask"][:, j], y, adv)
 
-    def _agent_step(self, b: Batch, i: int, y: torch.Tensor, log_mu_all: torch.Tensor) -> dict[str, float]:
+    def _agent_step(self, b: Batch, i: int, y: torch.Tensor, log_mu_all: torch.Tensor, beta: float) -> dict[str, float]:
         """Local-critic regression on the target y then weighted ML for agent i (heterogeneous update)."""
         cfg = self.config
         act, valid = b["actions"][:, i], b["agent_mask"][:, i]
@@ -286,7 +306,7 @@ class InSPO(Algorithm):
         with torch.no_grad():
             q_all = self.local.forward_agent(i, b["obs"])
             log_wt = closed_form_log_weight(
-                q_all, log_mu_all[:, i], act, b["legal"][:, i], cfg.alpha, cfg.beta, cfg.support_threshold
+                q_all, log_mu_all[:, i], act, b["legal"][:, i], cfg.alpha, beta, cfg.support_threshold
             )
             weight = log_wt.exp().clamp(max=cfg.max_weight)
         logp = self.pi.forward_agent(i, b["obs"], b["legal"]).gather(-1, act[:, None]).squeeze(-1)
@@ -297,7 +317,7 @@ class InSPO(Algorithm):
         return {"local_loss": local_loss.item(), "pi_loss": pi_loss.item(), "weight_max": weight.max().item()}
 
     def _shared_step(
-        self, b: Batch, adv: torch.Tensor, log_mu_all: torch.Tensor, log_mu_a: torch.Tensor
+        self, b: Batch, adv: torch.Tensor, log_mu_all: torch.Tensor, log_mu_a: torch.Tensor, beta: float
     ) -> dict[str, float]:
         """All agents at once with parameter sharing: permutation + prefix products of ratios."""
         cfg = self.config
@@ -319,7 +339,7 @@ class InSPO(Algorithm):
                 act.reshape(-1),
                 b["legal"].reshape(bsz * n, a),
                 cfg.alpha,
-                cfg.beta,
+                beta,
                 cfg.support_threshold,
             )
             weight = log_wt.reshape(bsz, n).exp().clamp(max=cfg.max_weight)
@@ -345,8 +365,10 @@ class InSPO(Algorithm):
         with torch.no_grad():
             log_mu_all = self.mu(batch["obs"], batch["legal"])
             log_mu_a = gather_actions(log_mu_all, batch["actions"])
+        beta = self.beta_at(step)
+        logs["beta"] = beta
         if self.config.shared:
-            logs.update(self._shared_step(batch, adv, log_mu_all, log_mu_a))
+            logs.update(self._shared_step(batch, adv, log_mu_all, log_mu_a, beta))
             return logs
         expected = conditional and self.config.teammate_expectation and self.info.n_agents == 2
         order = torch.randperm(self.info.n_agents, generator=self.generator).tolist()
@@ -363,7 +385,7 @@ class InSPO(Algorithm):
                     log_rho = self._log_ratios(batch, log_mu_a)
                 log_rho = torch.where(batch["agent_mask"], log_rho, torch.zeros_like(log_rho))
                 y = self._local_target(log_rho.sum(1) - log_rho[:, i], adv)
-            logs.update(self._agent_step(batch, i, y, log_mu_all))
+            logs.update(self._agent_step(batch, i, y, log_mu_all, beta))
         return logs
 
     def log_probs(self, obs: torch.Tensor, legal: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,10 @@ class BridgeGame:
         self.max_steps = int(spec["max_steps"])
         self.weight = float(spec["distance_weight"])
         self.eval_episodes = int(spec["eval_episodes"])
+        self._free_cells = {
+            (r, c): k
+            for k, (r, c) in enumerate((r, c) for r in range(self.rows) for c in range(self.cols) if self.free(r, c))
+        }
         self._tables: tuple[np.ndarray, np.ndarray] | None = None
         self._q: np.ndarray | None = None
 
@@ -80,13 +84,23 @@ class BridgeGame:
         return -self.weight * float(np.mean(dist))
 
     def observe(self, pos: list[tuple[int, int] | None]) -> np.ndarray:
-        """Full observation (same for both agents): scaled positions and done flags."""
+        """Full observation (same for both agents): scaled positions, done flags, then one-hot cells.
+
+        The one-hot of each agent's free cell (all zero once done) lets a network tell apart neighbouring
+        cells that a wall separates; from the scaled coordinates alone it has to carve those edges out of a
+        smooth function, and the critic's errors at rarely logged joint actions were of the size of the
+        per-step advantage gaps (docs/inspo.md §9).
+        """
         feats: list[float] = []
         for i, p in enumerate(pos):
             q = self.goals[i] if p is None else p
             feats += [q[0] / (self.rows - 1), q[1] / (self.cols - 1)]
         feats += [float(p is None) for p in pos]
-        return np.array(feats, np.float32)
+        cells = np.zeros((len(pos), len(self._free_cells)), np.float32)
+        for i, p in enumerate(pos):
+            if p is not None:
+                cells[i, self._free_cells[p]] = 1.0
+        return np.concatenate([np.array(feats, np.float32), cells.ravel()])
 
     def legal(self, pos: list[tuple[int, int] | None]) -> np.ndarray:
         """Legal actions [N, A]: a done agent may only stay."""
