@@ -29,7 +29,7 @@ MAX_LOOKAHEAD = 120
 class CandidateConfig:
     """How candidates are built; part of a policy's contract (recorded in every model manifest)."""
 
-    k: int = 16
+    k: int = 16  # candidates kept per courier (0: every feasible one, as the heuristics use)
     max_bundle_size: int = 2
     max_ready_gap: int = 15
     # Slots of the K kept for orders that would otherwise be in nobody's list (0: plain top-K).
@@ -39,6 +39,16 @@ class CandidateConfig:
     lookahead: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("k", "max_bundle_size", "max_ready_gap", "cover", "lookahead"):
+            value = getattr(self, name)
+            # A manifest is JSON: 15.5 or true would otherwise pass the range checks and break slicing later.
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise ValueError(f"{name}: {value!r} is not an integer")
+        if self.k < 0 or self.max_bundle_size < 1 or self.max_ready_gap < 0:
+            raise ValueError(
+                f"k, max_bundle_size, max_ready_gap: {self.k}, {self.max_bundle_size}, {self.max_ready_gap} "
+                "must be >= 0 (0: every candidate), >= 1 and >= 0"
+            )
         if self.cover < 0 or (self.cover and self.cover >= self.k):
             raise ValueError(f"cover: {self.cover} must be >= 0 and below k ({self.k})")
         if not 0 <= self.lookahead <= MAX_LOOKAHEAD:

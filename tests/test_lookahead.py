@@ -77,9 +77,14 @@ def test_lookahead_is_validated_and_named_in_manifests_only_when_set(tmp_path: P
     body = json.loads(manifest_path(model).read_text())
     assert body["candidates"]["lookahead"] == 15
     assert load_manifest(model).candidates.lookahead == 15
-    manifest_path(model).write_text(json.dumps({**body, "candidates": {**body["candidates"], "lookahead": -3}}))
-    with pytest.raises(ModelError, match="candidates"):
-        load_manifest(model)
+    for bad, message in [(-3, "between 0 and"), (15.5, "15.5 is not an integer"), (True, "True is not an integer")]:
+        manifest_path(model).write_text(json.dumps({**body, "candidates": {**body["candidates"], "lookahead": bad}}))
+        with pytest.raises(ModelError, match=f"candidates.*lookahead: .*{message}"):
+            load_manifest(model)
+    for field, bad in [("k", -1), ("max_bundle_size", 2.0), ("max_ready_gap", -1)]:
+        manifest_path(model).write_text(json.dumps({**body, "candidates": {**body["candidates"], field: bad}}))
+        with pytest.raises(ModelError, match=f"candidates.*{field}"):
+            load_manifest(model)
 
 
 def test_a_day_with_reservations_commits_only_idle_couriers(tmp_path: Path) -> None:
