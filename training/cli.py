@@ -12,6 +12,8 @@ from typing import Any
 
 ALGOS = ("inspo", "bc", "icq", "omiga")  # mirrors training.algos.ALGORITHMS without importing torch
 # Flags that count something and must be at least 1 (at least 0 for the seeds), checked before any work.
+GAME_BATCH = 256
+DISPATCH_BATCH = 64  # decision epochs, each with every agent of the city: far more samples than a game's transition
 POSITIVE_FLAGS = ("steps", "batch_size", "eval_every", "ckpt_every", "stop_after")
 SEED_FLAGS = ("seed", "data_seed")
 
@@ -101,7 +103,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     p.add_argument("--data-seed", type=int, default=0, help="seed used to build the game dataset (default: 0)")
     p.add_argument("--steps", type=int, default=3000, help="gradient steps (default: 3000)")
-    p.add_argument("--batch-size", type=int, default=256, help="minibatch size (default: 256)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"minibatch size: transitions for a game (default: {GAME_BATCH}), "
+        f"decision epochs for dispatch logs (default: {DISPATCH_BATCH})",
+    )
     p.add_argument(
         "--gamma", type=float, default=None, help="discount per decision epoch, dispatch logs only (default 0.95)"
     )
@@ -157,17 +165,20 @@ def run_train(args: argparse.Namespace) -> int:
         from training.dispatch.cli import run_dispatch_train
 
         return run_dispatch_train(args, params)
-    if args.gamma is not None:
-        raise SystemExit("--gamma applies to dispatch log datasets; a game's discount is part of its spec")
-    if args.device != "cpu":
-        raise SystemExit("--device applies to dispatch log datasets; the benchmark games train on the CPU")
+    for flag, given, why in [
+        ("--gamma", args.gamma is not None, "a game's discount is part of its spec"),
+        ("--device", args.device != "cpu", "the benchmark games train on the CPU"),
+    ]:
+        if given:
+            print(f"dispatch train: {flag} applies to dispatch log datasets; {why}", file=sys.stderr)
+            return 2
     cfg = TrainConfig(
         algo=args.algo,
         data=args.data,
         seed=args.seed,
         data_seed=args.data_seed,
         steps=args.steps,
-        batch_size=args.batch_size,
+        batch_size=GAME_BATCH if args.batch_size is None else args.batch_size,
         eval_every=args.eval_every,
         ckpt_every=args.ckpt_every,
         out=args.out,

@@ -129,6 +129,20 @@ def test_unknown_data_is_named_and_no_out_folder_is_made(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--gamma", "0.9"), "--gamma applies to dispatch log datasets"),
+        (("--device", "cuda"), "--device applies to dispatch log datasets"),
+    ],
+)
+def test_dispatch_only_flags_on_a_game_are_usage_errors(
+    extra: tuple[str, ...], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _refused(capsys, _train("xor:ab", tmp_path / "run", *extra), message)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("source", ["logs", "game"])
 def test_a_run_is_never_overwritten_nor_resumed_with_other_settings(
     source: str, logs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
