@@ -135,7 +135,9 @@ def register(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="algorithm config override, repeatable, e.g. --set alpha=0.1 --set beta=0",
+        help="algorithm config override, repeatable, e.g. --set alpha=0.1; InSPO's entropy weight is annealed on "
+        "the games (from beta_start to beta over beta_anneal_steps), so no entropy at all is "
+        "--set beta=0 --set beta_anneal_steps=0 (docs/inspo.md A11)",
     )
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
