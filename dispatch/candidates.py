@@ -44,6 +44,7 @@ class CandidateConfig:
             # A manifest is JSON: 15.5 or true would otherwise pass the range checks and break slicing later.
             if isinstance(value, bool) or not isinstance(value, int | np.integer):
                 raise ValueError(f"{name}: {value!r} is not an integer")
+            object.__setattr__(self, name, int(value))  # a numpy integer would not survive json.dumps
         if self.k < 0 or self.max_bundle_size < 1 or self.max_ready_gap < 0:
             raise ValueError(
                 f"k, max_bundle_size, max_ready_gap: {self.k}, {self.max_bundle_size}, {self.max_ready_gap} "

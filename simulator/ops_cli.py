@@ -221,8 +221,11 @@ def replay(args: argparse.Namespace) -> int:
         if args.logs is not None:
             days = log_days(args.logs)
             made = read_manifest(args.logs).get("args", {})
-            reward = RewardConfig(**made.get("reward", {}))
-            cands = CandidateConfig(**made.get("candidates", {}))
+            try:
+                reward = RewardConfig(**made.get("reward", {}))
+                cands = CandidateConfig(**made.get("candidates", {}))
+            except (TypeError, ValueError) as exc:  # an unknown field, or a value the config refuses
+                raise LogError(f"{args.logs}: manifest field 'args' (reward or candidates): {exc}") from None
             source: dict[str, Any] = {"logs": str(args.logs.resolve())}
         else:
             specs = expand(args.instance)

@@ -87,6 +87,12 @@ def test_lookahead_is_validated_and_named_in_manifests_only_when_set(tmp_path: P
             load_manifest(model)
 
 
+def test_numpy_integers_are_stored_as_plain_ints_for_the_manifest() -> None:
+    cfg = CandidateConfig(k=np.int64(8), lookahead=np.int32(15))
+    assert json.loads(json.dumps(cfg.to_dict())) == {"k": 8, "max_bundle_size": 2, "max_ready_gap": 15, "lookahead": 15}
+    assert type(cfg.k) is int and type(cfg.lookahead) is int
+
+
 def test_a_day_with_reservations_commits_only_idle_couriers(tmp_path: Path) -> None:
     """The engine refuses any assignment of a busy courier, so a whole day run is the check."""
     model = write_linear_model(tmp_path / "ahead.onnx", candidates=CandidateConfig(lookahead=15))

@@ -196,6 +196,26 @@ def test_cli_replay_stops_cleanly_when_the_endpoint_is_down(
     assert rc == 0 and (out / "i" / "report.md").is_file()
 
 
+@pytest.mark.parametrize(("field", "value"), [("k", 16.0), ("lookahead", -1), ("nonsense", 1)])
+def test_cli_replay_names_a_manifest_whose_candidates_the_runtime_refuses(
+    greedy_log: Path, field: str, value: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from dispatch_cli.main import main
+
+    logs = tmp_path / "logs"
+    shutil.copytree(greedy_log, logs)
+    body = json.loads((logs / "manifest.json").read_text())
+    body["args"]["candidates"][field] = value
+    (logs / "manifest.json").write_text(json.dumps(body))
+    capsys.readouterr()
+    assert main(["replay", str(logs), "--policy", "nearest", "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "manifest field 'args'" in err and field in err and "\n" not in err, err
+    assert not (tmp_path / "r").exists()
+
+
 def test_recorded_pace_keeps_the_answers(greedy_log: Path, tmp_path: Path) -> None:
     from simulator.replay.shadow import ShadowConfig
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 ALGOS = ("inspo", "bc", "icq", "omiga")  # mirrors training.algos.ALGORITHMS without importing torch
-# Flags that count something and must be at least 1 (at least 0 for the seeds), checked before any work.
 GAME_BATCH = 256
 DISPATCH_BATCH = 64  # decision epochs, each with every agent of the city: far more samples than a game's transition
+# Flags that count something and must be at least 1 (at least 0 for the seeds), checked before any work.
 POSITIVE_FLAGS = ("steps", "batch_size", "eval_every", "ckpt_every", "stop_after")
 SEED_FLAGS = ("seed", "data_seed")
 

@@ -207,18 +207,25 @@ def _same_setting(key: str, was: Any, now: Any) -> bool:
     return False
 
 
+# Algorithm settings added after runs were already being made, with the value that trains as the code before them did.
+LEGACY_SETTINGS: dict[str, Any] = {"beta_anneal_steps": 0}
+
+
 def check_resume(out: Path, resolved: dict[str, Any], flags: dict[str, str]) -> None:
     """Refuse to resume the run in ``out`` with settings other than those it was made with.
 
     ``flags`` maps each flag that must match to its key in the ``train`` section (``{"--algo": "algo"}``);
-    every algorithm setting must match too. Settings the run did not record (older code) are not compared.
+    every algorithm setting must match too. A setting the run did not record (older code) is compared with its
+    ``LEGACY_SETTINGS`` value where it has one, and otherwise not at all.
     """
     path = out / CONFIG_NAME
     if not path.is_file():
         return  # killed before its config was written: nothing to compare, nothing to lose
     old = read_run_config(path)
+    # A setting added after the run was made is compared with the value that reproduces the code it ran with.
+    recorded_algo = {**{k: v for k, v in LEGACY_SETTINGS.items() if k in resolved["algo"]}, **old["algo"]}
     changes = [(f"{flag} ", old["train"], key, resolved["train"][key]) for flag, key in flags.items()]
-    changes += [(f"--set {key}=", old["algo"], key, now) for key, now in resolved["algo"].items()]
+    changes += [(f"--set {key}=", recorded_algo, key, now) for key, now in resolved["algo"].items()]
     for flag, recorded, key, now in changes:
         if key in recorded and not _same_setting(key, recorded[key], now):
             raise ValueError(
@@ -312,7 +319,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     }
     start = 0
     if cfg.resume:
-        check_resume(out, resolved, {"--algo": "algo", "--data": "data", "--data-seed": "data_seed"})
+        flags = {"--algo": "algo", "--data": "data", "--data-seed": "data_seed", "--batch-size": "batch_size"}
+        check_resume(out, resolved, flags)
         if ckpt_path.exists():
             payload = load_checkpoint(ckpt_path)
             start = restore(ckpt_path, payload, algo)

@@ -42,7 +42,8 @@ class Job:
 def budget(data: str, scale: float) -> int:
     """Gradient steps for a dataset: the same for every algorithm on it.
 
-    Bridge gets 8000: at 4000 InSPO's policies on ``bridge:mix`` were still settling (docs/inspo.md §10).
+    Bridge gets 8000: at 4000 InSPO's policies on ``bridge:mix`` were still settling (docs/inspo.md §9.2).
+    InSPO's entropy annealing (A11) ends 900 steps in, so a ``--scale`` below 0.6 cuts it short on the matrix games.
     """
     return int((8000 if data.startswith("bridge") else 1500) * scale)
 

@@ -74,6 +74,7 @@ def test_set_values_reach_the_config_as_their_fields_types(logs: Path, tmp_path:
     ("algo", "params", "message"),
     [
         ("inspo", {"hidden": 0}, "hidden: must be at least 1"),
+        ("inspo", {"alpha": 0.0, "beta_start": 0.0}, "alpha, beta_start: must not both be 0"),
         ("inspo", {"alpha": 0.0, "beta": 0.0}, "alpha, beta: must not both be 0"),
         ("inspo", {"expectile": 1.0}, "expectile: must be between 0 and 1"),
         ("inspo", {"alpha": "abc"}, "alpha: 'abc' is not a number"),
@@ -156,8 +157,25 @@ def test_a_run_is_never_overwritten_nor_resumed_with_other_settings(
     _refused(capsys, [*argv, "--resume", "--algo", "bc"], f"{out} was made with --algo inspo, not bc")
     _refused(capsys, [*_train(data, out, "--set", "hidden=16"), "--resume"], "--set hidden=8, not 16")
     _refused(capsys, [*argv, "--resume", "--steps", "1"], "--steps 1 is below the 2 steps")
+    _refused(capsys, [*argv, "--resume", "--batch-size", "8"], f"{out} was made with --batch-size 4, not 8")
     assert {p.name: p.read_bytes() for p in (out / "checkpoint.pt", out / "config.json")} == before
     assert dispatch([*argv, "--resume", "--steps", "3"]) == 0  # the same settings continue it
+
+
+def test_a_run_from_before_a_setting_existed_resumes_only_as_it_was_trained(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run whose config predates the entropy annealing trained with a constant β: resuming must not switch it on."""
+    out = tmp_path / "old"
+    argv = _train("xor:ab_ba", out, "--set", "hidden=8", "--set", "beta_anneal_steps=0")
+    assert dispatch(argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    for key in ("beta_start", "beta_anneal_steps"):  # as the code before them wrote it
+        del config["algo"][key]
+    (out / "config.json").write_text(json.dumps(config))
+    plain = _train("xor:ab_ba", out, "--set", "hidden=8")
+    _refused(capsys, [*plain, "--resume", "--steps", "3"], "was made with --set beta_anneal_steps=0, not 600")
+    assert dispatch([*argv, "--resume", "--steps", "3"]) == 0
 
 
 def test_an_out_that_is_a_file_is_refused(logs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -19,12 +19,13 @@ Everything is computed on dataset samples (s, a) only; code names in brackets:
         (one pass with an exclusive cumulative sum of log ρ)  [prefix_log_ratios]
     local advantage sample (joint actions absent from D count as advantage −κ)  (3) [local target]
         y^i = W^{-i}·(A(s, a) + κ) − κ,     local critic q^i(s, a^i) ← least squares on y^i          [local]
-        opt-in (A9 + A10, two agents): y^i = Σ_{a^j ∈ supp μ̂^j(·|s,a^i)} π^j(a^j|s)(Q̄(s,a^i,a^j) − V(s) + κ) − κ
+        default for two agents (A9 + A10): y^i = Σ_{a^j ∈ supp μ̂^j(·|s,a^i)} π^j(a^j|s)(Q̄(s,a^i,a^j) − V + κ) − κ
                                                                                         [_expected_target]
     closed form (1) with q^i in place of Q^i, as a weight on the dataset action  (4) [closed_form_weight]
         w^i = π*^i(a^i | s) / μ̂^i(a^i | s) = μ̂^i(a^i|s)^{−β/τ}·exp(q^i(s, a^i)/τ) / Z^i(s)
     weighted maximum likelihood (forward KL to π*^i, on dataset actions only)  (5) [pi loss]
         L_π^i = −E_D[ min(w^i, w_max) · log π^i(a^i | s) ]
+    β annealed from beta_start to beta over beta_anneal_steps after the warm-up (A11)  [beta_at]
 """
 
 from __future__ import annotations
@@ -107,6 +108,8 @@ class InSPOConfig:
             raise ValueError(f"support_threshold: must be at most 1, got {self.support_threshold}")
         if self.alpha + self.beta <= 0:  # τ = α + β divides in the closed-form policy (1)
             raise ValueError("alpha, beta: must not both be 0 (their sum is the policy's temperature)")
+        if self.beta_anneal_steps and self.alpha + self.beta_start <= 0:  # τ at the start of the annealing
+            raise ValueError("alpha, beta_start: must not both be 0 while β is annealed (their sum is the temperature)")
         if self.critic_target not in ("td", "mc"):
             raise ValueError(f"critic_target: {self.critic_target!r} is not 'td' or 'mc'")
 

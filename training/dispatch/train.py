@@ -125,7 +125,7 @@ def train(cfg: DispatchTrainConfig) -> dict[str, Any]:
     train_cfg, algo_cfg = asdict(cfg), algo.config_dict()
     start = 0
     if cfg.resume:
-        flags = {"--algo": "algo", "--data": "data", "--gamma": "gamma"}
+        flags = {"--algo": "algo", "--data": "data", "--gamma": "gamma", "--batch-size": "batch_size"}
         check_resume(out, {"train": train_cfg, "algo": algo_cfg}, flags)
         if (out / CHECKPOINT).exists():
             payload = _load(out / CHECKPOINT)
