@@ -156,7 +156,10 @@ def restore(path: Path, payload: dict[str, Any], algo: Algorithm) -> int:
             why = f"it has no state for {exc.args[0]!r}"
         else:  # torch's first line only says which module; the second says what did not fit
             why = " ".join([line.strip() for line in str(exc).splitlines() if line.strip()][:2])
-        raise ValueError(f"{path}: does not fit the networks of this --algo and --set ({why})") from None
+        raise ValueError(
+            f"{path}: does not fit the networks of this --algo, --set and data; "
+            f"a game's observation size may have changed since the run was made ({why})"
+        ) from None
 
 
 def read_json(path: Path) -> Any:

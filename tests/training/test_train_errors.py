@@ -258,3 +258,16 @@ def test_a_dataset_without_a_logged_day_is_refused(
     data = _edit_manifest(logs, tmp_path / "empty", lambda m: m.update(episodes={}, complete=False))
     _refused(capsys, _train(data, tmp_path / "run"), f"{data / 'manifest.json'}: no logged day")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_of_other_shapes_is_one_line_naming_the_likely_cause(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An older run whose config did not record what shaped its networks gets past the settings check."""
+    out = tmp_path / "shapes"
+    assert dispatch(_train("xor:ab_ba", out, "--set", "hidden=8")) == 0
+    config = json.loads((out / "config.json").read_text())
+    del config["algo"]["hidden"]
+    (out / "config.json").write_text(json.dumps(config))
+    err = _refused(capsys, [*_train("xor:ab_ba", out), "--resume", "--steps", "3"], "does not fit the networks")
+    assert "observation size may have changed" in err
