@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 data=str(logs),
                 algo=algo,
                 steps=steps[-1],
+                batch_size=32,  # the `make results-dispatch` protocol, as every recorded figure used
                 stop_after=s,
                 resume=True,
                 out=str(tmp / algo),

@@ -10,9 +10,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from training.defaults import DISPATCH_BATCH, GAME_BATCH
+
 ALGOS = ("inspo", "bc", "icq", "omiga")  # mirrors training.algos.ALGORITHMS without importing torch
-GAME_BATCH = 256
-DISPATCH_BATCH = 64  # decision epochs, each with every agent of the city: far more samples than a game's transition
 # Flags that count something and must be at least 1 (at least 0 for the seeds), checked before any work.
 POSITIVE_FLAGS = ("steps", "batch_size", "eval_every", "ckpt_every", "stop_after")
 SEED_FLAGS = ("seed", "data_seed")
@@ -180,7 +180,7 @@ def run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         data_seed=args.data_seed,
         steps=args.steps,
-        batch_size=GAME_BATCH if args.batch_size is None else args.batch_size,
+        **({} if args.batch_size is None else {"batch_size": args.batch_size}),
         eval_every=args.eval_every,
         ckpt_every=args.ckpt_every,
         out=args.out,

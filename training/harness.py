@@ -23,6 +23,7 @@ import torch
 from training.algos import make_algorithm
 from training.algos.base import Algorithm, DataInfo
 from training.data import DataSource, resolve_data, reward_scale
+from training.defaults import GAME_BATCH
 
 CHECKPOINT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -38,7 +39,7 @@ class TrainConfig:
     seed: int = 0
     data_seed: int = 0
     steps: int = 3000
-    batch_size: int = 256
+    batch_size: int = GAME_BATCH
     eval_every: int = 500
     ckpt_every: int = 500
     out: str = "runs/default"

@@ -46,6 +46,7 @@ from dispatch.routes import sequence_bundles
 from dispatch.snapshot import Assignment, JointAction, Snapshot, travel_matrix, travel_minutes
 
 GROUP_BONUS = (1e9, 1e6, 1e3, 0.0)
+EVERY_BUNDLE = CandidateConfig(k=0)  # built once: reyes scores every (courier, bundle) pair of its own bundling
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +174,7 @@ class ReyesPolicy:
         for orders in by_rest.values():
             groups.extend(tuple(r) for r in self._bundle_restaurant(snap, orders, z))
         bundles = sequence_bundles(snap, groups)
-        cands = generate(snap, CandidateConfig(k=0), agents=couriers, bundles=bundles)
+        cands = generate(snap, EVERY_BUNDLE, agents=couriers, bundles=bundles)
         # A route that no courier can serve (the cost-driven bundling ignores the click-to-door limit and
         # the couriers' off-times) would strand every order in it: serve its orders as singles instead.
         stranded = (bundles.size > 1) & ~cands.times.feasible.any(axis=0)
@@ -181,7 +182,7 @@ class ReyesPolicy:
             groups = [g for g, s in zip(groups, stranded, strict=True) if not s]
             groups += [(o,) for b in np.flatnonzero(stranded) for o in bundles.members(int(b))]
             bundles = sequence_bundles(snap, groups)
-            cands = generate(snap, CandidateConfig(k=0), agents=couriers, bundles=bundles)
+            cands = generate(snap, EVERY_BUNDLE, agents=couriers, bundles=bundles)
         if cands.k == 0:
             return Decision(JointAction())
         times = cands.times

@@ -47,7 +47,6 @@ def register(sub: Any) -> None:
 def run_dispatch_train(args: argparse.Namespace, params: dict[str, Any]) -> int:
     """``dispatch train --data LOGS_DIR``: BC or InSPO on a dispatch log dataset."""
     from simulator.logs.dataset import LogError
-    from training.cli import DISPATCH_BATCH
     from training.dispatch.train import DispatchTrainConfig, train
 
     if args.algo not in ("bc", "inspo"):
@@ -62,7 +61,7 @@ def run_dispatch_train(args: argparse.Namespace, params: dict[str, Any]) -> int:
         gamma=gamma,
         algo=args.algo,
         steps=args.steps,
-        batch_size=DISPATCH_BATCH if args.batch_size is None else args.batch_size,
+        **({} if args.batch_size is None else {"batch_size": args.batch_size}),
         seed=args.seed,
         out=args.out,
         ckpt_every=args.ckpt_every,

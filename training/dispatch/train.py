@@ -28,6 +28,7 @@ from simulator.logs.dataset import MANIFEST, LogError
 from simulator.logs.view import STATE_FEATURES
 from simulator.logs.view import load as load_view
 from training.algos.base import DataInfo
+from training.defaults import DISPATCH_BATCH
 from training.dispatch.algo import make
 from training.dispatch.batches import minibatch, returns_to_go, to_device
 from training.harness import (
@@ -55,7 +56,7 @@ class DispatchTrainConfig:
     data: str = ""
     algo: str = "inspo"
     steps: int = 3000
-    batch_size: int = 32
+    batch_size: int = DISPATCH_BATCH
     gamma: float = 0.95
     seed: int = 0
     out: str = "runs/dispatch"

@@ -33,10 +33,7 @@ class BridgeGame:
         self.max_steps = int(spec["max_steps"])
         self.weight = float(spec["distance_weight"])
         self.eval_episodes = int(spec["eval_episodes"])
-        self._free_cells = {
-            (r, c): k
-            for k, (r, c) in enumerate((r, c) for r in range(self.rows) for c in range(self.cols) if self.free(r, c))
-        }
+        self._free_cells = {cell: k for k, cell in enumerate(self._cells()[:-1])}  # the last entry is "done"
         self._tables: tuple[np.ndarray, np.ndarray] | None = None
         self._q: np.ndarray | None = None
 
