@@ -56,12 +56,14 @@ def _to_action(cands: CandidateSet, choice: IntArray) -> JointAction:
         return JointAction()
     agents = cands.agents[rows].tolist()
     members = _members(cands, cands.bundle[rows, choice[rows]])
-    return JointAction(tuple(Assignment(a, m) for a, m in zip(agents, members, strict=True)))
+    return JointAction(tuple(map(Assignment, agents, members)))
 
 
 def _members(cands: CandidateSet, bundles: IntArray) -> list[tuple[int, ...]]:
     """Order indices of each listed bundle, as tuples (one conversion for all, not one per bundle)."""
-    return [tuple(o for o in row if o >= 0) for row in cands.bundles.orders[bundles].tolist()]
+    # Rows are padded with -1 at the end only: each bundle's size cuts its row.
+    rows = cands.bundles.orders[bundles].tolist()
+    return [tuple(row[:size]) for row, size in zip(rows, cands.bundles.size[bundles].tolist(), strict=True)]
 
 
 def _rows(cands: CandidateSet, bundles: IntArray) -> list[list[int]]:

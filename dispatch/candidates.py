@@ -3,9 +3,10 @@
 Every consumer (heuristics, log writing, training, the service) builds its action space here, so a
 courier's K candidates mean the same thing everywhere. Candidates are ranked per courier by the
 earliest pickup instant they allow, ties broken by the travel time to the restaurant, then by the
-larger bundle. With ``cover`` > 0 the last ``cover`` slots first go to orders that no courier's
-other slots list (oldest order first, each to the courier that could pick it up earliest), so under
-load an order far from every courier still reaches some courier's list instead of expiring unseen.
+larger bundle, then by the lower bundle index (so no list depends on a sort's internals). With
+``cover`` > 0 the last ``cover`` slots first go to orders that no courier's other slots list (oldest
+order first, each to the courier that could pick it up earliest), so under load an order far from
+every courier still reaches some courier's list instead of expiring unseen.
 With ``lookahead`` > 0, couriers that will be free within that many minutes hold candidates too (from
 where and when they will be free); their picks only reserve orders (:func:`dispatch.assemble._to_action`
 drops them from the executed action), so a courier about to be free near a restaurant can keep a far
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dispatch.kernels import cover, rank_keys
+from dispatch.kernels import cover, rank_keys, top_k
 from dispatch.routes import Bundles, RouteTimes, make_bundles, route_times, sequence_bundles
 from dispatch.snapshot import BoolArray, IntArray, Snapshot
 
@@ -111,18 +112,20 @@ def generate(
     if n == 0 or b == 0:
         empty = np.zeros((n, max(k, 0)), dtype=np.int64)
         return CandidateSet(agents, bundles, empty - 1, empty.astype(bool), times, committable)
-    # Lexicographic key: pickup, then travel, then larger bundle first; infeasible last.
-    key = rank_keys(times.pickup, times.travel_to_restaurant, times.feasible, bundles.size)
-    part = np.argpartition(key, k - 1, axis=1)[:, :k] if k < b else np.tile(np.arange(b), (n, 1))
-    order = np.argsort(np.take_along_axis(key, part, axis=1), axis=1, kind="stable")
-    chosen = np.take_along_axis(part, order, axis=1)
+    # Lexicographic key: pickup, then travel, then larger bundle first, then lower bundle index;
+    # infeasible last. Top-K in one compiled pass per row; every bundle (the heuristics) by a stable sort.
+    if k < b:
+        chosen, mask = top_k(times.pickup, times.travel_to_restaurant, times.feasible, bundles.size, k)
+    else:
+        key = rank_keys(times.pickup, times.travel_to_restaurant, times.feasible, bundles.size)
+        chosen = np.argsort(key, axis=1, kind="stable")
+        mask = np.take_along_axis(times.feasible, chosen, axis=1)
     if config.cover and k < b:
+        key = rank_keys(times.pickup, times.travel_to_restaurant, times.feasible, bundles.size)
         singles = np.flatnonzero(bundles.size == 1)
         oldest = singles[np.argsort(bundles.placement_min[singles], kind="stable")]
         chosen = cover(key, times.feasible, chosen, k - config.cover, oldest, bundles.orders)
         mask = np.take_along_axis(times.feasible, np.maximum(chosen, 0), axis=1) & (chosen >= 0)  # -1: empty
-    else:
-        mask = np.take_along_axis(times.feasible, chosen, axis=1)
     chosen = np.where(mask, chosen, -1)
     return CandidateSet(agents, bundles, chosen, mask, times, committable)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dispatch.candidates import CandidateSet
-from dispatch.kernels import CANDIDATE_COLUMNS, best_pickup, candidate_features
+from dispatch.kernels import CANDIDATE_COLUMNS, candidate_features
 from dispatch.snapshot import BoolArray, Snapshot
 
 AGENT_FEATURES = (
@@ -86,7 +86,7 @@ def encode(snapshot: Snapshot, cands: CandidateSet) -> Encoded:
             bun,
             snapshot.order_placement,
             held,
-            best_pickup(tm.pickup, tm.feasible),
+            tm.best_pickup,
             t,
             p.half_pickup,
             p.target_ctd,

@@ -51,21 +51,27 @@ def _call(kernel: Any, *args: Any) -> Any:
     Arrays become C-contiguous int64 (bool arrays stay bool) and integers Python ints, so a caller's
     int32 column or sliced view never triggers another compilation or a wrong-layout signature.
     """
-    fixed = [
-        (
-            np.ascontiguousarray(a, dtype=np.bool_ if a.dtype == np.bool_ else np.int64)
-            if isinstance(a, np.ndarray)
-            else int(a)
-        )
-        for a in args
-    ]
+    fixed: list[Any] = []
+    for a in args:
+        if not isinstance(a, np.ndarray):
+            fixed.append(int(a))
+        elif (a.dtype == _INT64 or a.dtype == _BOOL) and a.flags.c_contiguous:
+            fixed.append(a)  # the common case: already what the kernel takes, no conversion call
+        else:
+            fixed.append(np.ascontiguousarray(a, dtype=_BOOL if a.dtype == _BOOL else _INT64))
     return kernel(*fixed)
+
+
+_INT64 = np.dtype(np.int64)
+_BOOL = np.dtype(np.bool_)
 
 
 # Columns :func:`candidate_features` writes, in dispatch.features.CANDIDATE_FEATURES order (asserted there).
 CANDIDATE_COLUMNS = 16
 # Rank key of an infeasible pair: after every feasible one (keys are below 2**40 for any real day).
 INFEASIBLE_KEY = np.int64(1 << 40)
+# Earliest pickup of a bundle no courier can serve.
+NO_PICKUP = np.int64(np.iinfo(np.int64).max)
 
 
 @_compiled()
@@ -78,25 +84,31 @@ def _pair_times(
     max_ctd_offset: IntArray,
     half_pickup: int,
     max_ctd_limit: int,
-) -> tuple[IntArray, IntArray, IntArray, BoolArray]:
+    none: np.int64,
+) -> tuple[IntArray, IntArray, IntArray, BoolArray, IntArray]:
     n = start.shape[0]
     b = restaurant_col.shape[0]
     travel = np.empty((n, b), dtype=np.int64)
     pickup = np.empty((n, b), dtype=np.int64)
     max_ctd = np.empty((n, b), dtype=np.int64)
     feasible = np.empty((n, b), dtype=np.bool_)
+    best = np.full(b, none, dtype=np.int64)
     for i in range(n):
         arrive = start[i] + half_pickup
         off = off_time[i]
+        # The gather first, then a branch-free loop over rows the compiler can vectorise.
+        tr_row, pk_row, mc_row, ok_row = travel[i], pickup[i], max_ctd[i], feasible[i]
         for j in range(b):
-            tr = travel_cr[i, restaurant_col[j]]
-            pk = max(ready[j], arrive + tr)
+            tr_row[j] = travel_cr[i, restaurant_col[j]]
+        for j in range(b):
+            pk = max(ready[j], arrive + tr_row[j])
             mc = pk + max_ctd_offset[j]
-            travel[i, j] = tr
-            pickup[i, j] = pk
-            max_ctd[i, j] = mc
-            feasible[i, j] = pk <= off and mc <= max_ctd_limit
-    return travel, pickup, max_ctd, feasible
+            ok = (pk <= off) & (mc <= max_ctd_limit)
+            pk_row[j] = pk
+            mc_row[j] = mc
+            ok_row[j] = ok
+            best[j] = min(best[j], pk if ok else none)
+    return travel, pickup, max_ctd, feasible, best
 
 
 def pair_times(
@@ -108,15 +120,25 @@ def pair_times(
     max_ctd_offset: IntArray,
     half_pickup: int,
     max_ctd_limit: int,
-) -> tuple[IntArray, IntArray, IntArray, BoolArray]:
-    """Dense (couriers × bundles) travel, pickup, max click-to-door and feasibility in one pass.
+) -> tuple[IntArray, IntArray, IntArray, BoolArray, IntArray]:
+    """Dense (couriers × bundles) travel, pickup, max click-to-door and feasibility in one pass, and per
+    bundle the earliest feasible pickup over all couriers (int64 max where none is feasible).
 
     ``travel_cr`` is (couriers × restaurants) minutes and ``restaurant_col`` each bundle's column in it;
     pickup = max(ready, start + travel + half_pickup); max_ctd = pickup + the bundle's largest
     (drop-off offset − placement); feasible = pickup ≤ off time and max_ctd ≤ the limit.
     """
     return _call(
-        _pair_times, travel_cr, restaurant_col, start, off_time, ready, max_ctd_offset, half_pickup, max_ctd_limit
+        _pair_times,
+        travel_cr,
+        restaurant_col,
+        start,
+        off_time,
+        ready,
+        max_ctd_offset,
+        half_pickup,
+        max_ctd_limit,
+        NO_PICKUP,
     )  # type: ignore[no-any-return]
 
 
@@ -138,46 +160,79 @@ def rank_keys(pickup: IntArray, travel: IntArray, feasible: BoolArray, size: Int
 
 
 @_compiled()
-def _best_pickup(pickup: IntArray, feasible: BoolArray, none: np.int64) -> IntArray:
+def _top_k(
+    pickup: IntArray, travel: IntArray, feasible: BoolArray, size: IntArray, k: int, infeasible: np.int64
+) -> tuple[IntArray, BoolArray]:
     n, b = pickup.shape
-    best = np.full(b, none, dtype=np.int64)
+    chosen = np.empty((n, k), dtype=np.int64)
+    mask = np.empty((n, k), dtype=np.bool_)
+    row = np.empty(b, dtype=np.int64)
+    keys = np.empty(k, dtype=np.int64)
+    best = np.empty(k, dtype=np.int64)
     for i in range(n):
+        worst = infeasible
+        # The keys first, in a loop the compiler vectorises; then one scan that rarely inserts.
         for j in range(b):
-            if feasible[i, j] and pickup[i, j] < best[j]:
-                best[j] = pickup[i, j]
-    return best
+            row[j] = (pickup[i, j] * 4096 + travel[i, j]) * 8 - size[j] if feasible[i, j] else infeasible
+        for j in range(b):
+            key = row[j]
+            if j < k:
+                p = j
+            elif key < worst:
+                p = k - 1
+            else:
+                continue
+            # Insertion into the sorted list; strict ">" keeps the earlier bundle first among equal keys.
+            while p > 0 and keys[p - 1] > key:
+                keys[p] = keys[p - 1]
+                best[p] = best[p - 1]
+                p -= 1
+            keys[p] = key
+            best[p] = j
+            worst = keys[k - 1]
+        for p in range(k):
+            chosen[i, p] = best[p]
+            mask[i, p] = keys[p] != infeasible
+    return chosen, mask
 
 
-def best_pickup(pickup: IntArray, feasible: BoolArray) -> IntArray:
-    """Per bundle, the earliest feasible pickup over all couriers (int64 max where none is feasible)."""
-    return _call(_best_pickup, pickup, feasible, np.iinfo(np.int64).max)  # type: ignore[no-any-return]
+def top_k(
+    pickup: IntArray, travel: IntArray, feasible: BoolArray, size: IntArray, k: int
+) -> tuple[IntArray, BoolArray]:
+    """Each courier's ``k`` best bundles by :func:`rank_keys`, best first, in one pass over its row.
+
+    Ties in the key keep the lower bundle index first (exactly a stable sort of the whole row, cut at
+    ``k``); ``k`` must be between 1 and the number of bundles. Returns (chosen, mask): the bundle index
+    of each slot and whether that pair is feasible (infeasible pairs rank last).
+    """
+    return _call(_top_k, pickup, travel, feasible, size, k, INFEASIBLE_KEY)  # type: ignore[no-any-return]
 
 
 @_compiled()
-def _close_pairs(perm: IntArray, rest: IntArray, ready: IntArray, gap: int) -> tuple[IntArray, IntArray]:
-    n = perm.shape[0]
-    # Within a restaurant group ``perm`` runs in position order, so ready times never decrease: the scan
-    # of a's partners stops at the first one more than ``gap`` later. Two passes: count, then fill.
+def _close_pairs(rest: IntArray, ready: IntArray, gap: int) -> tuple[IntArray, IntArray]:
+    n = rest.shape[0]
+    # nxt[a]: the next position after a with a's restaurant. Ready times never decrease along positions,
+    # so the scan of a's partners stops at the first one more than ``gap`` later; walking a upwards emits
+    # the pairs in row-major order with no sort. Two passes: count, then fill.
+    last = np.full(rest.max() + 1, -1, dtype=np.int64)
+    nxt = np.empty(n, dtype=np.int64)
+    for a in range(n - 1, -1, -1):
+        nxt[a] = last[rest[a]]
+        last[rest[a]] = a
     total = 0
     for fill in range(2):
         if fill:
             first = np.empty(total, dtype=np.int64)
             second = np.empty(total, dtype=np.int64)
         m = 0
-        g0 = 0
-        for g in range(1, n + 1):
-            if g == n or rest[perm[g]] != rest[perm[g0]]:
-                for a in range(g0, g):
-                    i = perm[a]
-                    for c in range(a + 1, g):
-                        j = perm[c]
-                        if ready[j] - ready[i] > gap:
-                            break
-                        if fill:
-                            first[m] = i
-                            second[m] = j
-                        m += 1
-                g0 = g
+        for a in range(n):
+            c = nxt[a]
+            while c >= 0 and ready[c] - ready[a] <= gap:
+                if fill:
+                    first[m] = a
+                    second[m] = c
+                m += 1
+                c = nxt[c]
         total = m
     return first[:total], second[:total]
 
@@ -185,17 +240,34 @@ def _close_pairs(perm: IntArray, rest: IntArray, ready: IntArray, gap: int) -> t
 def close_pairs(rest: IntArray, ready: IntArray, gap: int) -> tuple[IntArray, IntArray]:
     """Index pairs i < j with the same restaurant and ready times at most ``gap`` apart, in row-major order.
 
-    ``ready`` must be non-decreasing. Equivalent to ``np.nonzero(np.triu(close, 1))`` of the dense
-    (n × n) test, in O(sum of squared restaurant group sizes).
+    ``rest`` holds restaurant indices (>= 0) and ``ready`` must be non-decreasing. Equivalent to
+    ``np.nonzero(np.triu(close, 1))`` of the dense (n × n) test, in O(n + restaurants + pairs).
     """
-    rest = np.ascontiguousarray(rest, dtype=np.int64)
-    n = rest.size
-    if n < 2:
+    if rest.size < 2:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    perm = np.lexsort((np.arange(n), rest))  # by restaurant, then position (hence ready time)
-    i, j = _call(_close_pairs, perm, rest, ready, gap)
-    order = np.lexsort((j, i))
-    return i[order], j[order]
+    return _call(_close_pairs, rest, ready, gap)  # type: ignore[no-any-return]
+
+
+@_compiled()
+def _plain_columns(matrix: np.ndarray, whole_from: int, max_whole: float) -> bool:
+    n, m = matrix.shape
+    for i in range(n):
+        for j in range(m):
+            v = matrix[i, j]
+            # Comparisons only, so NaN fails every test exactly as in numpy.
+            if not (v >= 0.0 and v < np.inf):
+                return False
+            if j >= whole_from and not (v == np.floor(v) and v <= max_whole):
+                return False
+    return True
+
+
+def plain_columns(matrix: np.ndarray, whole_from: int, max_whole: float) -> bool:
+    """True when every value of the float matrix is finite and >= 0, and those of the columns from
+    ``whole_from`` on are also whole and at most ``max_whole`` (a request table's common case, in one pass).
+    """
+    values = np.ascontiguousarray(matrix, dtype=np.float64)
+    return bool(_plain_columns(values, int(whole_from), float(max_whole)))
 
 
 @_compiled()
@@ -324,7 +396,7 @@ def candidate_features(
 
     Each value is computed in float64 from the integer minutes exactly as the feature list defines it,
     then stored as float32; ``held`` is how many agents list each bundle and ``best`` each bundle's
-    earliest feasible pickup (:func:`best_pickup`).
+    earliest feasible pickup (:func:`pair_times`).
     """
     return _call(  # type: ignore[no-any-return]
         _candidate_features,
@@ -531,11 +603,12 @@ def warm_up() -> float:
     i1 = np.zeros(1, dtype=np.int64)
     i2 = np.zeros((1, 1), dtype=np.int64)
     b2 = np.ones((1, 1), dtype=np.bool_)
-    _pair_times(i2, i1, i1, i1, i1, i1, 0, 0)
+    _pair_times(i2, i1, i1, i1, i1, i1, 0, 0, NO_PICKUP)
     _rank_keys(i2, i2, b2, i1, INFEASIBLE_KEY)
-    _best_pickup(i2, b2, np.int64(0))
-    _close_pairs(i1, i1, i1, 0)
+    _top_k(i2, i2, b2, i1, 1, INFEASIBLE_KEY)
+    _close_pairs(i1, i1, 0)
     _claim(i1, i1, i1, i2, 1, 1)
+    _plain_columns(np.zeros((1, 1)), 0, 1.0)
     _pair_offsets(np.zeros((1, 2), dtype=np.int64), i1, i1, 0, 0, 0)
     _bundle_stats(i2, i1, i1, i1)
     _ctd_terms(i2, i2, i1, i1)

@@ -217,6 +217,8 @@ class RouteTimes:
     ctd_offset_sum: IntArray
     last_offset: IntArray
     free_offset: IntArray
+    # Per bundle, the earliest feasible pickup over these couriers (int64 max where none is feasible).
+    best_pickup: IntArray
 
     @cached_property
     def start(self) -> IntArray:
@@ -263,7 +265,7 @@ def route_times(snapshot: Snapshot, couriers: IntArray, bundles: Bundles) -> Rou
     rel_max, ctd_offset_sum, last_offset = ctd_terms(
         bundles.orders, bundles.dropoff_offset, bundles.size, snapshot.order_placement
     )
-    travel, pickup, max_ctd, feasible = pair_times(
+    travel, pickup, max_ctd, feasible, best = pair_times(
         travel_cr, at, start, snapshot.courier_off_time[couriers], bundles.ready, rel_max, p.half_pickup, p.max_ctd
     )
     return RouteTimes(
@@ -276,4 +278,5 @@ def route_times(snapshot: Snapshot, couriers: IntArray, bundles: Bundles) -> Rou
         ctd_offset_sum=ctd_offset_sum,
         last_offset=last_offset,
         free_offset=bundles.free_offset,
+        best_pickup=best,
     )

@@ -86,10 +86,14 @@ def build_response(
     add = response.actions.add
     for ci, cid in enumerate(snap.courier_ids):
         mine = orders_of.get(ci)
-        # add() with only the fields that are set is several times cheaper than building each message.
-        act = (
-            add(courier_id=cid, order_ids=[snap.order_ids[o] for o in mine]) if mine else add(courier_id=cid, wait=True)
-        )
+        # add() then attribute sets: several times cheaper than building each message, and a quarter
+        # cheaper than add() with keyword arguments.
+        act = add()
+        act.courier_id = cid
+        if mine:
+            act.order_ids.extend([snap.order_ids[o] for o in mine])
+        else:
+            act.wait = True
         row = agent_row.get(ci)
         if row is not None:
             assert scores is not None and assembled is not None

@@ -30,6 +30,7 @@ LATENCY_BUCKETS = (
     0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+STAGES = ("queue", "inference", "assembly", "total")
 
 
 class Metrics:
@@ -109,6 +110,10 @@ class Metrics:
             registry=r,
         )
 
+        # Labelled children of the per-request series (counters and histograms are never removed, so a
+        # cached child stays the registered one).
+        self._request_children: dict[tuple[str, str, str, str], Any] = {}
+        self._stage_children: dict[tuple[str, str], tuple[Any, ...]] = {}
         self.worker_requests: Counter | None = None
         if worker is not None:
             self.worker_requests = Counter(
@@ -120,9 +125,23 @@ class Metrics:
 
     def count_request(self, method: str, code: str, model: str, version: str) -> None:
         """One answered Decide call or DecideStream message."""
-        self.requests.labels(method, code, model, version).inc()
+        key = (method, code, model, version)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(*key)
+        child.inc()
         if self.worker_requests is not None:
             self.worker_requests.inc()
+
+    def observe_stages(self, model: str, version: str, queue: float, inference: float, total: float) -> None:
+        """One request's latency split: queue, inference, assembly (the rest) and total seconds."""
+        children = self._stage_children.get((model, version))
+        if children is None:
+            # labels() takes a lock and hashes four strings: looked up once per model version, not per request.
+            children = tuple(self.latency.labels(stage, model, version) for stage in STAGES)
+            self._stage_children[(model, version)] = children
+        for child, value in zip(children, (queue, inference, max(0.0, total - queue - inference), total), strict=True):
+            child.observe(value)
 
     @staticmethod
     def drop(gauge: Gauge, *labels: str) -> None:

@@ -25,7 +25,7 @@ from dispatch import kernels
 from dispatch.assemble import Assembled
 from dispatch.candidates import CandidateConfig
 from dispatch.model import ModelError
-from dispatch.snapshot import FloatArray, Snapshot
+from dispatch.snapshot import FloatArray, JointAction, Snapshot
 from dispatch.workers import spawn_pool
 from service.adminlog import AdminLog
 from service.auth import TokenAuth, server_credentials
@@ -243,13 +243,9 @@ class DecisionService:
         t = response.timings
         t.queue_us, t.inference_us, t.total_us = _us(queue_s), _us(inference_s), _us(total)
         t.assembly_us = max(0, t.total_us - t.queue_us - t.inference_us)
-        lat = self.metrics.latency
-        lat.labels("queue", model.name, model.version).observe(queue_s)
-        lat.labels("inference", model.name, model.version).observe(inference_s)
-        lat.labels("assembly", model.name, model.version).observe(max(0.0, total - queue_s - inference_s))
-        lat.labels("total", model.name, model.version).observe(total)
+        self.metrics.observe_stages(model.name, model.version, queue_s, inference_s, total)
         if not reason and snapshot is not None:
-            self._shadow(model, prepared, assembled.action.to_ids(snapshot))
+            self._shadow(model, prepared, assembled.action, snapshot)
         return response, model.name, model.version
 
     def _prepare(
@@ -292,10 +288,11 @@ class DecisionService:
         except VersionMismatch as exc:
             raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
 
-    def _shadow(self, served: LoadedModel, prepared: Prepared, answer: dict[str, tuple[str, ...]]) -> None:
+    def _shadow(self, served: LoadedModel, prepared: Prepared, action: JointAction, snapshot: Snapshot) -> None:
         shadow = self.registry.shadow_model()
         if shadow is None or shadow.slot == served.slot:
             return
+        answer = action.to_ids(snapshot)  # only with a shadow to compare against: ids cost a dict per request
         task = asyncio.get_running_loop().create_task(
             self._run_shadow(shadow, prepared, served.manifest.candidates, answer)
         )

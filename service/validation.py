@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from operator import attrgetter
 
 import numpy as np
 
+from dispatch.kernels import plain_columns
 from dispatch.snapshot import MAX_MINUTES, ServiceParams, Snapshot
 from service.gen.dispatch.v1 import dispatch_pb2 as pb
 
@@ -81,10 +83,8 @@ def _unique_ids(ids: Sequence[str], field: _Field) -> None:
 
 def _check_columns(matrix: np.ndarray, field: _Field, names: tuple[str, ...], whole_from: int) -> None:
     """:func:`_check_numbers` on each column (columns from ``whole_from`` on are whole minutes)."""
-    frac = matrix[:, whole_from:]
-    ok = np.isfinite(matrix).all() and (matrix >= 0).all()
-    if ok and (frac == np.floor(frac)).all() and (frac <= MAX_MINUTES).all():
-        return  # the common case in three passes; the per-column checks below name the offender
+    if plain_columns(matrix, whole_from, MAX_MINUTES):
+        return  # the common case in one compiled pass; the per-column checks below name the offender
     for j, name in enumerate(names):
         _check_numbers(matrix[:, j], field, name, whole=j >= whole_from)
 
@@ -171,7 +171,7 @@ def to_snapshot(msg: pb.DecideRequest, limits: Limits = Limits()) -> Snapshot:
     _unique_ids(order_ids, where)
     _check_columns(o_num, where, o_attrs, whole_from=2)
     r_index = {r: i for i, r in enumerate(rest_ids)}
-    found = [r_index.get(r, -1) for r in o_cols[1]]
+    found = list(map(r_index.get, o_cols[1], repeat(-1, len(o_cols[1]))))  # dict.get(id, -1) per order, in C
     o_rest = np.array(found, dtype=np.int64)
     if o_rest.size and o_rest.min() < 0:
         i = int(np.argmin(o_rest))

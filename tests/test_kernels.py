@@ -78,9 +78,26 @@ def test_route_times_and_rank_keys_match_numpy(snap: Snapshot) -> None:
     assert np.array_equal(times.last_offset, last)
     key = np.where(feasible, (pickup * 4096 + travel) * 8 - bundles.size[None, :], kernels.INFEASIBLE_KEY)
     assert np.array_equal(kernels.rank_keys(pickup, travel, feasible, bundles.size), key)
-    best = np.where(feasible, pickup, np.iinfo(np.int64).max).min(axis=0) if agents.size else None
-    if best is not None:
-        assert np.array_equal(kernels.best_pickup(pickup, feasible), best)
+    best = np.where(feasible, pickup, np.iinfo(np.int64).max).min(axis=0, initial=np.iinfo(np.int64).max)
+    assert np.array_equal(times.best_pickup, best)
+
+
+@pytest.mark.parametrize("snap", SNAPSHOTS)
+def test_top_k_is_a_stable_sort_of_the_rank_keys_cut_at_k(snap: Snapshot) -> None:
+    agents = np.flatnonzero(snap.available()).astype(np.int64)
+    bundles = make_bundles(snap)
+    times = route_times(snap, agents, bundles)
+    key = kernels.rank_keys(times.pickup, times.travel_to_restaurant, times.feasible, bundles.size)
+    ranked = np.argsort(key, axis=1, kind="stable")  # equal keys: lower bundle index first
+    for k in sorted({1, 2, 16, bundles.n}):
+        if k > bundles.n:
+            continue
+        chosen, mask = kernels.top_k(times.pickup, times.travel_to_restaurant, times.feasible, bundles.size, k)
+        assert np.array_equal(chosen, ranked[:, :k])
+        assert np.array_equal(mask, np.take_along_axis(times.feasible, ranked[:, :k], axis=1))
+        if k < bundles.n:  # the candidate generator's own path
+            cands = generate(snap, CandidateConfig(k=k))
+            assert np.array_equal(cands.bundle, np.where(mask, ranked[:, :k], -1))
 
 
 def _features_reference(snapshot: Snapshot, cands: CandidateSet) -> np.ndarray:
@@ -280,3 +297,18 @@ def test_empty_bundle_is_refused_and_empty_snapshots_work() -> None:
     assert cands.bundles.n == 0 and not cands.mask.any()
     assert encode(empty, cands).cand.shape == (cands.n_agents, cands.k, len(CANDIDATE_FEATURES))
     assert greedy(cands, np.zeros((cands.n_agents, cands.k + 1))).action.assignments == ()
+
+
+def test_plain_columns_matches_the_numpy_checks() -> None:
+    rng = np.random.default_rng(7)
+    specials = [np.nan, np.inf, -np.inf, -1.0, -0.0, 0.5, 2.0**31, 2.0**31 - 1, 3.0]
+    for trial in range(300):
+        m = rng.integers(0, 50, (int(rng.integers(0, 6)), 4)).astype(np.float64)
+        if m.size and trial % 3:
+            m.flat[int(rng.integers(0, m.size))] = specials[trial % len(specials)]
+        whole_from = int(rng.integers(0, 5))
+        frac = m[:, whole_from:]
+        want = bool(
+            np.isfinite(m).all() and (m >= 0).all() and (frac == np.floor(frac)).all() and (frac <= 2**31 - 1).all()
+        )
+        assert kernels.plain_columns(m, whole_from, 2**31 - 1) is want, (m, whole_from)
