@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dispatch.candidates import CandidateSet
-from dispatch.kernels import CANDIDATE_COLUMNS, candidate_features
+from dispatch.kernels import CANDIDATE_COLUMNS, agent_features, candidate_features
 from dispatch.snapshot import BoolArray, Snapshot
 
 AGENT_FEATURES = (
@@ -45,6 +45,7 @@ CANDIDATE_FEATURES = (
 )
 # The compiled encoder writes exactly these columns, in this order.
 assert len(CANDIDATE_FEATURES) == CANDIDATE_COLUMNS
+assert len(AGENT_FEATURES) == 8  # agent_features: 3 per-agent columns, 4 shared ones, the feasible share
 
 
 @dataclass(frozen=True)
@@ -64,16 +65,11 @@ def encode(snapshot: Snapshot, cands: CandidateSet) -> Encoded:
     a = cands.agents
     n_avail = int(snapshot.available().sum())
     n_open = snapshot.n_orders
-    agent = np.zeros((n, len(AGENT_FEATURES)), dtype=np.float32)
-    if n:
-        agent[:, 0] = (snapshot.courier_off_time[a] - t) / 60.0
-        agent[:, 1] = (t - snapshot.courier_on_time[a]) / 60.0
-        agent[:, 2] = np.maximum(t - snapshot.courier_free_at[a], 0) / 10.0
-        agent[:, 3] = n_open / 100.0
-        agent[:, 4] = n_avail / 100.0
-        agent[:, 5] = n_open / max(n_avail, 1) / 10.0
-        agent[:, 6] = (t % 1440) / 1440.0
-        agent[:, 7] = cands.mask.sum(axis=1) / max(k, 1)
+    # Columns 3-6 are the same for every agent: open orders, available couriers, their ratio, time of day.
+    shared = [n_open / 100.0, n_avail / 100.0, n_open / max(n_avail, 1) / 10.0, (t % 1440) / 1440.0]
+    agent = agent_features(
+        snapshot.courier_off_time[a], snapshot.courier_on_time[a], snapshot.courier_free_at[a], cands.mask, t, shared
+    )
     if n and k and cands.bundles.n:
         tm = cands.times
         bun = cands.bundles

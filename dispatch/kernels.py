@@ -46,9 +46,12 @@ def _compiled(**options: Any) -> Callable[[Callable[..., Any]], Any]:
 
 
 def _call(kernel: Any, *args: Any) -> Any:
-    """Run ``kernel`` on arguments of the one type each parameter is compiled for.
+    """Run ``kernel`` on arguments of the one type each parameter is compiled for (:func:`_fixed`)."""
+    return kernel(*_fixed(args))
 
-    Arrays become C-contiguous int64 (bool arrays stay bool) and integers Python ints, so a caller's
+
+def _fixed(args: tuple[Any, ...]) -> list[Any]:
+    """Arrays as C-contiguous int64 (bool arrays stay bool) and integers as Python ints, so a caller's
     int32 column or sliced view never triggers another compilation or a wrong-layout signature.
     """
     fixed: list[Any] = []
@@ -59,7 +62,7 @@ def _call(kernel: Any, *args: Any) -> Any:
             fixed.append(a)  # the common case: already what the kernel takes, no conversion call
         else:
             fixed.append(np.ascontiguousarray(a, dtype=_BOOL if a.dtype == _BOOL else _INT64))
-    return kernel(*fixed)
+    return fixed
 
 
 _INT64 = np.dtype(np.int64)
@@ -310,6 +313,38 @@ def claim(rows: IntArray, slots: IntArray, bundles: IntArray, orders: IntArray, 
     """
     n_orders = int(orders.max()) + 1 if orders.size else 0
     return _call(_claim, rows, slots, bundles, orders, n_agents, max(n_orders, 0))  # type: ignore[no-any-return]
+
+
+@_compiled()
+def _agent_features(
+    off_time: IntArray, on_time: IntArray, free_at: IntArray, mask: BoolArray, t: int, shared: np.ndarray
+) -> np.ndarray:
+    n, k = mask.shape
+    width = 4 + shared.shape[0]
+    out = np.empty((n, width), dtype=np.float32)
+    for i in range(n):
+        listed = 0
+        for c in range(k):
+            listed += mask[i, c]
+        out[i, 0] = (off_time[i] - t) / 60.0
+        out[i, 1] = (t - on_time[i]) / 60.0
+        out[i, 2] = max(t - free_at[i], 0) / 10.0
+        for j in range(shared.shape[0]):
+            out[i, 3 + j] = shared[j]
+        out[i, width - 1] = listed / max(k, 1)
+    return out
+
+
+def agent_features(
+    off_time: IntArray, on_time: IntArray, free_at: IntArray, mask: BoolArray, t: int, shared: list[float]
+) -> np.ndarray:
+    """The (agents, 4 + len(shared)) agent tensor of :mod:`dispatch.features`: minutes to off-time / 60,
+    on duty / 60, idle / 10, then the snapshot-wide ``shared`` values, then the share of feasible slots.
+
+    Each value is computed in float64 exactly as the numpy expressions do, then stored as float32.
+    """
+    ints = _fixed((off_time, on_time, free_at, mask, t))
+    return _agent_features(*ints, np.asarray(shared, dtype=np.float64))  # type: ignore[no-any-return]
 
 
 @_compiled(error_model="numpy")
@@ -609,6 +644,7 @@ def warm_up() -> float:
     _close_pairs(i1, i1, 0)
     _claim(i1, i1, i1, i2, 1, 1)
     _plain_columns(np.zeros((1, 1)), 0, 1.0)
+    _agent_features(i1, i1, i1, b2, 0, np.zeros(1))
     _pair_offsets(np.zeros((1, 2), dtype=np.int64), i1, i1, 0, 0, 0)
     _bundle_stats(i2, i1, i1, i1)
     _ctd_terms(i2, i2, i1, i1)

@@ -63,6 +63,10 @@ def make_session(model_bytes: bytes, device: str = "cpu", threads: int = 0):  # 
 
 def pad_batch(encoded: list[Encoded], k: int) -> dict[str, np.ndarray]:
     """Stack encoded snapshots into one padded batch (couriers padded with all-masked rows)."""
+    if len(encoded) == 1 and encoded[0].agent.shape[0] and encoded[0].cand.shape[1] == k:
+        # A lone snapshot already at full width (the common served case): views, no copy.
+        e = encoded[0]
+        return {"agent": e.agent[None], "cand": e.cand[None], "cand_mask": e.cand_mask[None]}
     n = max((e.agent.shape[0] for e in encoded), default=0)
     n = max(n, 1)
     b = len(encoded)

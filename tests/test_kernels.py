@@ -160,6 +160,32 @@ def test_candidate_features_match_numpy_bit_for_bit(snap: Snapshot, config: Cand
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
+def _agent_reference(snapshot: Snapshot, cands: CandidateSet) -> np.ndarray:
+    """The agent tensor as whole-array numpy (the formulation before the kernel)."""
+    t, a = snapshot.time, cands.agents
+    n_avail, n_open, k = int(snapshot.available().sum()), snapshot.n_orders, cands.k
+    agent = np.zeros((a.size, 8), dtype=np.float32)
+    agent[:, 0] = (snapshot.courier_off_time[a] - t) / 60.0
+    agent[:, 1] = (t - snapshot.courier_on_time[a]) / 60.0
+    agent[:, 2] = np.maximum(t - snapshot.courier_free_at[a], 0) / 10.0
+    agent[:, 3] = n_open / 100.0
+    agent[:, 4] = n_avail / 100.0
+    agent[:, 5] = n_open / max(n_avail, 1) / 10.0
+    agent[:, 6] = (t % 1440) / 1440.0
+    agent[:, 7] = cands.mask.sum(axis=1) / max(k, 1)
+    return agent
+
+
+@pytest.mark.parametrize("snap", SNAPSHOTS)
+def test_agent_features_match_numpy_bit_for_bit(snap: Snapshot) -> None:
+    for config in (CandidateConfig(), CandidateConfig(k=7, lookahead=15)):
+        cands = generate(snap, config)
+        got = encode(snap, cands).agent
+        want = _agent_reference(snap, cands)
+        assert got.dtype == np.float32 and got.shape == want.shape
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
 def _claim_reference(cands: CandidateSet, rows: np.ndarray, slots: np.ndarray) -> np.ndarray:
     choice = np.full(cands.n_agents, -1, dtype=np.int64)
     used: set[int] = set()

@@ -117,6 +117,22 @@ def test_torch_export_matches_onnx_on_random_and_real_inputs(tmp_path: Path) -> 
     assert parity(scorer, path, pad_batch(encoded, 16)) <= 1e-5
 
 
+def test_a_lone_snapshot_batch_equals_its_row_of_a_padded_batch() -> None:
+    from bench.serve import synthetic_snapshot
+
+    snaps = [synthetic_snapshot(64, 256), synthetic_snapshot(7, 5, 2), *_mid_day_snapshots()]
+    encoded = [encode(s, generate(s)) for s in snaps]
+    assert any(e.cand.shape[1] == 16 for e in encoded)  # full width: the view path (narrower ones are padded)
+    both = pad_batch(encoded, 16)
+    for i, e in enumerate(encoded):
+        alone = pad_batch([e], 16)
+        n = e.agent.shape[0]
+        for name in ("agent", "cand", "cand_mask"):
+            assert alone[name].shape == (1, n, *both[name].shape[2:])
+            assert alone[name].dtype == both[name].dtype
+            assert np.array_equal(alone[name][0], both[name][i, :n])
+
+
 def test_onnx_model_runs_where_torch_cannot_be_imported(linear: Path) -> None:
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any 'import torch' now raises ImportError
