@@ -111,7 +111,10 @@ def preparation_cells(request: pb.DecideRequest, candidates: CandidateConfig) ->
     Bundling grows with the orders (and steeply with the bundle size), route times with couriers ×
     bundles; 64 couriers × 256 orders with pairs is 24,576.
     """
-    return len(request.orders) * (len(request.couriers) + 32) * max(1, candidates.max_bundle_size - 1)
+    # Either form counts: the entity lists or their columnar tables (a request uses one of the two).
+    orders = len(request.orders) + len(request.order_table.id)
+    couriers = len(request.couriers) + len(request.courier_table.id)
+    return orders * (couriers + 32) * max(1, candidates.max_bundle_size - 1)
 
 
 def _us(seconds: float) -> int:

@@ -28,6 +28,19 @@ def test_same_joint_action_as_in_process_policy(server: ThreadedServer, snapshot
                 assert not r.fallback and r.conflict_rule == "greedy"
 
 
+def test_table_and_list_forms_are_sized_alike_for_inline_preparation(snapshots: list[Snapshot]) -> None:
+    """The inline/thread choice sizes a request by its orders and couriers, whichever form carries them
+    (a table request once counted as empty and was always prepared on the event loop)."""
+    from dispatch.candidates import CandidateConfig
+    from service.server import preparation_cells
+
+    for snap in snapshots:
+        rows, tables = snapshot_to_request(snap), snapshot_to_request(snap, columnar=True)
+        cells = preparation_cells(rows, CandidateConfig())
+        assert cells == snap.n_orders * (snap.n_couriers + 32) > 0
+        assert preparation_cells(tables, CandidateConfig()) == cells
+
+
 def test_table_form_gives_the_same_answer(server: ThreadedServer, snapshots: list[Snapshot], model_dir: Path):
     """Couriers, orders and restaurants sent as columnar tables: the same snapshot, the same joint action."""
     policy = OnnxPolicy(model_dir / "lin.onnx")
