@@ -115,7 +115,7 @@ def generate(
     # Lexicographic key: pickup, then travel, then larger bundle first, then lower bundle index;
     # infeasible last. Top-K in one compiled pass per row; every bundle (the heuristics) by a stable sort.
     if k < b:
-        chosen, mask = top_k(times.pickup, times.travel_to_restaurant, times.feasible, bundles.size, k)
+        chosen, mask = top_k(times.pickup, times.travel_cr, times.restaurant_col, times.feasible, bundles.size, k)
     else:
         key = rank_keys(times.pickup, times.travel_to_restaurant, times.feasible, bundles.size)
         chosen = np.argsort(key, axis=1, kind="stable")

@@ -88,30 +88,27 @@ def _pair_times(
     half_pickup: int,
     max_ctd_limit: int,
     none: np.int64,
-) -> tuple[IntArray, IntArray, IntArray, BoolArray, IntArray]:
+) -> tuple[IntArray, BoolArray, IntArray]:
     n = start.shape[0]
     b = restaurant_col.shape[0]
-    travel = np.empty((n, b), dtype=np.int64)
     pickup = np.empty((n, b), dtype=np.int64)
-    max_ctd = np.empty((n, b), dtype=np.int64)
     feasible = np.empty((n, b), dtype=np.bool_)
     best = np.full(b, none, dtype=np.int64)
+    travel = np.empty(b, dtype=np.int64)
     for i in range(n):
         arrive = start[i] + half_pickup
         off = off_time[i]
-        # The gather first, then a branch-free loop over rows the compiler can vectorise.
-        tr_row, pk_row, mc_row, ok_row = travel[i], pickup[i], max_ctd[i], feasible[i]
+        # The gather first, then a branch-free loop over the row the compiler can vectorise.
         for j in range(b):
-            tr_row[j] = travel_cr[i, restaurant_col[j]]
+            travel[j] = travel_cr[i, restaurant_col[j]]
+        pk_row, ok_row = pickup[i], feasible[i]
         for j in range(b):
-            pk = max(ready[j], arrive + tr_row[j])
-            mc = pk + max_ctd_offset[j]
-            ok = (pk <= off) & (mc <= max_ctd_limit)
+            pk = max(ready[j], arrive + travel[j])
+            ok = (pk <= off) & (pk + max_ctd_offset[j] <= max_ctd_limit)
             pk_row[j] = pk
-            mc_row[j] = mc
             ok_row[j] = ok
             best[j] = min(best[j], pk if ok else none)
-    return travel, pickup, max_ctd, feasible, best
+    return pickup, feasible, best
 
 
 def pair_times(
@@ -123,13 +120,14 @@ def pair_times(
     max_ctd_offset: IntArray,
     half_pickup: int,
     max_ctd_limit: int,
-) -> tuple[IntArray, IntArray, IntArray, BoolArray, IntArray]:
-    """Dense (couriers × bundles) travel, pickup, max click-to-door and feasibility in one pass, and per
-    bundle the earliest feasible pickup over all couriers (int64 max where none is feasible).
+) -> tuple[IntArray, BoolArray, IntArray]:
+    """Dense (couriers × bundles) pickup and feasibility in one pass, and per bundle the earliest
+    feasible pickup over all couriers (int64 max where none is feasible).
 
     ``travel_cr`` is (couriers × restaurants) minutes and ``restaurant_col`` each bundle's column in it;
-    pickup = max(ready, start + travel + half_pickup); max_ctd = pickup + the bundle's largest
-    (drop-off offset − placement); feasible = pickup ≤ off time and max_ctd ≤ the limit.
+    pickup = max(ready, start + travel + half_pickup); feasible = pickup ≤ off time and pickup + the
+    bundle's largest (drop-off offset − placement) ≤ the click-to-door limit. Travel and click-to-door
+    per pair are not stored: each is a gather or a sum away (:class:`dispatch.routes.RouteTimes`).
     """
     return _call(
         _pair_times,
@@ -164,7 +162,13 @@ def rank_keys(pickup: IntArray, travel: IntArray, feasible: BoolArray, size: Int
 
 @_compiled()
 def _top_k(
-    pickup: IntArray, travel: IntArray, feasible: BoolArray, size: IntArray, k: int, infeasible: np.int64
+    pickup: IntArray,
+    travel_cr: IntArray,
+    restaurant_col: IntArray,
+    feasible: BoolArray,
+    size: IntArray,
+    k: int,
+    infeasible: np.int64,
 ) -> tuple[IntArray, BoolArray]:
     n, b = pickup.shape
     chosen = np.empty((n, k), dtype=np.int64)
@@ -176,7 +180,8 @@ def _top_k(
         worst = infeasible
         # The keys first, in a loop the compiler vectorises; then one scan that rarely inserts.
         for j in range(b):
-            row[j] = (pickup[i, j] * 4096 + travel[i, j]) * 8 - size[j] if feasible[i, j] else infeasible
+            travel = travel_cr[i, restaurant_col[j]]
+            row[j] = (pickup[i, j] * 4096 + travel) * 8 - size[j] if feasible[i, j] else infeasible
         for j in range(b):
             key = row[j]
             if j < k:
@@ -200,15 +205,20 @@ def _top_k(
 
 
 def top_k(
-    pickup: IntArray, travel: IntArray, feasible: BoolArray, size: IntArray, k: int
+    pickup: IntArray, travel_cr: IntArray, restaurant_col: IntArray, feasible: BoolArray, size: IntArray, k: int
 ) -> tuple[IntArray, BoolArray]:
     """Each courier's ``k`` best bundles by :func:`rank_keys`, best first, in one pass over its row.
+
+    Travel to each bundle's restaurant is read from the (couriers × restaurants) ``travel_cr`` at the
+    bundle's ``restaurant_col``.
 
     Ties in the key keep the lower bundle index first (exactly a stable sort of the whole row, cut at
     ``k``); ``k`` must be between 1 and the number of bundles. Returns (chosen, mask): the bundle index
     of each slot and whether that pair is feasible (infeasible pairs rank last).
     """
-    return _call(_top_k, pickup, travel, feasible, size, k, INFEASIBLE_KEY)  # type: ignore[no-any-return]
+    return _call(  # type: ignore[no-any-return]
+        _top_k, pickup, travel_cr, restaurant_col, feasible, size, k, INFEASIBLE_KEY
+    )
 
 
 @_compiled()
@@ -352,8 +362,9 @@ def _candidate_features(
     slot_bundle: IntArray,
     mask: BoolArray,
     pickup_nb: IntArray,
-    travel_nb: IntArray,
-    max_ctd_nb: IntArray,
+    travel_cr: IntArray,
+    restaurant_col: IntArray,
+    max_ctd_offset_b: IntArray,
     start_at: IntArray,
     size_b: IntArray,
     ready_b: IntArray,
@@ -378,8 +389,8 @@ def _candidate_features(
                 continue
             b = slot_bundle[i, c]
             pickup = float(pickup_nb[i, b])
-            travel = float(travel_nb[i, b])
-            max_ctd = float(max_ctd_nb[i, b])
+            travel = float(travel_cr[i, restaurant_col[b]])
+            max_ctd = float(pickup_nb[i, b] + max_ctd_offset_b[b])
             size = float(size_b[b])
             free_at = pickup + free_offset_b[b]
             sum_ctd = pickup * size + ctd_offset_sum_b[b]
@@ -438,8 +449,9 @@ def candidate_features(
         slot_bundle,
         mask,
         times.pickup,
-        times.travel_to_restaurant,
-        times.max_ctd,
+        times.travel_cr,
+        times.restaurant_col,
+        times.max_ctd_offset,
         times.start_at,
         bundles.size,
         bundles.ready,
@@ -640,7 +652,7 @@ def warm_up() -> float:
     b2 = np.ones((1, 1), dtype=np.bool_)
     _pair_times(i2, i1, i1, i1, i1, i1, 0, 0, NO_PICKUP)
     _rank_keys(i2, i2, b2, i1, INFEASIBLE_KEY)
-    _top_k(i2, i2, b2, i1, 1, INFEASIBLE_KEY)
+    _top_k(i2, i2, i1, b2, i1, 1, INFEASIBLE_KEY)
     _close_pairs(i1, i1, 0)
     _claim(i1, i1, i1, i2, 1, 1)
     _plain_columns(np.zeros((1, 1)), 0, 1.0)
@@ -649,7 +661,7 @@ def warm_up() -> float:
     _bundle_stats(i2, i1, i1, i1)
     _ctd_terms(i2, i2, i1, i1)
     _cover(i2, b2, i2, 1, i1, i2)
-    _candidate_features(i2, b2, i2, i2, i2, i1, i1 + 1, i1, i1, i1, i2, i2, i1, i1, i1, 0, 0, 0)
+    _candidate_features(i2, b2, i2, i2, i1, i1, i1, i1 + 1, i1, i1, i1, i2, i2, i1, i1, i1, 0, 0, 0)
     return time.perf_counter() - start
 
 

@@ -203,15 +203,14 @@ def _tabulate(snapshot: Snapshot, orders: IntArray, reorder: bool) -> Bundles:
 class RouteTimes:
     """Exact MDRP times of every (courier, bundle) pair, shape (n_couriers, n_bundles).
 
-    ``pickup``, ``travel_to_restaurant``, ``max_ctd`` and ``feasible`` are computed up front (the
-    candidate ranking needs them); the other pair times are a pickup plus a per-bundle constant, so
-    they are built only when asked for, and :mod:`dispatch.features` gathers them at K slots instead.
+    ``pickup`` and ``feasible`` are computed up front (the candidate ranking needs them). Every other
+    pair time is a gather or a pickup plus a per-bundle constant, so it is built only when asked for
+    (the heuristics), and the candidate kernels read it at their K slots instead: a 512 × 2048 city
+    has millions of pairs.
     """
 
     start_at: IntArray
-    travel_to_restaurant: IntArray
     pickup: IntArray
-    max_ctd: IntArray
     feasible: np.ndarray
     size: IntArray
     ctd_offset_sum: IntArray
@@ -219,6 +218,21 @@ class RouteTimes:
     free_offset: IntArray
     # Per bundle, the earliest feasible pickup over these couriers (int64 max where none is feasible).
     best_pickup: IntArray
+    # Travel minutes (couriers × restaurants) and each bundle's column in it.
+    travel_cr: IntArray
+    restaurant_col: IntArray
+    # Per bundle, the largest (drop-off offset − placement) of its orders: max click-to-door − pickup.
+    max_ctd_offset: IntArray
+
+    @cached_property
+    def travel_to_restaurant(self) -> IntArray:
+        """Travel minutes from each courier's start to each bundle's restaurant."""
+        return self.travel_cr[:, self.restaurant_col]
+
+    @cached_property
+    def max_ctd(self) -> IntArray:
+        """Largest click-to-door minutes among the bundle's orders."""
+        return self.pickup + self.max_ctd_offset[None, :]
 
     @cached_property
     def start(self) -> IntArray:
@@ -265,18 +279,19 @@ def route_times(snapshot: Snapshot, couriers: IntArray, bundles: Bundles) -> Rou
     rel_max, ctd_offset_sum, last_offset = ctd_terms(
         bundles.orders, bundles.dropoff_offset, bundles.size, snapshot.order_placement
     )
-    travel, pickup, max_ctd, feasible, best = pair_times(
+    pickup, feasible, best = pair_times(
         travel_cr, at, start, snapshot.courier_off_time[couriers], bundles.ready, rel_max, p.half_pickup, p.max_ctd
     )
     return RouteTimes(
         start_at=start,
-        travel_to_restaurant=travel,
         pickup=pickup,
-        max_ctd=max_ctd,
         feasible=feasible,
         size=bundles.size,
         ctd_offset_sum=ctd_offset_sum,
         last_offset=last_offset,
         free_offset=bundles.free_offset,
         best_pickup=best,
+        travel_cr=travel_cr,
+        restaurant_col=np.asarray(at, dtype=np.int64),
+        max_ctd_offset=rel_max,
     )

@@ -92,7 +92,9 @@ def test_top_k_is_a_stable_sort_of_the_rank_keys_cut_at_k(snap: Snapshot) -> Non
     for k in sorted({1, 2, 16, bundles.n}):
         if k > bundles.n:
             continue
-        chosen, mask = kernels.top_k(times.pickup, times.travel_to_restaurant, times.feasible, bundles.size, k)
+        chosen, mask = kernels.top_k(
+            times.pickup, times.travel_cr, times.restaurant_col, times.feasible, bundles.size, k
+        )
         assert np.array_equal(chosen, ranked[:, :k])
         assert np.array_equal(mask, np.take_along_axis(times.feasible, ranked[:, :k], axis=1))
         if k < bundles.n:  # the candidate generator's own path
