@@ -178,10 +178,11 @@ def _top_k(
     best = np.empty(k, dtype=np.int64)
     for i in range(n):
         worst = infeasible
-        # The keys first, in a loop the compiler vectorises; then one scan that rarely inserts.
+        # The travel gather, then the keys in a loop the compiler vectorises; then one scan that rarely inserts.
         for j in range(b):
-            travel = travel_cr[i, restaurant_col[j]]
-            row[j] = (pickup[i, j] * 4096 + travel) * 8 - size[j] if feasible[i, j] else infeasible
+            row[j] = travel_cr[i, restaurant_col[j]]
+        for j in range(b):
+            row[j] = (pickup[i, j] * 4096 + row[j]) * 8 - size[j] if feasible[i, j] else infeasible
         for j in range(b):
             key = row[j]
             if j < k:
