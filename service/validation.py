@@ -60,13 +60,13 @@ def _read(
     if len(items):
         raise ValidationError(f"{table}: send {rows} either as a list or as a table, not both")
     t = getattr(msg, table)
-    n = len(t.id)
-    for a in texts[1:] + numbers:
-        if len(getattr(t, a)) != n:
-            raise ValidationError(f"{table}.{a}: {len(getattr(t, a))} values for {n} ids (one per id)")
-    # Packed repeated doubles convert to numpy without a Python float per value.
-    num = np.array([getattr(t, a) for a in numbers], dtype=np.float64).T.reshape(-1, len(numbers))
-    return _Field(table, True), [tuple(getattr(t, a)) for a in texts], num
+    cols = [getattr(t, a) for a in texts + numbers]  # each getattr builds a container wrapper: once
+    n = len(cols[0])
+    for a, col in zip(texts + numbers, cols, strict=True):
+        if len(col) != n:
+            raise ValidationError(f"{table}.{a}: {len(col)} values for {n} ids (one per id)")
+    num = np.array(cols[len(texts) :], dtype=np.float64).T.reshape(-1, len(numbers))
+    return _Field(table, True), [tuple(col) for col in cols[: len(texts)]], num
 
 
 def _unique_ids(ids: Sequence[str], field: _Field) -> None:
