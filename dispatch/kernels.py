@@ -1,10 +1,11 @@
 """Compiled loops of the decision path: the (couriers × bundles) passes that numpy runs as many sweeps.
 
 Each kernel replaces a chain of numpy whole-array operations with one pass in machine code (numba),
-so a 64-courier × 256-order snapshot costs tens of microseconds here instead of hundreds. Only integer
-arithmetic and comparisons happen in these loops: results are bit-identical to the numpy expressions
-they replace (tests/test_kernels.py checks each against them). Floating-point work (distances) stays in
-numpy so rounding cannot differ between the two.
+so a 64-courier × 256-order snapshot costs tens of microseconds here instead of hundreds. Results are
+bit-identical to the numpy expressions they replace (tests/test_kernels.py checks each against them):
+the loops do integer arithmetic and comparisons, and where they compute a float (features, request
+checks) it is the same IEEE operation on the same operands in the same order. Distances (``hypot``)
+stay in numpy, whose library routine the compiled code would not necessarily match.
 
 ``cache=True`` keeps the compiled code next to this file (or in ``NUMBA_CACHE_DIR``), so only the first
 process after an install pays the compilation (a few seconds); ``nogil=True`` lets server threads run
@@ -71,8 +72,9 @@ _BOOL = np.dtype(np.bool_)
 
 # Columns :func:`candidate_features` writes, in dispatch.features.CANDIDATE_FEATURES order (asserted there).
 CANDIDATE_COLUMNS = 16
-# Rank key of an infeasible pair: after every feasible one (keys are below 2**40 for any real day).
-INFEASIBLE_KEY = np.int64(1 << 40)
+# Rank key of an infeasible pair: after every feasible one. A feasible key is below 2**47 for any pickup
+# minute a request may carry (validation caps minutes at 2**31 - 1), so this holds beyond any real day.
+INFEASIBLE_KEY = np.int64(1 << 62)
 # Earliest pickup of a bundle no courier can serve.
 NO_PICKUP = np.int64(np.iinfo(np.int64).max)
 
@@ -208,7 +210,8 @@ def _top_k(
 def top_k(
     pickup: IntArray, travel_cr: IntArray, restaurant_col: IntArray, feasible: BoolArray, size: IntArray, k: int
 ) -> tuple[IntArray, BoolArray]:
-    """Each courier's ``k`` best bundles by :func:`rank_keys`, best first, in one pass over its row.
+    """Each courier's ``k`` best bundles by :func:`rank_keys`, best first: per row, the keys, then one
+    scan that keeps a sorted list of the ``k`` best so far.
 
     Travel to each bundle's restaurant is read from the (couriers × restaurants) ``travel_cr`` at the
     bundle's ``restaurant_col``.
@@ -217,6 +220,8 @@ def top_k(
     ``k``); ``k`` must be between 1 and the number of bundles. Returns (chosen, mask): the bundle index
     of each slot and whether that pair is feasible (infeasible pairs rank last).
     """
+    if not 1 <= k <= pickup.shape[1]:
+        raise ValueError(f"top_k: k must be between 1 and the number of bundles ({pickup.shape[1]}), got {k}")
     return _call(  # type: ignore[no-any-return]
         _top_k, pickup, travel_cr, restaurant_col, feasible, size, k, INFEASIBLE_KEY
     )
@@ -257,8 +262,11 @@ def close_pairs(rest: IntArray, ready: IntArray, gap: int) -> tuple[IntArray, In
     ``rest`` holds restaurant indices (>= 0) and ``ready`` must be non-decreasing. Equivalent to
     ``np.nonzero(np.triu(close, 1))`` of the dense (n × n) test, in O(n + restaurants + pairs).
     """
+    rest = np.asarray(rest)
     if rest.size < 2:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    if rest.min() < 0:  # the kernel indexes a table by restaurant
+        raise ValueError(f"close_pairs: restaurant indices must be >= 0, got {rest.min()}")
     return _call(_close_pairs, rest, ready, gap)  # type: ignore[no-any-return]
 
 

@@ -205,8 +205,8 @@ class RouteTimes:
 
     ``pickup`` and ``feasible`` are computed up front (the candidate ranking needs them). Every other
     pair time is a gather or a pickup plus a per-bundle constant, so it is built only when asked for
-    (the heuristics), and the candidate kernels read it at their K slots instead: a 512 × 2048 city
-    has millions of pairs.
+    (the heuristics, and candidate lists that rank every bundle or use ``cover``), and the top-K and
+    feature kernels read it at their slots instead: a 512 × 2048 city has millions of pairs.
     """
 
     start_at: IntArray

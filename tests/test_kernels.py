@@ -30,6 +30,17 @@ def _snapshots() -> list[Snapshot]:
     off = s.time + rng.integers(1, 40, s.n_couriers)
     rest = rng.integers(0, 3, s.n_orders)
     out.append(replace(s, order_ready=ready.astype(np.int64), courier_off_time=off, order_restaurant=rest))
+    # More restaurants than bundles, most of them unused: route times over the used ones only.
+    s = synthetic_snapshot(12, 20, 5)
+    extra = 300
+    out.append(
+        replace(
+            s,
+            restaurant_ids=s.restaurant_ids + tuple(f"x{i}" for i in range(extra)),
+            restaurant_xy=np.concatenate([s.restaurant_xy, rng.uniform(0, 10_000, (extra, 2))]),
+            order_restaurant=(s.order_restaurant * 7) % len(s.restaurant_ids),
+        )
+    )
     return out
 
 
@@ -329,7 +340,8 @@ def test_empty_bundle_is_refused_and_empty_snapshots_work() -> None:
 
 def test_plain_columns_matches_the_numpy_checks() -> None:
     rng = np.random.default_rng(7)
-    specials = [np.nan, np.inf, -np.inf, -1.0, -0.0, 0.5, 2.0**31, 2.0**31 - 1, 3.0]
+    tiny = np.nextafter(0.0, 1.0)  # the smallest subnormal
+    specials = [np.nan, np.inf, -np.inf, -1.0, -0.0, 0.5, 2.0**31, 2.0**31 - 1, 2.0**31 - 0.5, 3.0, tiny, -tiny]
     for trial in range(300):
         m = rng.integers(0, 50, (int(rng.integers(0, 6)), 4)).astype(np.float64)
         if m.size and trial % 3:
@@ -340,3 +352,14 @@ def test_plain_columns_matches_the_numpy_checks() -> None:
             np.isfinite(m).all() and (m >= 0).all() and (frac == np.floor(frac)).all() and (frac <= 2**31 - 1).all()
         )
         assert kernels.plain_columns(m, whole_from, 2**31 - 1) is want, (m, whole_from)
+
+
+def test_top_k_and_close_pairs_refuse_what_they_cannot_answer() -> None:
+    pickup, feasible = np.array([[5, 3, 4]]), np.ones((1, 3), dtype=bool)
+    travel, col, size = np.zeros((1, 1), dtype=np.int64), np.zeros(3, dtype=np.int64), np.ones(3, dtype=np.int64)
+    assert kernels.top_k(pickup, travel, col, feasible, size, 3)[0].tolist() == [[1, 2, 0]]
+    for k in (0, 4):
+        with pytest.raises(ValueError, match="k must be between 1 and"):
+            kernels.top_k(pickup, travel, col, feasible, size, k)
+    with pytest.raises(ValueError, match="restaurant indices must be >= 0"):
+        kernels.close_pairs(np.array([-1, 0, -1, 0]), np.array([0, 0, 1, 1]), 5)

@@ -127,6 +127,8 @@ def test_a_lone_snapshot_batch_equals_its_row_of_a_padded_batch() -> None:
     for i, e in enumerate(encoded):
         alone = pad_batch([e], 16)
         n = e.agent.shape[0]
+        # Full width goes to ONNX Runtime as views of the encoded arrays; narrower lists are padded copies.
+        assert np.shares_memory(alone["cand"], e.cand) == (e.cand.shape[1] == 16)
         for name in ("agent", "cand", "cand_mask"):
             assert alone[name].shape == (1, n, *both[name].shape[2:])
             assert alone[name].dtype == both[name].dtype
