@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dispatch.kernels import cover, rank_keys, top_k
+from dispatch.kernels import cover, rank_keys
 from dispatch.routes import Bundles, RouteTimes, make_bundles, route_times, sequence_bundles
 from dispatch.snapshot import BoolArray, IntArray, Snapshot
 
@@ -107,7 +107,7 @@ def generate(
     if bundles is None:
         bundles = make_bundles(snapshot, max_size=config.max_bundle_size, max_ready_gap=config.max_ready_gap)
     times = route_times(snapshot, agents, bundles)
-    n, b = times.pickup.shape
+    n, b = times.shape
     k = min(config.k, b) if config.k > 0 else b
     if n == 0 or b == 0:
         empty = np.zeros((n, max(k, 0)), dtype=np.int64)
@@ -115,7 +115,7 @@ def generate(
     # Lexicographic key: pickup, then travel, then larger bundle first, then lower bundle index;
     # infeasible last. Top-K in one compiled pass per row; every bundle (the heuristics) by a stable sort.
     if k < b:
-        chosen, mask = top_k(times.pickup, times.travel_cr, times.restaurant_col, times.feasible, bundles.size, k)
+        chosen, mask = times.top_k(k)
     else:
         key = rank_keys(times.pickup, times.travel_to_restaurant, times.feasible, bundles.size)
         chosen = np.argsort(key, axis=1, kind="stable")

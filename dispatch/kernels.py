@@ -163,28 +163,42 @@ def rank_keys(pickup: IntArray, travel: IntArray, feasible: BoolArray, size: Int
 
 
 @_compiled()
-def _top_k(
-    pickup: IntArray,
+def _top_k_pairs(
     travel_cr: IntArray,
     restaurant_col: IntArray,
-    feasible: BoolArray,
+    start: IntArray,
+    off_time: IntArray,
+    ready: IntArray,
+    max_ctd_offset: IntArray,
     size: IntArray,
+    half_pickup: int,
+    max_ctd_limit: int,
     k: int,
     infeasible: np.int64,
-) -> tuple[IntArray, BoolArray]:
-    n, b = pickup.shape
+    none: np.int64,
+) -> tuple[IntArray, BoolArray, IntArray]:
+    n = start.shape[0]
+    b = restaurant_col.shape[0]
     chosen = np.empty((n, k), dtype=np.int64)
     mask = np.empty((n, k), dtype=np.bool_)
+    best = np.full(b, none, dtype=np.int64)
     row = np.empty(b, dtype=np.int64)
     keys = np.empty(k, dtype=np.int64)
-    best = np.empty(k, dtype=np.int64)
+    top = np.empty(k, dtype=np.int64)
     for i in range(n):
-        worst = infeasible
-        # The travel gather, then the keys in a loop the compiler vectorises; then one scan that rarely inserts.
+        arrive = start[i] + half_pickup
+        off = off_time[i]
+        # Per row: the travel gather, then pickup, feasibility and rank key in a loop the compiler
+        # vectorises (no couriers × bundles matrix is written), then one scan that rarely inserts.
         for j in range(b):
             row[j] = travel_cr[i, restaurant_col[j]]
         for j in range(b):
-            row[j] = (pickup[i, j] * 4096 + row[j]) * 8 - size[j] if feasible[i, j] else infeasible
+            tr = row[j]
+            pk = max(ready[j], arrive + tr)
+            ok = (pk <= off) & (pk + max_ctd_offset[j] <= max_ctd_limit)
+            best[j] = min(best[j], pk if ok else none)
+            row[j] = (pk * 4096 + tr) * 8 - size[j] if ok else infeasible
+        worst = infeasible
         for j in range(b):
             key = row[j]
             if j < k:
@@ -196,34 +210,55 @@ def _top_k(
             # Insertion into the sorted list; strict ">" keeps the earlier bundle first among equal keys.
             while p > 0 and keys[p - 1] > key:
                 keys[p] = keys[p - 1]
-                best[p] = best[p - 1]
+                top[p] = top[p - 1]
                 p -= 1
             keys[p] = key
-            best[p] = j
+            top[p] = j
             worst = keys[k - 1]
         for p in range(k):
-            chosen[i, p] = best[p]
+            chosen[i, p] = top[p]
             mask[i, p] = keys[p] != infeasible
-    return chosen, mask
+    return chosen, mask, best
 
 
-def top_k(
-    pickup: IntArray, travel_cr: IntArray, restaurant_col: IntArray, feasible: BoolArray, size: IntArray, k: int
-) -> tuple[IntArray, BoolArray]:
-    """Each courier's ``k`` best bundles by :func:`rank_keys`, best first: per row, the keys, then one
-    scan that keeps a sorted list of the ``k`` best so far.
-
-    Travel to each bundle's restaurant is read from the (couriers × restaurants) ``travel_cr`` at the
-    bundle's ``restaurant_col``.
+def top_k_pairs(
+    travel_cr: IntArray,
+    restaurant_col: IntArray,
+    start: IntArray,
+    off_time: IntArray,
+    ready: IntArray,
+    max_ctd_offset: IntArray,
+    size: IntArray,
+    half_pickup: int,
+    max_ctd_limit: int,
+    k: int,
+) -> tuple[IntArray, BoolArray, IntArray]:
+    """Each courier's ``k`` best bundles by :func:`rank_keys` over the pair times of :func:`pair_times`,
+    computed row by row on the fly, plus each bundle's earliest feasible pickup.
 
     Ties in the key keep the lower bundle index first (exactly a stable sort of the whole row, cut at
-    ``k``); ``k`` must be between 1 and the number of bundles. Returns (chosen, mask): the bundle index
-    of each slot and whether that pair is feasible (infeasible pairs rank last).
+    ``k``); ``k`` must be between 1 and the number of bundles. Returns (chosen, mask, best): the bundle
+    index of each slot, whether that pair is feasible (infeasible pairs rank last), and per bundle
+    the earliest feasible pickup over all couriers (int64 max where none is).
     """
-    if not 1 <= k <= pickup.shape[1]:
-        raise ValueError(f"top_k: k must be between 1 and the number of bundles ({pickup.shape[1]}), got {k}")
+    if not 1 <= k <= restaurant_col.shape[0]:
+        raise ValueError(
+            f"top_k_pairs: k must be between 1 and the number of bundles ({restaurant_col.shape[0]}), got {k}"
+        )
     return _call(  # type: ignore[no-any-return]
-        _top_k, pickup, travel_cr, restaurant_col, feasible, size, k, INFEASIBLE_KEY
+        _top_k_pairs,
+        travel_cr,
+        restaurant_col,
+        start,
+        off_time,
+        ready,
+        max_ctd_offset,
+        size,
+        half_pickup,
+        max_ctd_limit,
+        k,
+        INFEASIBLE_KEY,
+        NO_PICKUP,
     )
 
 
@@ -370,7 +405,6 @@ def agent_features(
 def _candidate_features(
     slot_bundle: IntArray,
     mask: BoolArray,
-    pickup_nb: IntArray,
     travel_cr: IntArray,
     restaurant_col: IntArray,
     max_ctd_offset_b: IntArray,
@@ -397,9 +431,11 @@ def _candidate_features(
             if not mask[i, c]:
                 continue
             b = slot_bundle[i, c]
-            pickup = float(pickup_nb[i, b])
-            travel = float(travel_cr[i, restaurant_col[b]])
-            max_ctd = float(pickup_nb[i, b] + max_ctd_offset_b[b])
+            tr = travel_cr[i, restaurant_col[b]]
+            pk = max(ready_b[b], start_at[i] + half_pickup + tr)  # as pair_times computes it
+            pickup = float(pk)
+            travel = float(tr)
+            max_ctd = float(pk + max_ctd_offset_b[b])
             size = float(size_b[b])
             free_at = pickup + free_offset_b[b]
             sum_ctd = pickup * size + ctd_offset_sum_b[b]
@@ -457,7 +493,6 @@ def candidate_features(
         _candidate_features,
         slot_bundle,
         mask,
-        times.pickup,
         times.travel_cr,
         times.restaurant_col,
         times.max_ctd_offset,
@@ -661,7 +696,7 @@ def warm_up() -> float:
     b2 = np.ones((1, 1), dtype=np.bool_)
     _pair_times(i2, i1, i1, i1, i1, i1, 0, 0, NO_PICKUP)
     _rank_keys(i2, i2, b2, i1, INFEASIBLE_KEY)
-    _top_k(i2, i2, i1, b2, i1, 1, INFEASIBLE_KEY)
+    _top_k_pairs(i2, i1, i1, i1, i1, i1, i1, 0, 0, 1, INFEASIBLE_KEY, NO_PICKUP)
     _close_pairs(i1, i1, 0)
     _claim(i1, i1, i1, i2, 1, 1)
     _plain_columns(np.zeros((1, 1)), 0, 1.0)
@@ -670,7 +705,7 @@ def warm_up() -> float:
     _bundle_stats(i2, i1, i1, i1)
     _ctd_terms(i2, i2, i1, i1)
     _cover(i2, b2, i2, 1, i1, i2)
-    _candidate_features(i2, b2, i2, i2, i1, i1, i1, i1 + 1, i1, i1, i1, i2, i2, i1, i1, i1, 0, 0, 0)
+    _candidate_features(i2, b2, i2, i1, i1, i1, i1 + 1, i1, i1, i1, i2, i2, i1, i1, i1, 0, 0, 0)
     return time.perf_counter() - start
 
 

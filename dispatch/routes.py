@@ -15,7 +15,7 @@ from functools import cached_property
 
 import numpy as np
 
-from dispatch.kernels import bundle_stats, close_pairs, ctd_terms, pair_offsets, pair_times
+from dispatch.kernels import bundle_stats, close_pairs, ctd_terms, pair_offsets, pair_times, top_k_pairs
 from dispatch.snapshot import FloatArray, IntArray, Snapshot, travel_matrix, travel_minutes
 
 
@@ -203,26 +203,77 @@ def _tabulate(snapshot: Snapshot, orders: IntArray, reorder: bool) -> Bundles:
 class RouteTimes:
     """Exact MDRP times of every (courier, bundle) pair, shape (n_couriers, n_bundles).
 
-    ``pickup`` and ``feasible`` are computed up front (the candidate ranking needs them). Every other
-    pair time is a gather or a pickup plus a per-bundle constant, so it is built only when asked for
-    (the heuristics, and candidate lists that rank every bundle or use ``cover``), and the top-K and
-    feature kernels read it at their slots instead: a 512 × 2048 city has millions of pairs.
+    Held as per-courier and per-bundle terms: every pair time is a gather, a max and a sum of them. The
+    (couriers × bundles) matrices (a 512 × 2048 city has millions of pairs) are built only when asked
+    for (the heuristics, candidate lists that rank every bundle or use ``cover``, logging); the top-K
+    pass (:meth:`top_k`) and the feature kernel compute what they need row by row or at their slots.
     """
 
     start_at: IntArray
-    pickup: IntArray
-    feasible: np.ndarray
-    size: IntArray
-    ctd_offset_sum: IntArray
-    last_offset: IntArray
-    free_offset: IntArray
-    # Per bundle, the earliest feasible pickup over these couriers (int64 max where none is feasible).
-    best_pickup: IntArray
+    off_time: IntArray
     # Travel minutes (couriers × restaurants) and each bundle's column in it.
     travel_cr: IntArray
     restaurant_col: IntArray
+    ready: IntArray
+    size: IntArray
     # Per bundle, the largest (drop-off offset − placement) of its orders: max click-to-door − pickup.
     max_ctd_offset: IntArray
+    ctd_offset_sum: IntArray
+    last_offset: IntArray
+    free_offset: IntArray
+    half_pickup: int
+    max_ctd_limit: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(couriers, bundles)."""
+        return int(self.start_at.shape[0]), int(self.restaurant_col.shape[0])
+
+    @cached_property
+    def _pairs(self) -> tuple[IntArray, np.ndarray, IntArray]:
+        return pair_times(
+            self.travel_cr,
+            self.restaurant_col,
+            self.start_at,
+            self.off_time,
+            self.ready,
+            self.max_ctd_offset,
+            self.half_pickup,
+            self.max_ctd_limit,
+        )
+
+    @cached_property
+    def pickup(self) -> IntArray:
+        """Pickup minute: max(ready, start + travel + pickup service / 2)."""
+        return self._pairs[0]
+
+    @cached_property
+    def feasible(self) -> np.ndarray:
+        """Pickup no later than the courier's off-time and every order within the click-to-door limit."""
+        return self._pairs[1]
+
+    @cached_property
+    def best_pickup(self) -> IntArray:
+        """Per bundle, the earliest feasible pickup over these couriers (int64 max where none is feasible)."""
+        return self._pairs[2]
+
+    def top_k(self, k: int) -> tuple[IntArray, np.ndarray]:
+        """Each courier's ``k`` best bundles (:func:`dispatch.kernels.top_k_pairs`): (bundle per slot,
+        feasibility per slot). Records ``best_pickup`` from the same pass."""
+        chosen, mask, best = top_k_pairs(
+            self.travel_cr,
+            self.restaurant_col,
+            self.start_at,
+            self.off_time,
+            self.ready,
+            self.max_ctd_offset,
+            self.size,
+            self.half_pickup,
+            self.max_ctd_limit,
+            k,
+        )
+        self.__dict__.setdefault("best_pickup", best)  # what the cached property would compute
+        return chosen, mask
 
     @cached_property
     def travel_to_restaurant(self) -> IntArray:
@@ -237,7 +288,7 @@ class RouteTimes:
     @cached_property
     def start(self) -> IntArray:
         """Minute each courier starts (free, or now), broadcast over bundles."""
-        return np.broadcast_to(self.start_at[:, None], self.pickup.shape)
+        return np.broadcast_to(self.start_at[:, None], self.shape)
 
     @cached_property
     def last_dropoff(self) -> IntArray:
@@ -279,19 +330,17 @@ def route_times(snapshot: Snapshot, couriers: IntArray, bundles: Bundles) -> Rou
     rel_max, ctd_offset_sum, last_offset = ctd_terms(
         bundles.orders, bundles.dropoff_offset, bundles.size, snapshot.order_placement
     )
-    pickup, feasible, best = pair_times(
-        travel_cr, at, start, snapshot.courier_off_time[couriers], bundles.ready, rel_max, p.half_pickup, p.max_ctd
-    )
     return RouteTimes(
         start_at=start,
-        pickup=pickup,
-        feasible=feasible,
+        off_time=snapshot.courier_off_time[couriers],
+        travel_cr=travel_cr,
+        restaurant_col=np.asarray(at, dtype=np.int64),
+        ready=bundles.ready,
         size=bundles.size,
+        max_ctd_offset=rel_max,
         ctd_offset_sum=ctd_offset_sum,
         last_offset=last_offset,
         free_offset=bundles.free_offset,
-        best_pickup=best,
-        travel_cr=travel_cr,
-        restaurant_col=np.asarray(at, dtype=np.int64),
-        max_ctd_offset=rel_max,
+        half_pickup=p.half_pickup,
+        max_ctd_limit=p.max_ctd,
     )

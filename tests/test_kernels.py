@@ -103,9 +103,10 @@ def test_top_k_is_a_stable_sort_of_the_rank_keys_cut_at_k(snap: Snapshot) -> Non
     for k in sorted({1, 2, 16, bundles.n}):
         if k > bundles.n:
             continue
-        chosen, mask = kernels.top_k(
-            times.pickup, times.travel_cr, times.restaurant_col, times.feasible, bundles.size, k
-        )
+        fresh = route_times(snap, agents, bundles)  # no pair matrix built yet: the fused pass alone
+        chosen, mask = fresh.top_k(k)
+        assert "_pairs" not in fresh.__dict__
+        assert np.array_equal(fresh.best_pickup, times.best_pickup)
         assert np.array_equal(chosen, ranked[:, :k])
         assert np.array_equal(mask, np.take_along_axis(times.feasible, ranked[:, :k], axis=1))
         if k < bundles.n:  # the candidate generator's own path
@@ -355,11 +356,13 @@ def test_plain_columns_matches_the_numpy_checks() -> None:
 
 
 def test_top_k_and_close_pairs_refuse_what_they_cannot_answer() -> None:
-    pickup, feasible = np.array([[5, 3, 4]]), np.ones((1, 3), dtype=bool)
-    travel, col, size = np.zeros((1, 1), dtype=np.int64), np.zeros(3, dtype=np.int64), np.ones(3, dtype=np.int64)
-    assert kernels.top_k(pickup, travel, col, feasible, size, 3)[0].tolist() == [[1, 2, 0]]
+    one, three = np.zeros(1, dtype=np.int64), np.zeros(3, dtype=np.int64)
+    travel = np.zeros((1, 1), dtype=np.int64)
+    # Bundles ready at 5, 3 and 4; the courier could be there at once: pickups 5, 3, 4.
+    args = (travel, three, one, one + 100, np.array([5, 3, 4]), three, three + 1, 0, 90)
+    assert kernels.top_k_pairs(*args, 3)[0].tolist() == [[1, 2, 0]]
     for k in (0, 4):
         with pytest.raises(ValueError, match="k must be between 1 and"):
-            kernels.top_k(pickup, travel, col, feasible, size, k)
+            kernels.top_k_pairs(*args, k)
     with pytest.raises(ValueError, match="restaurant indices must be >= 0"):
         kernels.close_pairs(np.array([-1, 0, -1, 0]), np.array([0, 0, 1, 1]), 5)
