@@ -80,6 +80,37 @@ NO_PICKUP = np.int64(np.iinfo(np.int64).max)
 
 
 @_compiled()
+def _pair_row(
+    i: int,
+    travel_cr: IntArray,
+    restaurant_col: IntArray,
+    start: IntArray,
+    off_time: IntArray,
+    ready: IntArray,
+    max_ctd_offset: IntArray,
+    half_pickup: int,
+    max_ctd_limit: int,
+    none: np.int64,
+    travel: IntArray,
+    pickup: IntArray,
+    feasible: BoolArray,
+    best: IntArray,
+) -> None:
+    """Courier ``i``'s row of pair times into ``travel``, ``pickup`` and ``feasible``; lowers ``best``."""
+    arrive = start[i] + half_pickup
+    off = off_time[i]
+    # The gather first, then a branch-free loop over the row the compiler can vectorise.
+    for j in range(restaurant_col.shape[0]):
+        travel[j] = travel_cr[i, restaurant_col[j]]
+    for j in range(restaurant_col.shape[0]):
+        pk = max(ready[j], arrive + travel[j])
+        ok = (pk <= off) & (pk + max_ctd_offset[j] <= max_ctd_limit)
+        pickup[j] = pk
+        feasible[j] = ok
+        best[j] = min(best[j], pk if ok else none)
+
+
+@_compiled()
 def _pair_times(
     travel_cr: IntArray,
     restaurant_col: IntArray,
@@ -98,18 +129,10 @@ def _pair_times(
     best = np.full(b, none, dtype=np.int64)
     travel = np.empty(b, dtype=np.int64)
     for i in range(n):
-        arrive = start[i] + half_pickup
-        off = off_time[i]
-        # The gather first, then a branch-free loop over the row the compiler can vectorise.
-        for j in range(b):
-            travel[j] = travel_cr[i, restaurant_col[j]]
-        pk_row, ok_row = pickup[i], feasible[i]
-        for j in range(b):
-            pk = max(ready[j], arrive + travel[j])
-            ok = (pk <= off) & (pk + max_ctd_offset[j] <= max_ctd_limit)
-            pk_row[j] = pk
-            ok_row[j] = ok
-            best[j] = min(best[j], pk if ok else none)
+        _pair_row(
+            i, travel_cr, restaurant_col, start, off_time, ready, max_ctd_offset, half_pickup, max_ctd_limit,
+            none, travel, pickup[i], feasible[i], best,
+        )  # fmt: skip
     return pickup, feasible, best
 
 
@@ -170,34 +193,33 @@ def _top_k_pairs(
     off_time: IntArray,
     ready: IntArray,
     max_ctd_offset: IntArray,
-    size: IntArray,
     half_pickup: int,
     max_ctd_limit: int,
+    none: np.int64,
+    size: IntArray,
     k: int,
     infeasible: np.int64,
-    none: np.int64,
 ) -> tuple[IntArray, BoolArray, IntArray]:
     n = start.shape[0]
     b = restaurant_col.shape[0]
     chosen = np.empty((n, k), dtype=np.int64)
     mask = np.empty((n, k), dtype=np.bool_)
     best = np.full(b, none, dtype=np.int64)
+    travel = np.empty(b, dtype=np.int64)
+    pickup = np.empty(b, dtype=np.int64)
+    feasible = np.empty(b, dtype=np.bool_)
     row = np.empty(b, dtype=np.int64)
     keys = np.empty(k, dtype=np.int64)
     top = np.empty(k, dtype=np.int64)
     for i in range(n):
-        arrive = start[i] + half_pickup
-        off = off_time[i]
-        # Per row: the travel gather, then pickup, feasibility and rank key in a loop the compiler
-        # vectorises (no couriers × bundles matrix is written), then one scan that rarely inserts.
+        # Per row: the pair times into row buffers (no couriers × bundles matrix is written), the rank
+        # keys, then one scan that keeps the k best so far and rarely inserts.
+        _pair_row(
+            i, travel_cr, restaurant_col, start, off_time, ready, max_ctd_offset, half_pickup, max_ctd_limit,
+            none, travel, pickup, feasible, best,
+        )  # fmt: skip
         for j in range(b):
-            row[j] = travel_cr[i, restaurant_col[j]]
-        for j in range(b):
-            tr = row[j]
-            pk = max(ready[j], arrive + tr)
-            ok = (pk <= off) & (pk + max_ctd_offset[j] <= max_ctd_limit)
-            best[j] = min(best[j], pk if ok else none)
-            row[j] = (pk * 4096 + tr) * 8 - size[j] if ok else infeasible
+            row[j] = (pickup[j] * 4096 + travel[j]) * 8 - size[j] if feasible[j] else infeasible
         worst = infeasible
         for j in range(b):
             key = row[j]
@@ -228,9 +250,9 @@ def top_k_pairs(
     off_time: IntArray,
     ready: IntArray,
     max_ctd_offset: IntArray,
-    size: IntArray,
     half_pickup: int,
     max_ctd_limit: int,
+    size: IntArray,
     k: int,
 ) -> tuple[IntArray, BoolArray, IntArray]:
     """Each courier's ``k`` best bundles by :func:`rank_keys` over the pair times of :func:`pair_times`,
@@ -253,12 +275,12 @@ def top_k_pairs(
         off_time,
         ready,
         max_ctd_offset,
-        size,
         half_pickup,
         max_ctd_limit,
+        NO_PICKUP,
+        size,
         k,
         INFEASIBLE_KEY,
-        NO_PICKUP,
     )
 
 
@@ -696,7 +718,7 @@ def warm_up() -> float:
     b2 = np.ones((1, 1), dtype=np.bool_)
     _pair_times(i2, i1, i1, i1, i1, i1, 0, 0, NO_PICKUP)
     _rank_keys(i2, i2, b2, i1, INFEASIBLE_KEY)
-    _top_k_pairs(i2, i1, i1, i1, i1, i1, i1, 0, 0, 1, INFEASIBLE_KEY, NO_PICKUP)
+    _top_k_pairs(i2, i1, i1, i1, i1, i1, 0, 0, NO_PICKUP, i1, 1, INFEASIBLE_KEY)
     _close_pairs(i1, i1, 0)
     _claim(i1, i1, i1, i2, 1, 1)
     _plain_columns(np.zeros((1, 1)), 0, 1.0)

@@ -229,9 +229,10 @@ class RouteTimes:
         """(couriers, bundles)."""
         return int(self.start_at.shape[0]), int(self.restaurant_col.shape[0])
 
-    @cached_property
-    def _pairs(self) -> tuple[IntArray, np.ndarray, IntArray]:
-        return pair_times(
+    @property
+    def _terms(self) -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray, IntArray, int, int]:
+        """What every pair time is computed from, in :func:`dispatch.kernels.pair_times` order."""
+        return (
             self.travel_cr,
             self.restaurant_col,
             self.start_at,
@@ -241,6 +242,10 @@ class RouteTimes:
             self.half_pickup,
             self.max_ctd_limit,
         )
+
+    @cached_property
+    def _pairs(self) -> tuple[IntArray, np.ndarray, IntArray]:
+        return pair_times(*self._terms)
 
     @cached_property
     def pickup(self) -> IntArray:
@@ -260,18 +265,7 @@ class RouteTimes:
     def top_k(self, k: int) -> tuple[IntArray, np.ndarray]:
         """Each courier's ``k`` best bundles (:func:`dispatch.kernels.top_k_pairs`): (bundle per slot,
         feasibility per slot). Records ``best_pickup`` from the same pass."""
-        chosen, mask, best = top_k_pairs(
-            self.travel_cr,
-            self.restaurant_col,
-            self.start_at,
-            self.off_time,
-            self.ready,
-            self.max_ctd_offset,
-            self.size,
-            self.half_pickup,
-            self.max_ctd_limit,
-            k,
-        )
+        chosen, mask, best = top_k_pairs(*self._terms, self.size, k)
         self.__dict__.setdefault("best_pickup", best)  # what the cached property would compute
         return chosen, mask
 

@@ -359,7 +359,7 @@ def test_top_k_and_close_pairs_refuse_what_they_cannot_answer() -> None:
     one, three = np.zeros(1, dtype=np.int64), np.zeros(3, dtype=np.int64)
     travel = np.zeros((1, 1), dtype=np.int64)
     # Bundles ready at 5, 3 and 4; the courier could be there at once: pickups 5, 3, 4.
-    args = (travel, three, one, one + 100, np.array([5, 3, 4]), three, three + 1, 0, 90)
+    args = (travel, three, one, one + 100, np.array([5, 3, 4]), three, 0, 90, three + 1)
     assert kernels.top_k_pairs(*args, 3)[0].tolist() == [[1, 2, 0]]
     for k in (0, 4):
         with pytest.raises(ValueError, match="k must be between 1 and"):
