@@ -509,7 +509,7 @@ def candidate_features(
 
     Each value is computed in float64 from the integer minutes exactly as the feature list defines it,
     then stored as float32; ``held`` is how many agents list each bundle and ``best`` each bundle's
-    earliest feasible pickup (:func:`pair_times`).
+    earliest feasible pickup (:attr:`dispatch.routes.RouteTimes.best_pickup`).
     """
     return _call(  # type: ignore[no-any-return]
         _candidate_features,

@@ -10,8 +10,9 @@ courier-dependent part of a (courier, bundle) pair is one travel time and one ma
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -199,6 +200,28 @@ def _tabulate(snapshot: Snapshot, orders: IntArray, reorder: bool) -> Bundles:
     )
 
 
+T = TypeVar("T")
+
+
+class _lazy(Generic[T]):
+    """``functools.cached_property`` without its lock: on Python 3.11 that lock is one per property and
+    shared by every instance, so two server threads building different requests' pair matrices would
+    wait on each other. Two threads racing on one instance both compute the same value; one is kept."""
+
+    def __init__(self, func: Callable[[Any], T]) -> None:
+        self.func = func
+        self.name = func.__name__
+        self.__doc__ = func.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> T:
+        value = self.func(obj)
+        obj.__dict__[self.name] = value  # a frozen dataclass still has a __dict__; later reads skip this
+        return value
+
+
 @dataclass(frozen=True)
 class RouteTimes:
     """Exact MDRP times of every (courier, bundle) pair, shape (n_couriers, n_bundles).
@@ -243,21 +266,21 @@ class RouteTimes:
             self.max_ctd_limit,
         )
 
-    @cached_property
+    @_lazy
     def _pairs(self) -> tuple[IntArray, np.ndarray, IntArray]:
         return pair_times(*self._terms)
 
-    @cached_property
+    @_lazy
     def pickup(self) -> IntArray:
         """Pickup minute: max(ready, start + travel + pickup service / 2)."""
         return self._pairs[0]
 
-    @cached_property
+    @_lazy
     def feasible(self) -> np.ndarray:
         """Pickup no later than the courier's off-time and every order within the click-to-door limit."""
         return self._pairs[1]
 
-    @cached_property
+    @_lazy
     def best_pickup(self) -> IntArray:
         """Per bundle, the earliest feasible pickup over these couriers (int64 max where none is feasible)."""
         return self._pairs[2]
@@ -269,32 +292,32 @@ class RouteTimes:
         self.__dict__.setdefault("best_pickup", best)  # what the cached property would compute
         return chosen, mask
 
-    @cached_property
+    @_lazy
     def travel_to_restaurant(self) -> IntArray:
         """Travel minutes from each courier's start to each bundle's restaurant."""
         return self.travel_cr[:, self.restaurant_col]
 
-    @cached_property
+    @_lazy
     def max_ctd(self) -> IntArray:
         """Largest click-to-door minutes among the bundle's orders."""
         return self.pickup + self.max_ctd_offset[None, :]
 
-    @cached_property
+    @_lazy
     def start(self) -> IntArray:
         """Minute each courier starts (free, or now), broadcast over bundles."""
         return np.broadcast_to(self.start_at[:, None], self.shape)
 
-    @cached_property
+    @_lazy
     def last_dropoff(self) -> IntArray:
         """Minute of the last drop-off."""
         return self.pickup + self.last_offset[None, :]
 
-    @cached_property
+    @_lazy
     def free_at(self) -> IntArray:
         """Minute the courier is free again at the last customer."""
         return self.pickup + self.free_offset[None, :]
 
-    @cached_property
+    @_lazy
     def sum_ctd(self) -> IntArray:
         """Summed click-to-door minutes of the bundle's orders."""
         return self.pickup * self.size[None, :] + self.ctd_offset_sum[None, :]

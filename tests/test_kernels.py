@@ -105,7 +105,7 @@ def test_top_k_is_a_stable_sort_of_the_rank_keys_cut_at_k(snap: Snapshot) -> Non
             continue
         fresh = route_times(snap, agents, bundles)  # no pair matrix built yet: the fused pass alone
         chosen, mask = fresh.top_k(k)
-        assert "_pairs" not in fresh.__dict__
+        assert "best_pickup" in fresh.__dict__ and "_pairs" not in fresh.__dict__  # recorded by the pass
         assert np.array_equal(fresh.best_pickup, times.best_pickup)
         assert np.array_equal(chosen, ranked[:, :k])
         assert np.array_equal(mask, np.take_along_axis(times.feasible, ranked[:, :k], axis=1))
@@ -366,3 +366,13 @@ def test_top_k_and_close_pairs_refuse_what_they_cannot_answer() -> None:
             kernels.top_k_pairs(*args, k)
     with pytest.raises(ValueError, match="restaurant indices must be >= 0"):
         kernels.close_pairs(np.array([-1, 0, -1, 0]), np.array([0, 0, 1, 1]), 5)
+
+
+@pytest.mark.parametrize("snap", [s for s in SNAPSHOTS if s.n_orders > 2 and s.available().any()])
+def test_the_model_path_builds_no_couriers_by_bundles_matrix(snap: Snapshot) -> None:
+    """Candidates (K below the bundle count) and features read pair times row by row or at their slots."""
+    cands = generate(snap, CandidateConfig(k=2))
+    encode(snap, cands)
+    built = set(cands.times.__dict__)
+    assert "best_pickup" in built  # recorded by the top-K pass, so the features did not rebuild it
+    assert not built & {"_pairs", "pickup", "feasible", "travel_to_restaurant", "max_ctd"}
