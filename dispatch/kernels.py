@@ -169,6 +169,12 @@ def pair_times(
 
 
 @_compiled()
+def _rank_key(pickup: int, travel: int, size: int, feasible: bool, infeasible: int) -> int:
+    """One pair's rank key (the one definition both ranking kernels use; the compiler inlines it)."""
+    return (pickup * 4096 + travel) * 8 - size if feasible else infeasible
+
+
+@_compiled()
 def _rank_keys(
     pickup: IntArray, travel: IntArray, feasible: BoolArray, size: IntArray, infeasible: np.int64
 ) -> IntArray:
@@ -176,7 +182,7 @@ def _rank_keys(
     key = np.empty((n, b), dtype=np.int64)
     for i in range(n):
         for j in range(b):
-            key[i, j] = (pickup[i, j] * 4096 + travel[i, j]) * 8 - size[j] if feasible[i, j] else infeasible
+            key[i, j] = _rank_key(pickup[i, j], travel[i, j], size[j], feasible[i, j], infeasible)
     return key
 
 
@@ -219,7 +225,7 @@ def _top_k_pairs(
             none, travel, pickup, feasible, best,
         )  # fmt: skip
         for j in range(b):
-            row[j] = (pickup[j] * 4096 + travel[j]) * 8 - size[j] if feasible[j] else infeasible
+            row[j] = _rank_key(pickup[j], travel[j], size[j], feasible[j], infeasible)
         worst = infeasible
         for j in range(b):
             key = row[j]
