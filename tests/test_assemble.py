@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -191,3 +192,64 @@ def test_mass_serves_a_courier_whose_serve_probability_is_split_over_orders() ->
     # P(serve) 0.057: below the threshold for the courier and for each order, so nobody moves.
     idle = {"c1": {"a": 0.0, "b": 0.0, "wait": 3.5}, "c2": {"a": -20.0, "b": -20.0, "wait": 5.0}}
     assert as_ids(snap, assemble.mass(cands, score_matrix(snap, cands, idle))) == {}
+
+
+def three_courier_snapshot(n_couriers: int) -> Snapshot:
+    # Orders a and b at R1 (ready 10, 10 apart at the customers: a bundle is listed); n idle couriers.
+    inst = make_instance(
+        restaurants=[("R1", 0, 0)],
+        orders=[("a", 0, -200, 0, "R1", 10), ("b", 0, -300, 0, "R1", 10)],
+        couriers=[("c1", 0, 250, 0, 120), ("c2", 0, -250, 0, 120), ("c3", 0, 900, 0, 120)][:n_couriers],
+    )
+    return Engine(inst).snapshot()
+
+
+PAIRS = CandidateConfig(k=0, max_bundle_size=2)
+# c1 wants a; its bundle ab has far less probability than the single (as learned policies give bundles).
+C1_WANTS_A = {"a": 3.0, "b": -1.0, "ab": -2.0, "wait": 0.0}
+IDLE = {"a": -20.0, "b": -20.0, "ab": -20.0, "wait": 5.0}
+
+
+def test_mass_bundle_upgrades_a_single_to_its_bundle_under_load() -> None:
+    snap = three_courier_snapshot(2)  # 2 open orders, 2 agents: orders are not fewer than agents
+    cands = generate(snap, PAIRS)
+    scores = score_matrix(snap, cands, {"c1": C1_WANTS_A, "c2": IDLE})
+    assert as_ids(snap, assemble.assemble(cands, scores, "mass")) == {"c1": ("a",)}
+    out = assemble.assemble(cands, scores, "mass-bundle")
+    assert sorted(as_ids(snap, out)["c1"]) == ["a", "b"]
+    assert set(as_ids(snap, out)) == {"c1"}
+    out.action.check(snap)
+
+
+def test_mass_bundle_leaves_orders_another_courier_claimed() -> None:
+    snap = three_courier_snapshot(2)
+    cands = generate(snap, PAIRS)
+    c2_wants_b = {"a": -1.0, "b": 3.0, "ab": -2.0, "wait": 0.0}
+    out = assemble.assemble(cands, score_matrix(snap, cands, {"c1": C1_WANTS_A, "c2": c2_wants_b}), "mass-bundle")
+    assert as_ids(snap, out) == {"c1": ("a",), "c2": ("b",)}
+
+
+def test_mass_bundle_does_not_bundle_when_couriers_outnumber_orders() -> None:
+    snap = three_courier_snapshot(3)  # 2 open orders, 3 agents
+    cands = generate(snap, PAIRS)
+    scores = score_matrix(snap, cands, {"c1": C1_WANTS_A, "c2": IDLE, "c3": IDLE})
+    assert as_ids(snap, assemble.assemble(cands, scores, "mass-bundle")) == {"c1": ("a",)}
+
+
+def test_bundle_up_skips_reservations_and_keeps_what_they_hold() -> None:
+    snap = three_courier_snapshot(2)
+    cands = generate(snap, PAIRS)
+    i1, i2 = (list(cands.agents).index(snap.courier_ids.index(c)) for c in ("c1", "c2"))
+
+    def only_free_is(row: int | None) -> CandidateSet:  # every other agent only reserves
+        return replace(cands, committable=None if row is None else np.arange(cands.n_agents) == row)
+
+    choice = np.full(cands.n_agents, assemble.WAIT, dtype=np.int64)
+    choice[i1] = labels(snap, cands, i1).index("a")
+    upgraded = assemble.bundle_up(only_free_is(None), choice)
+    assert labels(snap, cands, i1)[upgraded[i1]] == "ab"
+    # c1 only reserves (not yet free): its pick is not executed, so it is not upgraded either.
+    assert np.array_equal(assemble.bundle_up(only_free_is(i2), choice), choice)
+    # c2 reserves b: c1, free, keeps its single.
+    choice[i2] = labels(snap, cands, i2).index("b")
+    assert np.array_equal(assemble.bundle_up(only_free_is(i1), choice), choice)

@@ -145,7 +145,7 @@ def test_preparation_backlog_is_bounded(model_dir: Path):
         assert answered >= 1 and shed >= 1 and answered + shed == 8
 
 
-@pytest.mark.parametrize("rule", ["greedy", "mass"])
+@pytest.mark.parametrize("rule", ["greedy", "mass", "mass-bundle"])
 def test_nan_scores_answer_with_flagged_fallback(model_dir: Path, snapshots: list[Snapshot], rule: str):
     """A model whose scores are NaN is a model error: the rules alone would quietly make everyone wait."""
     from dispatch.linear_model import default_weights, write_linear_model

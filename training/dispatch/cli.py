@@ -25,8 +25,10 @@ def register(sub: Any) -> None:
     p.add_argument("--version", default="1", help="model version (default 1)")
     p.add_argument(
         "--conflict-rule",
-        default="mass",
-        help="joint-action rule recorded in the manifest: greedy, assignment, sequential or mass (default mass)",
+        default="mass-bundle",
+        help="joint-action rule recorded in the manifest: greedy, assignment, sequential, mass or mass-bundle "
+        "(default mass-bundle: mass, plus committed singles upgraded to their bundles when open orders are "
+        "at least as many as the couriers deciding)",
     )
     p.add_argument(
         "--lookahead",

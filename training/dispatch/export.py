@@ -113,7 +113,7 @@ def export_run(
     out: Path,
     name: str = "",
     version: str = "1",
-    conflict_rule: str = "mass",
+    conflict_rule: str = "mass-bundle",
     metrics: dict[str, float] | None = None,
     lookahead: int | None = None,
 ) -> tuple[Path, float]:

@@ -49,7 +49,7 @@ class Protocol:
     seeds: int = 3
     steps: int = 3000
     batch_size: int = 32
-    rule: str = "mass"
+    rule: str = "mass-bundle"
     train_instances: tuple[str, ...] = TRAIN_INSTANCES
     instances: str = "*"
 
