@@ -1,7 +1,7 @@
 """Time to a usable dispatch policy: train BC and InSPO on 2 CPU cores, evaluate checkpoints as they come.
 
-"Usable" is measured, not assumed: the exported policy (ONNX, ``mass`` rule) is at least as good as
-``assignment`` (the better of the two simple heuristics in the logs) on click-to-door with every lost
+"Usable" is measured, not assumed: the exported policy (ONNX, the export default ``mass-bundle`` rule) is at
+least as good as ``assignment`` (the better of the two simple heuristics in the logs) on click-to-door with every lost
 order charged at 90 minutes, averaged over the evaluation instances. Those are training-seed instances
 (seeds 2-5; never the held-out seeds 6-9). Beating ``nearest`` would be no bar: an untrained scorer
 already does, because the ``mass`` rule then hands each courier its earliest-pickup candidate.
