@@ -17,10 +17,11 @@ Rules (part of a policy's contract, recorded in its manifest):
   taking it is split, and when one courier has many orders, its serve probability is split over
   them, so neither a single slot nor a single bundle outweighs the courier's `wait`.
 - ``mass-bundle``: ``mass``, then, when the snapshot's open orders are at least as many as the agents,
-  each courier committed to a single takes instead the first bundle of its list that holds that order
-  and otherwise only orders nobody claimed (:func:`bundle_up`). Learned per-courier distributions give
-  a bundle less probability than its own single (bundles are rare in the logs), so ``mass`` alone never
-  picks one; under load a fleet that does not bundle runs out of couriers.
+  each courier committed to a single (in the order ``mass`` claimed them) takes instead the first bundle
+  of its list that holds that order and otherwise only orders nobody claimed (:func:`bundle_up`).
+  Learned per-courier distributions give a bundle less probability than its own single (bundles are
+  rare in the logs), so ``mass`` alone never picks one; under load a fleet that does not bundle runs
+  out of couriers.
 """
 
 from __future__ import annotations
@@ -202,16 +203,16 @@ def sequential(
 
 def mass(cands: CandidateSet, logits: FloatArray, threshold: float = MASS_THRESHOLD) -> Assembled:
     """Serve bundles the fleet or a courier wants (probability ≥ ``threshold``); see the module docstring."""
-    choice = _mass_choice(cands, logits, threshold)
+    choice, _ = _mass_choice(cands, logits, threshold)
     return Assembled(_to_action(cands, choice), choice, np.zeros(cands.n_agents))
 
 
-def _mass_choice(cands: CandidateSet, logits: FloatArray, threshold: float) -> IntArray:
-    """Each agent's slot (or WAIT) under the ``mass`` rule."""
+def _mass_choice(cands: CandidateSet, logits: FloatArray, threshold: float) -> tuple[IntArray, FloatArray]:
+    """Each agent's slot (or WAIT) under the ``mass`` rule, and the probability of its choice (0 for WAIT)."""
     n, k = cands.bundle.shape
     choice = np.full(n, WAIT, dtype=np.int64)
     if n == 0 or k == 0:
-        return choice
+        return choice, np.zeros(n)
     z = np.where(np.concatenate([cands.mask, np.ones((n, 1), bool)], 1), logits[:, : k + 1], -np.inf)
     z = z - z.max(axis=1, keepdims=True)
     prob = np.exp(z)
@@ -223,15 +224,18 @@ def _mass_choice(cands: CandidateSet, logits: FloatArray, threshold: float) -> I
     rows, slots = np.divmod(flat, k)
     bundles = cands.bundle[rows, slots]
     wanted = (total[bundles] >= threshold) | (prob[rows, k] <= 1.0 - threshold)
-    return claim(rows[wanted], slots[wanted], bundles[wanted], cands.bundles.orders, n)
+    choice = claim(rows[wanted], slots[wanted], bundles[wanted], cands.bundles.orders, n)
+    return choice, np.where(choice == WAIT, 0.0, p[np.arange(n), np.maximum(choice, 0)])
 
 
-def bundle_up(cands: CandidateSet, choice: IntArray) -> IntArray:
+def bundle_up(cands: CandidateSet, choice: IntArray, priority: FloatArray | None = None) -> IntArray:
     """Committed singles upgraded to bundles when the open orders are at least as many as the agents.
 
-    Agent by agent (row order), a committed agent whose choice is a single takes the first listed bundle
-    (its best ranked) that holds the same order and otherwise only orders that no agent's choice, a
-    reservation included, holds. Returns ``choice`` itself when nothing changes.
+    Agent by agent, in descending ``priority`` (ties, or no priority: row order), a committed agent whose
+    choice is a single takes the first listed bundle (its best ranked) that holds the same order and
+    otherwise only orders that no agent's choice, a reservation included, holds. ``mass-bundle`` passes
+    each agent's probability of its choice, the order in which ``mass`` claimed them, so the answer does not
+    depend on the order of the couriers in a request. Returns ``choice`` itself when nothing changes.
     """
     bundles = cands.bundles
     n = cands.n_agents
@@ -242,11 +246,13 @@ def bundle_up(cands: CandidateSet, choice: IntArray) -> IntArray:
     rows = rows[bundles.size[cands.bundle[rows, choice[rows]]] == 1]
     if rows.size == 0:
         return choice
+    if priority is not None:
+        rows = rows[np.argsort(-priority[rows], kind="stable")]
     single = bundles.orders[cands.bundle[rows, choice[rows]], 0]
     listed = np.maximum(cands.bundle[rows], 0)  # (rows, K)
     members = bundles.orders[listed]  # (rows, K, S), -1 padded
     fits = cands.mask[rows] & (bundles.size[listed] >= 2) & (members == single[:, None, None]).any(axis=2)
-    at, slots = np.nonzero(fits)  # row-major: each courier's fitting slots in list order
+    at, slots = np.nonzero(fits)  # courier by courier (in ``rows`` order), each one's fitting slots in list order
     if at.size == 0:
         return choice
     pairs = members[at, slots]
@@ -275,7 +281,7 @@ def assemble(cands: CandidateSet, scores: FloatArray, rule: str = "greedy") -> A
     if rule == "mass":
         return mass(cands, scores)
     if rule == "mass-bundle":
-        choice = bundle_up(cands, _mass_choice(cands, scores, MASS_THRESHOLD))
+        choice = bundle_up(cands, *_mass_choice(cands, scores, MASS_THRESHOLD))
         return Assembled(_to_action(cands, choice), choice, np.zeros(cands.n_agents))
     raise ValueError(f"unknown conflict rule {rule!r}; expected one of {RULES}")
 

@@ -253,3 +253,56 @@ def test_bundle_up_skips_reservations_and_keeps_what_they_hold() -> None:
     # c2 reserves b: c1, free, keeps its single.
     choice[i2] = labels(snap, cands, i2).index("b")
     assert np.array_equal(assemble.bundle_up(only_free_is(i1), choice), choice)
+
+
+def four_order_snapshot(couriers: list[tuple[str, float, float, int, int]]) -> Snapshot:
+    # Orders a-d at R1, all ready at 10: every pair of them is a listed bundle.
+    inst = make_instance(
+        restaurants=[("R1", 0, 0)],
+        orders=[(o, 0, -100 * (i + 2), 0, "R1", 10) for i, o in enumerate("abcd")],
+        couriers=couriers,
+    )
+    return Engine(inst).snapshot()
+
+
+TWO_COURIERS = [("c1", 0, 250, 0, 120), ("c2", 0, -250, 0, 120)]
+# c1 wants a, c2 wants b; c2 more surely. Both could add c or d: contested companions.
+CONTEST = {
+    "c1": {"a": 2.0, "wait": 0.0},
+    "c2": {"b": 4.0, "wait": 0.0},
+}
+
+
+def test_mass_bundle_hands_contested_companions_in_claim_order() -> None:
+    snap = four_order_snapshot(TWO_COURIERS)
+    cands = generate(snap, PAIRS)
+    got = as_ids(snap, assemble.assemble(cands, score_matrix(snap, cands, CONTEST), "mass-bundle"))
+    # c2 (the more probable pick) upgrades first and takes its best-ranked bundle; c1 then takes a
+    # bundle with the order left over: no order twice, each bundle holds the courier's own single.
+    assert "b" in got["c2"] and "a" in got["c1"] and len(got["c1"]) == len(got["c2"]) == 2
+    taken = got["c1"] + got["c2"]
+    assert sorted(taken) == ["a", "b", "c", "d"]
+    first_for_c2 = next(lab for lab in labels(snap, cands, 1) if len(lab) == 2 and "b" in lab and "a" not in lab)
+    assert sorted(got["c2"]) == sorted(first_for_c2)
+
+
+def test_mass_bundle_does_not_depend_on_the_order_of_couriers() -> None:
+    answers = []
+    for couriers in (TWO_COURIERS, TWO_COURIERS[::-1]):
+        snap = four_order_snapshot(couriers)
+        cands = generate(snap, PAIRS)
+        answers.append(as_ids(snap, assemble.assemble(cands, score_matrix(snap, cands, CONTEST), "mass-bundle")))
+    assert answers[0] == answers[1]
+
+
+def test_bundle_up_takes_the_first_listed_bundle_holding_the_single() -> None:
+    snap = four_order_snapshot(TWO_COURIERS[:1])
+    cands = generate(snap, PAIRS)
+    lab = labels(snap, cands, 0)
+    # Reorder c1's list: a bundle without a first (never taken: it would drop the courier's order), then ad, ac.
+    order = [lab.index(x) for x in ("cd", "ad", "ac", "a")]
+    rest = [s for s in range(cands.k) if s not in order]
+    perm = np.array(order + rest)
+    mine = replace(cands, bundle=cands.bundle[:, perm], mask=cands.mask[:, perm])
+    choice = np.array([3])  # the single a, now in slot 3
+    assert labels(snap, mine, 0)[assemble.bundle_up(mine, choice)[0]] == "ad"

@@ -59,6 +59,18 @@ def test_one_command_logs_trains_exports_and_reports(tmp_path: Path) -> None:
     # A rerun finds everything done and rewrites the same report.
     assert results.main(argv) == 0
     assert out.read_text() == text
+    # Metrics measured under other decision-path code (a changed conflict rule leaves every model file
+    # as it was) are measured again, not reused.
+    stale = json.loads(out.with_suffix(".json").read_text())
+    stale[results.MODEL_KEY]["bc-s0"]["decision_code_sha256"] = "0" * 64
+    stale["bc-s0"]["6o50t75s1p100"]["ctd_mean"] = -1.0
+    stale["bc-s1"]["6o50t75s1p100"]["ctd_mean"] = -2.0  # current code: kept as it is
+    out.with_suffix(".json").write_text(json.dumps(stale))
+    assert results.main(argv) == 0
+    again = json.loads(out.with_suffix(".json").read_text())
+    assert again["bc-s0"]["6o50t75s1p100"]["ctd_mean"] == cache["bc-s0"]["6o50t75s1p100"]["ctd_mean"] > 0
+    assert again["bc-s1"]["6o50t75s1p100"]["ctd_mean"] == -2.0
+    assert again[results.MODEL_KEY]["bc-s0"]["decision_code_sha256"] == results.decision_code_digest()
     # Another protocol in the same work folder is refused rather than mixed with the old models.
     with pytest.raises(SystemExit) as exc:
         results.main([*argv, "--steps", "7"])

@@ -211,3 +211,33 @@ def test_a_lookahead_model_serves_as_in_process_and_busy_couriers_still_wait(
             can_act = set(decision.candidates.agents[committable].tolist())
             assert {i for i, a in enumerate(r.actions) if a.HasField("score")} == can_act
     assert reserving > 0, "some soon-free courier reserved an order"
+
+
+def test_a_mass_bundle_model_serves_as_in_process_with_bundles(tmp_path: Path) -> None:
+    """The mass-bundle rule over the wire: the same joint actions as in process, bundles among them."""
+    from dispatch.candidates import CandidateConfig
+    from dispatch.linear_model import write_linear_model
+    from simulator.engine import Engine
+    from simulator.instance import load
+
+    model = write_linear_model(
+        tmp_path / "mb.onnx", name="mb", candidates=CandidateConfig(lookahead=15), conflict_rule="mass-bundle"
+    )
+    policy = OnnxPolicy(model)
+    engine = Engine(load("5o50t100s1p125"))  # a loaded day: open orders outnumber the couriers deciding
+    picked: list[Snapshot] = []
+    while not engine.done and len(picked) < 3:
+        snap = engine.snapshot()
+        action = policy.decide(snap).action
+        if any(len(a.orders) > 1 for a in action.assignments):
+            picked.append(snap)
+        engine.step(action)
+    assert picked, "the loaded day should make the rule bundle"
+    cfg = ServerConfig(models=[("mb", model)], port=0, metrics_port=None)
+    with ThreadedServer(cfg) as srv, DispatchClient(srv.target) as client:
+        for snap in picked:
+            r = client.decide(snap, include_scores=True)
+            assert r.conflict_rule == "mass-bundle" and not r.fallback
+            assert response_to_ids(r) == policy.decide(snap).action.to_ids(snap)
+            assert any(len(a.order_ids) > 1 for a in r.actions)
+            response_to_action(r, snap).check(snap)

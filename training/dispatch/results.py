@@ -4,10 +4,11 @@ One command, every step cached under ``--work`` so a killed run resumes where it
 
 1. **logs**: the ``mixed`` recipe, one logged day per training instance (instance seeds 0–5 only);
 2. **train**: every algorithm (BC, InSPO) with every training seed, then export to ONNX with the
-   ``mass`` conflict rule and the default lookahead;
+   ``mass-bundle`` conflict rule and the default lookahead;
 3. **evaluate**: every model and every heuristic on all 240 public instances (per-instance metrics
-   cached in a JSON file beside the report; heuristic rows are taken from ``docs/results.json``,
-   written by ``make results`` with the same simulator, when it has them);
+   cached in a JSON file beside the report, each model's kept while its files and the decision path's
+   code, ``dispatch/``, are unchanged; heuristic rows are taken from ``docs/results.json``, written by
+   ``make results`` with the same simulator, when it has them);
 4. **report**: the 64 held-out instances (seeds 6–9, o50 and r50: never used for training, tuning or
    model selection) and all 240. A learned policy's value on an instance is the mean over its
    training seeds; the table adds the spread across seeds. Each comparison of InSPO with another
@@ -18,6 +19,7 @@ One command, every step cached under ``--work`` so a killed run resumes where it
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -52,6 +54,19 @@ class Protocol:
     rule: str = "mass-bundle"
     train_instances: tuple[str, ...] = TRAIN_INSTANCES
     instances: str = "*"
+
+
+def decision_code_digest() -> str:
+    """SHA-256 over the decision path's sources (``dispatch/*.py``): candidates, features, assembly.
+
+    A learned policy's metrics depend on this code as much as on its model file (a conflict rule's
+    change keeps every model byte-identical), so cached metrics measured under other code are dropped.
+    """
+    root = Path(__file__).resolve().parents[2] / "dispatch"
+    h = hashlib.sha256()
+    for path in sorted(root.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def _instances(patterns: tuple[str, ...]) -> list[str]:
@@ -272,13 +287,15 @@ def main(argv: list[str] | None = None) -> int:
     models = build_models(args.work, proto, jobs, not args.no_progress)
     cache = args.out.with_suffix(".json")
     data: dict[str, dict[str, dict[str, float]]] = json.loads(cache.read_text()) if cache.is_file() else {}
-    # Metrics are kept per model: a model whose file, manifest (conflict rule) or decoding threshold changed
-    # since they were measured is evaluated again.
+    # Metrics are kept per model: a model whose file, manifest (conflict rule), decoding threshold or
+    # decision-path code changed since they were measured is evaluated again.
+    code = decision_code_digest()
     digests = {
         name: {
             "onnx_sha256": sha256_bytes(path.read_bytes()),
             "manifest_sha256": sha256_bytes(manifest_path(path).read_bytes()),
             "mass_threshold": MASS_THRESHOLD,
+            "decision_code_sha256": code,
         }
         for name, path in models.items()
     }
