@@ -22,6 +22,10 @@ Rules (part of a policy's contract, recorded in its manifest):
   Learned per-courier distributions give a bundle less probability than its own single (bundles are
   rare in the logs), so ``mass`` alone never picks one; under load a fleet that does not bundle runs
   out of couriers.
+
+Whatever the rule, a candidate set with ``defer`` > 0 (``CandidateConfig.defer``) then turns the picks
+that a courier would reach that many minutes or more before the food is ready into waits
+(:func:`defer_early`).
 """
 
 from __future__ import annotations
@@ -271,19 +275,46 @@ def bundle_up(cands: CandidateSet, choice: IntArray, priority: FloatArray | None
 
 
 def assemble(cands: CandidateSet, scores: FloatArray, rule: str = "greedy") -> Assembled:
-    """Dispatch to the named deterministic rule."""
+    """Dispatch to the named deterministic rule, then defer early picks (``CandidateSet.defer``)."""
     if rule == "greedy":
-        return greedy(cands, scores)
-    if rule == "assignment":
-        return assignment(cands, scores)
-    if rule == "sequential":
-        return sequential(cands, scores)
-    if rule == "mass":
-        return mass(cands, scores)
-    if rule == "mass-bundle":
+        out = greedy(cands, scores)
+    elif rule == "assignment":
+        out = assignment(cands, scores)
+    elif rule == "sequential":
+        out = sequential(cands, scores)
+    elif rule == "mass":
+        out = mass(cands, scores)
+    elif rule == "mass-bundle":
         choice = bundle_up(cands, *_mass_choice(cands, scores, MASS_THRESHOLD))
-        return Assembled(_to_action(cands, choice), choice, np.zeros(cands.n_agents))
-    raise ValueError(f"unknown conflict rule {rule!r}; expected one of {RULES}")
+        out = Assembled(_to_action(cands, choice), choice, np.zeros(cands.n_agents))
+    else:
+        raise ValueError(f"unknown conflict rule {rule!r}; expected one of {RULES}")
+    if not cands.defer:
+        return out
+    choice = defer_early(cands, out.choice)
+    return out if choice is out.choice else Assembled(_to_action(cands, choice), choice, out.logp)
+
+
+def defer_early(cands: CandidateSet, choice: IntArray) -> IntArray:
+    """Picks of committable agents that would reach the restaurant ``cands.defer`` or more minutes before
+    the bundle is ready, turned into waits (the assembly already kept their orders from the others).
+
+    The agent is decided again at the next epoch, when it may still take the order, or a nearer courier
+    may have come free. Returns ``choice`` itself when nothing changes.
+    """
+    rows = np.flatnonzero(choice != WAIT)
+    if cands.committable is not None:
+        rows = rows[cands.committable[rows]]
+    if rows.size == 0:
+        return choice
+    times, bundle = cands.times, cands.bundle[rows, choice[rows]]
+    arrive = times.start_at[rows] + times.travel_cr[rows, times.restaurant_col[bundle]] + times.half_pickup
+    early = arrive + cands.defer <= cands.bundles.ready[bundle]
+    if not early.any():
+        return choice
+    out = choice.copy()
+    out[rows[early]] = WAIT
+    return out
 
 
 def sequential_mixture(

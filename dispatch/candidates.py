@@ -10,7 +10,10 @@ every courier still reaches some courier's list instead of expiring unseen.
 With ``lookahead`` > 0, couriers that will be free within that many minutes hold candidates too (from
 where and when they will be free); their picks only reserve orders (:func:`dispatch.assemble._to_action`
 drops them from the executed action), so a courier about to be free near a restaurant can keep a far
-idle courier from being committed to it.
+idle courier from being committed to it. With ``defer`` > 0, a free courier whose pick it would reach
+``defer`` or more minutes before the food is ready waits instead (:func:`dispatch.assemble.assemble`),
+the order held from the others this epoch, as ``reyes`` commits a courier only when waiting would
+delay the pickup.
 """
 
 from __future__ import annotations
@@ -38,9 +41,12 @@ class CandidateConfig:
     # Minutes ahead: couriers that will be free within them are agents too. What such a courier picks
     # is reserved for it (no other courier takes it this epoch) but not executed (0: idle couriers only).
     lookahead: int = 0
+    # Minutes: a free courier whose pick it would reach at least this early before the food is ready is
+    # not committed yet; it waits, and is decided again next epoch (0: every pick is committed at once).
+    defer: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("k", "max_bundle_size", "max_ready_gap", "cover", "lookahead"):
+        for name in ("k", "max_bundle_size", "max_ready_gap", "cover", "lookahead", "defer"):
             value = getattr(self, name)
             # A manifest is JSON: 15.5 or true would otherwise pass the range checks and break slicing later.
             if isinstance(value, bool) or not isinstance(value, int | np.integer):
@@ -55,12 +61,14 @@ class CandidateConfig:
             raise ValueError(f"cover: {self.cover} must be >= 0 and below k ({self.k})")
         if not 0 <= self.lookahead <= MAX_LOOKAHEAD:
             raise ValueError(f"lookahead: {self.lookahead} must be between 0 and {MAX_LOOKAHEAD} minutes")
+        if not 0 <= self.defer <= MAX_LOOKAHEAD:
+            raise ValueError(f"defer: {self.defer} must be between 0 and {MAX_LOOKAHEAD} minutes")
 
     def to_dict(self) -> dict[str, int]:
-        """The fields for a manifest; ``cover`` and ``lookahead`` only when set, so runtimes that predate
-        them still read manifests that do not use them."""
+        """The fields for a manifest; ``cover``, ``lookahead`` and ``defer`` only when set, so runtimes that
+        predate them still read manifests that do not use them."""
         out = {"k": self.k, "max_bundle_size": self.max_bundle_size, "max_ready_gap": self.max_ready_gap}
-        extra = {"cover": self.cover, "lookahead": self.lookahead}
+        extra = {"cover": self.cover, "lookahead": self.lookahead, "defer": self.defer}
         return out | {key: value for key, value in extra.items() if value}
 
 
@@ -75,6 +83,8 @@ class CandidateSet:
     times: RouteTimes
     # Agents that may be committed now; the others only reserve (None: every agent, no lookahead).
     committable: BoolArray | None = None
+    # CandidateConfig.defer: picks reached this many minutes or more before the food is ready become waits.
+    defer: int = 0
 
     @property
     def n_agents(self) -> int:
@@ -111,7 +121,7 @@ def generate(
     k = min(config.k, b) if config.k > 0 else b
     if n == 0 or b == 0:
         empty = np.zeros((n, max(k, 0)), dtype=np.int64)
-        return CandidateSet(agents, bundles, empty - 1, empty.astype(bool), times, committable)
+        return CandidateSet(agents, bundles, empty - 1, empty.astype(bool), times, committable, config.defer)
     # Lexicographic key: pickup, then travel, then larger bundle first, then lower bundle index;
     # infeasible last. Top-K in one compiled pass per row; every bundle (the heuristics) by a stable sort.
     if k < b:
@@ -127,7 +137,7 @@ def generate(
         chosen = cover(key, times.feasible, chosen, k - config.cover, oldest, bundles.orders)
         mask = np.take_along_axis(times.feasible, np.maximum(chosen, 0), axis=1) & (chosen >= 0)  # -1: empty
     chosen = np.where(mask, chosen, -1)
-    return CandidateSet(agents, bundles, chosen, mask, times, committable)
+    return CandidateSet(agents, bundles, chosen, mask, times, committable, config.defer)
 
 
 def with_bundles(

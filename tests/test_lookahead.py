@@ -6,6 +6,7 @@ Parameters as in tests.helpers.EASY: 100 m/min, service halves of 2 minutes.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -192,3 +193,47 @@ def test_tools_without_reservation_support_refuse_a_lookahead(
     code = main(["replay", str(logs), "--policy", "reyes-soft", "--mode", "ope", "--out", str(out), "--no-progress"])
     assert code == 2
     assert "lookahead" in capsys.readouterr().err
+
+
+def early_and_ready_orders() -> Snapshot:
+    # c1 at the restaurant at minute 0: o_late (ready at 30) would be reached 30 minutes early, o_now is ready.
+    inst = make_instance(
+        restaurants=[("R1", 0, 0)],
+        orders=[("o_late", 0, -200, 0, "R1", 30), ("o_now", 0, 300, 0, "R1", 0)],
+        couriers=[("c1", 0, 0, 0, 120), ("c2", 0, 2000, 0, 120)],
+    )
+    return Engine(inst).snapshot()
+
+
+def test_defer_turns_picks_reached_too_early_into_waits_and_holds_their_orders() -> None:
+    snap = early_and_ready_orders()
+    late, now = snap.order_ids.index("o_late"), snap.order_ids.index("o_now")
+    singles = CandidateConfig(k=0, max_bundle_size=1)
+
+    def slot(cands: assemble.CandidateSet, row: int, order: int) -> int:
+        return int(np.flatnonzero(cands.bundle[row] == order)[0])  # singles: bundle index = order index
+
+    for defer, c1_gets_late in ((0, True), (4, False), (40, True)):
+        cands = generate(snap, replace(singles, defer=defer) if defer else singles)
+        scores = np.full((2, cands.k + 1), -5.0)
+        scores[:, cands.k] = 0.0
+        scores[0, slot(cands, 0, late)] = 5.0  # c1 wants o_late; c2 wants it less, and o_now
+        scores[1, slot(cands, 1, late)] = 4.0
+        scores[1, slot(cands, 1, now)] = 3.0
+        out = assemble.assemble(cands, scores, "greedy")
+        got = {a.courier: a.orders for a in out.action.assignments}
+        # Deferral is arrival + defer <= ready: 40 minutes never fit before minute 30, 4 do.
+        assert (got.get(0) == (late,)) is c1_gets_late
+        assert out.choice[0] == (slot(cands, 0, late) if c1_gets_late else assemble.WAIT)
+        # A deferred order is held this epoch: c2 does not take it, and takes o_now (ready) as it would anyway.
+        assert got.get(1) == (now,)
+
+
+def test_defer_is_validated_and_named_in_manifests_only_when_set(tmp_path: Path) -> None:
+    for bad in (-1, 10_000):
+        with pytest.raises(ValueError, match="defer"):
+            CandidateConfig(defer=bad)
+    assert "defer" not in CandidateConfig().to_dict()
+    model = write_linear_model(tmp_path / "d.onnx", candidates=CandidateConfig(defer=4))
+    assert load_manifest(model).candidates.defer == 4
+    assert OnnxPolicy(model).candidates(early_and_ready_orders()).defer == 4

@@ -137,3 +137,17 @@ def test_a_garbage_checkpoint_is_one_line_naming_it(
     message = f"{broken / 'checkpoint.pt'}: not a checkpoint this code can read ("
     _refused(capsys, ["export", str(broken), "--out", str(tmp_path / "m.onnx")], message)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_lookahead_and_defer_out_of_range_are_refused_and_defaults_recorded(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "m.onnx"
+    for flag in ("--lookahead", "--defer"):
+        _refused(capsys, ["export", str(run), "--out", str(out), flag, "-1"], f"{flag} must be 0 to 120 minutes")
+    assert not out.exists()
+    assert dispatch(["export", str(run), "--out", str(out)]) == 0
+    candidates = json.loads(out.with_suffix(".json").read_text())["candidates"]
+    assert (candidates["lookahead"], candidates["defer"]) == (15, 4)
+    assert dispatch(["export", str(run), "--out", str(tmp_path / "n.onnx"), "--defer", "0"]) == 0
+    assert "defer" not in json.loads((tmp_path / "n.json").read_text())["candidates"]

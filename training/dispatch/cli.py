@@ -38,6 +38,13 @@ def register(sub: Any) -> None:
         "not executed; recorded in the manifest (default: the logs' lookahead, else 15; 0: idle couriers only)",
     )
     p.add_argument(
+        "--defer",
+        type=int,
+        metavar="MIN",
+        help="a free courier whose pick it would reach MIN or more minutes before the food is ready waits and is "
+        "decided again next epoch; recorded in the manifest (default: the logs' value, else 4; 0: commit at once)",
+    )
+    p.add_argument(
         "--metrics",
         type=Path,
         metavar="FILE",
@@ -130,11 +137,10 @@ def run_export(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.lookahead is not None and not 0 <= args.lookahead <= MAX_LOOKAHEAD:
-        print(
-            f"dispatch export: --lookahead must be 0 to {MAX_LOOKAHEAD} minutes, got {args.lookahead}", file=sys.stderr
-        )
-        return 2
+    for flag, value in (("--lookahead", args.lookahead), ("--defer", args.defer)):
+        if value is not None and not 0 <= value <= MAX_LOOKAHEAD:
+            print(f"dispatch export: {flag} must be 0 to {MAX_LOOKAHEAD} minutes, got {value}", file=sys.stderr)
+            return 2
     problem = check_model_target(args.out)
     if problem:
         print(f"dispatch export: --out {args.out}: {problem}", file=sys.stderr)
@@ -146,7 +152,14 @@ def run_export(args: argparse.Namespace) -> int:
         return 2
     try:
         path, diff = export_run(
-            args.run, args.out, args.name, args.version, args.conflict_rule, metrics, lookahead=args.lookahead
+            args.run,
+            args.out,
+            args.name,
+            args.version,
+            args.conflict_rule,
+            metrics,
+            lookahead=args.lookahead,
+            defer=args.defer,
         )
     except (LogError, ValueError) as exc:
         print(f"dispatch export: {exc}", file=sys.stderr)

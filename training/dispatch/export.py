@@ -21,6 +21,9 @@ OPSET = 17
 # chosen on training-seed instances, it took lost orders from 7.2% to 4.4% for InSPO and 3.5% to 2.0% for
 # BC on logs of idle couriers only, models unchanged).
 DEFAULT_LOOKAHEAD = 15
+# Minutes: a pick the courier would reach this early before the food is ready waits an epoch (reyes'
+# commitment rule). Chosen on training-seed instances (docs/dispatch-experiments.md §10).
+DEFAULT_DEFER = 4
 
 
 def onnx_bytes(scorer: Scorer, k: int = 16) -> bytes:
@@ -116,12 +119,13 @@ def export_run(
     conflict_rule: str = "mass-bundle",
     metrics: dict[str, float] | None = None,
     lookahead: int | None = None,
+    defer: int | None = None,
 ) -> tuple[Path, float]:
     """Export a training run folder's policy; returns the ONNX path and the torch/ONNX parity on random inputs.
 
-    ``lookahead`` (minutes, see :class:`dispatch.candidates.CandidateConfig`) overrides the candidate
-    config the logs were made with; None keeps the logs' lookahead, or, for logs of idle couriers only,
-    uses ``DEFAULT_LOOKAHEAD``.
+    ``lookahead`` and ``defer`` (minutes, see :class:`dispatch.candidates.CandidateConfig`) override the
+    candidate config the logs were made with; None keeps the logs' value, or where the logs have none
+    (idle couriers only, every pick committed) uses ``DEFAULT_LOOKAHEAD`` / ``DEFAULT_DEFER``.
 
     Raises ValueError when ``run`` is not a finished dispatch training run.
     """
@@ -164,7 +168,9 @@ def export_run(
     data_hash = hashlib.sha256(json.dumps(manifest["episodes"], sort_keys=True).encode()).hexdigest()
     if lookahead is None:
         lookahead = candidates.lookahead or DEFAULT_LOOKAHEAD
-    candidates = dataclasses.replace(candidates, lookahead=lookahead)
+    if defer is None:
+        defer = candidates.defer or DEFAULT_DEFER
+    candidates = dataclasses.replace(candidates, lookahead=lookahead, defer=defer)
     path = export(
         scorer,
         out,

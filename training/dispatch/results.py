@@ -33,7 +33,7 @@ from dispatch.model import manifest_path, sha256_bytes
 from simulator.instance import list_instances
 from simulator.report import markdown_table, mean_metrics
 from simulator.results import KEEP, PUBLISHED, charged_ctd, floors, save_cache
-from training.dispatch.export import DEFAULT_LOOKAHEAD
+from training.dispatch.export import DEFAULT_DEFER, DEFAULT_LOOKAHEAD
 from training.harness import atomic_write_bytes
 
 ALGOS = ("bc", "inspo")
@@ -227,7 +227,8 @@ def render(data: dict[str, dict[str, dict[str, float]]], groups: dict[str, list[
         f"{', '.join(f'`{p}`' for p in proto.train_instances)}. "
         f"Each learned policy: {proto.seeds} training seeds × {proto.steps} steps (batch {proto.batch_size}), "
         f"exported to ONNX with a {DEFAULT_LOOKAHEAD}-minute lookahead (couriers about to be free reserve orders), "
-        f"joint actions by the `{proto.rule}` rule. Its row is the mean over its seeds of each "
+        f"joint actions by the `{proto.rule}` rule, picks reached {DEFAULT_DEFER} or more minutes before the food "
+        "is ready deferred to the next epoch. Its row is the mean over its seeds of each "
         "instance's metric. Figures are means across instances (the published convention).",
         "",
         PUBLISHED,
