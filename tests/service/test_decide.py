@@ -214,14 +214,14 @@ def test_a_lookahead_model_serves_as_in_process_and_busy_couriers_still_wait(
 
 
 def test_a_mass_bundle_model_serves_as_in_process_with_bundles(tmp_path: Path) -> None:
-    """The mass-bundle rule over the wire: the same joint actions as in process, bundles among them."""
+    """The mass-bundle rule (and defer) over the wire: the same joint actions as in process, bundles among them."""
     from dispatch.candidates import CandidateConfig
     from dispatch.linear_model import write_linear_model
     from simulator.engine import Engine
     from simulator.instance import load
 
     model = write_linear_model(
-        tmp_path / "mb.onnx", name="mb", candidates=CandidateConfig(lookahead=15), conflict_rule="mass-bundle"
+        tmp_path / "mb.onnx", name="mb", candidates=CandidateConfig(lookahead=15, defer=4), conflict_rule="mass-bundle"
     )
     policy = OnnxPolicy(model)
     engine = Engine(load("5o50t100s1p125"))  # a loaded day: open orders outnumber the couriers deciding
