@@ -289,6 +289,15 @@ def assemble(cands: CandidateSet, scores: FloatArray, rule: str = "greedy") -> A
         out = Assembled(_to_action(cands, choice), choice, np.zeros(cands.n_agents))
     else:
         raise ValueError(f"unknown conflict rule {rule!r}; expected one of {RULES}")
+    return with_defer(cands, out)
+
+
+def with_defer(cands: CandidateSet, out: Assembled) -> Assembled:
+    """``out`` with :func:`defer_early` applied (itself when the set has no ``defer`` or nothing is early).
+
+    ``logp`` stays the rule's: a deferral is a fixed function of the pick, so for a sampled joint action it
+    is still the log-probability of what was drawn.
+    """
     if not cands.defer:
         return out
     choice = defer_early(cands, out.choice)

@@ -132,7 +132,7 @@ class OnnxPolicy:
             raise ModelError(f"{self.path}: the model returned NaN or infinite scores at minute {snapshot.time}")
         if self.sample:
             order = self.rng.permutation(cands.n_agents)
-            out = assemble.sequential(cands, scores, order=order, rng=self.rng)
+            out = assemble.with_defer(cands, assemble.sequential(cands, scores, order=order, rng=self.rng))
             return Decision(out.action, cands, out.choice, out.logp, order)
         out = assemble.assemble(cands, scores, self.manifest.conflict_rule)
         return Decision(out.action, cands, out.choice, out.logp)

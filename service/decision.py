@@ -50,7 +50,9 @@ def model_scores(cands: CandidateSet, logits: np.ndarray, k: int) -> FloatArray:
 
 
 def fallback_scores(prepared: Prepared) -> FloatArray:
-    """Earliest-pickup heuristic: score = -(minutes until pickup); waiting only when nothing is feasible."""
+    """Earliest-pickup heuristic: score = -(minutes until pickup); waiting only when nothing is feasible, or
+    when the model's ``defer`` holds a pick the courier would reach too early (the fallback shares its
+    candidate set and :func:`dispatch.assemble.assemble`)."""
     cands = prepared.cands
     pickup = cands.take(cands.times.pickup).astype(np.float64) - prepared.snapshot.time
     scores = np.where(cands.mask, -pickup, -np.inf)

@@ -122,6 +122,9 @@ class DispatchParallelEnv(ParallelEnv[AgentID, ObsArray, int]):
         if self.candidate_config.lookahead:
             # Its agents would include couriers not free yet, whose actions the engine cannot execute.
             raise ValueError("CandidateConfig.lookahead is not supported by the PettingZoo environment (use 0)")
+        if self.candidate_config.defer:
+            # The agents' actions are executed as given; deferring is a decoder's step, which this env has none of.
+            raise ValueError("CandidateConfig.defer is not supported by the PettingZoo environment (use 0)")
         if self.k < 1:
             # k <= 0 means "all bundles" to the generator, which has no fixed width.
             raise ValueError(f"CandidateConfig.k must be at least 1 for a fixed action space, not {self.k}")

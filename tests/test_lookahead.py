@@ -185,6 +185,8 @@ def test_tools_without_reservation_support_refuse_a_lookahead(
 
     with pytest.raises(ValueError, match="lookahead"):
         DispatchParallelEnv("0o50t75s2p100", candidate_config=CandidateConfig(lookahead=15))
+    with pytest.raises(ValueError, match="defer"):
+        DispatchParallelEnv("0o50t75s2p100", candidate_config=CandidateConfig(defer=4))
     logs = tmp_path / "logs"
     args = ["logs", "generate", "--recipe", "reyes-soft", "--instances", "0o50t75s2p100", "--lookahead", "15"]
     assert main([*args, "--out", str(logs), "--jobs", "1", "--no-progress"]) == 0
@@ -237,3 +239,65 @@ def test_defer_is_validated_and_named_in_manifests_only_when_set(tmp_path: Path)
     model = write_linear_model(tmp_path / "d.onnx", candidates=CandidateConfig(defer=4))
     assert load_manifest(model).candidates.defer == 4
     assert OnnxPolicy(model).candidates(early_and_ready_orders()).defer == 4
+
+
+@pytest.mark.parametrize("rule", assemble.RULES)
+def test_defer_waits_exactly_the_early_free_picks_under_every_rule(rule: str) -> None:
+    """Against the definition: a free courier's pick reached ``defer`` or more minutes before the bundle is
+    ready becomes a wait; every other pick, reservations included, and the rest of the action stay."""
+    from bench.serve import synthetic_snapshot
+
+    early = kept = 0
+    for seed in range(6):
+        snap = synthetic_snapshot(30, 60, seed)
+        for cfg in (CandidateConfig(k=8, lookahead=15), CandidateConfig(k=6, max_bundle_size=3)):
+            plain = generate(snap, cfg)
+            deferring = replace(plain, defer=1 + seed % 5)
+            scores = np.random.default_rng(seed).normal(size=(plain.n_agents, plain.k + 1)) * 3
+            before = assemble.assemble(plain, scores, rule)
+            after = assemble.assemble(deferring, scores, rule)
+            after.action.check(snap)
+            t = plain.times
+            for i, c in enumerate(before.choice.tolist()):
+                free = plain.committable is None or bool(plain.committable[i])
+                if c == assemble.WAIT or not free:
+                    assert after.choice[i] == c
+                    continue
+                b = int(plain.bundle[i, c])
+                arrive = int(t.start_at[i]) + int(t.travel_to_restaurant[i, b]) + t.half_pickup
+                too_early = arrive + deferring.defer <= int(plain.bundles.ready[b])
+                assert after.choice[i] == (assemble.WAIT if too_early else c)
+                early += too_early
+                kept += not too_early
+            waiting = {int(plain.agents[i]) for i in np.flatnonzero(after.choice != before.choice)}
+            expected = tuple(a for a in before.action.assignments if a.courier not in waiting)
+            assert after.action.assignments == expected
+    assert early and kept  # both branches are exercised
+
+
+def test_defer_boundary_and_sampling(tmp_path: Path) -> None:
+    snap = early_and_ready_orders()
+    late = snap.order_ids.index("o_late")
+    cands = generate(snap, CandidateConfig(k=0, max_bundle_size=1))
+    row = int(np.flatnonzero(cands.agents == snap.courier_ids.index("c1"))[0])
+    slot = int(np.flatnonzero(cands.bundle[row] == late)[0])
+    t = cands.times
+    slack = int(cands.bundles.ready[late]) - (
+        int(t.start_at[row]) + int(t.travel_to_restaurant[row, late]) + t.half_pickup
+    )
+    choice = np.full(cands.n_agents, assemble.WAIT, dtype=np.int64)
+    choice[row] = slot
+    assert assemble.defer_early(replace(cands, defer=slack), choice)[row] == assemble.WAIT
+    assert assemble.defer_early(replace(cands, defer=slack + 1), choice)[row] == slot
+    # OnnxPolicy(sample=True) samples instead of running a rule; it defers all the same: c1 (at the
+    # restaurant) never leaves for o_late, though c2, far enough away not to be early, may take it.
+    model = write_linear_model(tmp_path / "d.onnx", candidates=CandidateConfig(defer=slack))
+    policy, c1 = OnnxPolicy(model, sample=True), snap.courier_ids.index("c1")
+    sampled = set()
+    for seed in range(20):
+        policy.reset(seed)
+        decision = policy.decide(snap)
+        assert decision.choice is not None
+        sampled.add(int(decision.choice[row]))
+        assert (c1, (late,)) not in [(a.courier, a.orders) for a in decision.action.assignments]
+    assert len(sampled) > 1  # the draws differ

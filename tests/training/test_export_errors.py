@@ -151,3 +151,5 @@ def test_lookahead_and_defer_out_of_range_are_refused_and_defaults_recorded(
     assert (candidates["lookahead"], candidates["defer"]) == (15, 4)
     assert dispatch(["export", str(run), "--out", str(tmp_path / "n.onnx"), "--defer", "0"]) == 0
     assert "defer" not in json.loads((tmp_path / "n.json").read_text())["candidates"]
+    assert dispatch(["export", str(run), "--out", str(tmp_path / "s.onnx"), "--defer", "7"]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["candidates"]["defer"] == 7
