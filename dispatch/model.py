@@ -81,7 +81,10 @@ def load_manifest(onnx_path: str | Path, onnx_bytes: bytes | None = None) -> Mod
         raise ModelError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(body, dict) or body.get("format") != MODEL_FORMAT:
         raise ModelError(f"{path}: field 'format' is not {MODEL_FORMAT!r}")
-    if int(body.get("manifest_version", 0)) > MANIFEST_VERSION:
+    version = body.get("manifest_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ModelError(f"{path}: field 'manifest_version' {version!r} is not an integer")
+    if version > MANIFEST_VERSION:
         raise ModelError(
             f"{path}: field 'manifest_version' {body.get('manifest_version')} is newer than "
             f"{MANIFEST_VERSION}; upgrade the runtime"
@@ -104,6 +107,12 @@ def load_manifest(onnx_path: str | Path, onnx_bytes: bytes | None = None) -> Mod
         cands = CandidateConfig(**body["candidates"])
     except (TypeError, ValueError) as exc:  # an unknown field, or a value CandidateConfig refuses
         raise ModelError(f"{path}: field 'candidates': {exc}") from None
+    if cands.k < 1:
+        # A model scores a fixed number of slots per courier; k = 0 ("every candidate") is for heuristics.
+        raise ModelError(f"{path}: field 'candidates': k must be at least 1 for a model, got {cands.k}")
+    for key in ("training", "metrics"):
+        if not isinstance(body.get(key, {}), dict):
+            raise ModelError(f"{path}: field {key!r} is not an object")
     if onnx_bytes is not None and sha256_bytes(onnx_bytes) != body["onnx_sha256"]:
         raise ModelError(f"{path}: field 'onnx_sha256' does not match {Path(onnx_path).name} (corrupt or replaced)")
     return ModelManifest(

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from simulator.seeds import seed_arg
+
 
 def register(sub: Any) -> None:
     """Add the simulator's subcommands to the ``dispatch`` parser."""
@@ -41,7 +43,7 @@ def register(sub: Any) -> None:
     p.add_argument("--out", type=Path, help="write the three MDRP solution files per instance and policy here")
     p.add_argument("--jobs", type=int, default=0, help="worker processes (default: usable cores)")
     p.add_argument("--interval", type=int, default=2, help="minutes between decision epochs (default 2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of stochastic policies (default 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of stochastic policies (default 0)")
     p.add_argument("--json", type=Path, help="also write every run's metrics to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(handler=simulate)
@@ -69,7 +71,7 @@ def register(sub: Any) -> None:
     ev.add_argument("--instances", action="append", default=[], metavar="SPEC|GLOB", help="instances (repeatable)")
     ev.add_argument("--heuristics", default="nearest,assignment,reyes", help="heuristics to compare with ('' for none)")
     ev.add_argument("--sample", action="store_true", help="sample each courier's action instead of the conflict rule")
-    ev.add_argument("--seed", type=int, default=0, help="seed of sampled policies (default 0)")
+    ev.add_argument("--seed", type=seed_arg, default=0, help="seed of sampled policies (default 0)")
     ev.add_argument("--jobs", type=int, default=0, help="worker processes (default: usable cores)")
     ev.add_argument(
         "--fleet",
@@ -103,7 +105,7 @@ def register(sub: Any) -> None:
         help="instances: names, globs ('seed0/*'), paths, synthetic:SEED or synthetic:A-B (repeatable)",
     )
     g.add_argument("--days", type=int, default=1, help="days logged per instance (default 1)")
-    g.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
+    g.add_argument("--seed", type=seed_arg, default=0, help="dataset seed (default 0)")
     g.add_argument("--interval", type=int, default=2, help="minutes between decision epochs (default 2)")
     g.add_argument("--k", type=int, default=16, help="candidates per courier (default 16)")
     g.add_argument(
@@ -163,6 +165,12 @@ def simulate(args: argparse.Namespace) -> int:
     if args.interval < 1:
         print("dispatch simulate: --interval must be at least 1", file=sys.stderr)
         return 2
+    if args.jobs < 0:
+        print(f"dispatch simulate: --jobs must be >= 0 (0: usable cores), got {args.jobs}", file=sys.stderr)
+        return 2
+    if problem := _output_problem(args):
+        print(f"dispatch simulate: {problem}", file=sys.stderr)
+        return 2
     policies = _policies(args.policy)
     try:
         instances = list(args.instance) + expand(args.instances)
@@ -198,14 +206,14 @@ def simulate(args: argparse.Namespace) -> int:
         print(
             text_table(policies, [mean_metrics([r.metrics for r in results if r.task.policy == p]) for p in policies])
         )
+    if args.out:
+        print(f"\nsolution files under {args.out}/<instance>/<policy>/")
     if args.json:
         payload = [
             {"instance": r.instance_name, "policy": r.task.policy, "seconds": r.seconds, "metrics": r.metrics}
             for r in results
         ]
-        args.json.write_text(json.dumps(payload, indent=1))
-    if args.out:
-        print(f"\nsolution files under {args.out}/<instance>/<policy>/")
+        return _write_json(args.json, payload, "simulate")
     return 0
 
 
@@ -248,8 +256,15 @@ def logs_generate(args: argparse.Namespace) -> int:
             f"dispatch logs generate: --recipe {args.recipe!r} is not one of {', '.join(RECIPE_NAMES)}", file=sys.stderr
         )
         return 2
-    if args.days < 1 or args.interval < 1 or args.k < 1:
-        print("dispatch logs generate: --days, --interval and --k must be at least 1", file=sys.stderr)
+    for flag in ("days", "interval", "k"):
+        if getattr(args, flag) < 1:
+            print(f"dispatch logs generate: --{flag} must be at least 1, got {getattr(args, flag)}", file=sys.stderr)
+            return 2
+    if args.jobs < 0:
+        print(f"dispatch logs generate: --jobs must be >= 0 (0: usable cores), got {args.jobs}", file=sys.stderr)
+        return 2
+    if problem := _output_problem(args):
+        print(f"dispatch logs generate: {problem}", file=sys.stderr)
         return 2
     if not 0 <= args.cover < args.k:
         print(f"dispatch logs generate: --cover {args.cover} must be >= 0 and below --k ({args.k})", file=sys.stderr)
@@ -288,7 +303,7 @@ def logs_generate(args: argparse.Namespace) -> int:
 
 def logs_card(args: argparse.Namespace) -> int:
     """Print (and write) a dataset card."""
-    from simulator.logs.card import make_card
+    from simulator.logs.card import CardNotWritten, make_card
     from simulator.logs.dataset import LogError
 
     try:
@@ -296,19 +311,42 @@ def logs_card(args: argparse.Namespace) -> int:
     except LogError as exc:
         print(f"dispatch logs card: {exc}", file=sys.stderr)
         return 2
+    except CardNotWritten as exc:
+        print(exc.text)
+        print(f"dispatch logs card: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
-def _unwritable(path: Path) -> str:
-    """Why ``path`` cannot be written as a file ('' when it can), checked before any long work."""
-    if path.is_dir():
-        return "is a folder"
-    parent = path.parent
-    if not parent.is_dir():
-        return f"folder {parent} does not exist"
-    if not os.access(parent, os.W_OK):
-        return f"folder {parent} is not writable"
-    return ""
+def _output_problem(args: argparse.Namespace) -> str | None:
+    """Why ``--json`` or ``--out`` (where the command has them) cannot be written, checked before any work."""
+    from simulator.writable import file_problem, folder_problem
+
+    if getattr(args, "json", None) and (problem := file_problem(args.json)):
+        return f"--json {args.json}: {problem}"
+    if getattr(args, "out", None) and (problem := folder_problem(args.out)):
+        return f"--out {args.out}: {problem}"
+    return None
+
+
+def _write_json(path: Path, payload: object, command: str) -> int:
+    """Write ``payload`` to ``path`` (atomically); if that fails now, keep it in a temporary file and say where."""
+    import tempfile
+
+    text = json.dumps(payload, indent=1)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as exc:
+        fd, kept = tempfile.mkstemp(prefix=f"dispatch-{command}-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        why = exc.strerror or exc
+        print(f"dispatch {command}: --json {path}: cannot write ({why}); kept in {kept}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -335,8 +373,8 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.jobs < 0:
         print(f"dispatch evaluate: --jobs must be >= 0 (0: usable cores), got {args.jobs}", file=sys.stderr)
         return 2
-    if args.json and (problem := _unwritable(args.json)):
-        print(f"dispatch evaluate: --json {args.json}: {problem}", file=sys.stderr)
+    if problem := _output_problem(args):
+        print(f"dispatch evaluate: {problem}", file=sys.stderr)
         return 2
     policies = [str(m) for m in args.model] + heuristics
     if not policies:
@@ -368,5 +406,5 @@ def evaluate(args: argparse.Namespace) -> int:
             {"instance": r.instance_name, "policy": r.task.policy, "metrics": r.metrics, "fleet": r.fleet}
             for r in results
         ]
-        args.json.write_text(json.dumps(payload, indent=1))
+        return _write_json(args.json, payload, "evaluate")
     return 0

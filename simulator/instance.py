@@ -294,7 +294,12 @@ def list_instances(pattern: str = "*") -> list[str]:
     """Names of the public instances matching a glob (``'0*'``, ``'*o50*'``), sorted."""
     import fnmatch
 
-    names = sorted(p.name for p in default_data_dir().iterdir() if (p / "orders.txt").is_file())
+    root = default_data_dir()
+    try:
+        names = sorted(p.name for p in root.iterdir() if (p / "orders.txt").is_file())
+    except OSError as exc:
+        where = "MDRP_DATA" if os.environ.get("MDRP_DATA") else "the default data folder"
+        raise InstanceError(f"{root}: cannot list the public instances ({where}: {exc.strerror})") from None
     return [n for n in names if fnmatch.fnmatch(n, pattern)]
 
 

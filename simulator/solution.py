@@ -67,8 +67,14 @@ class SolutionFiles:
 def _rows(path: Path, min_fields: int) -> list[tuple[int, list[str]]]:
     if not path.is_file():
         raise SolutionError(f"{path}: file is missing")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SolutionError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise SolutionError(f"{path}: cannot read ({exc.strerror or exc})") from None
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines()[1:], start=2):
+    for n, line in enumerate(text.splitlines()[1:], start=2):
         parts = line.split()
         if not parts:
             continue

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,8 @@ EASY = ServiceParams(
     pay_per_order=10.0,
     guaranteed_pay_per_hour=15.0,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 Restaurant = tuple[str, float, float]
 Order = tuple[str, float, float, int, str, int]  # id, x, y, placement, restaurant, ready
@@ -80,3 +85,23 @@ def same(a: float, b: float, tol: float = 0.01) -> bool:
     if math.isnan(a) or math.isnan(b):
         return math.isnan(a) and math.isnan(b)
     return abs(a - b) <= tol
+
+
+def dispatch(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the real ``dispatch`` command line in a subprocess (this checkout first on the path)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return subprocess.run(
+        [sys.executable, "-m", "dispatch_cli", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
+    """A command failed, if it did, with its own message and not a Python traceback."""
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stdout, proc.stdout

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,28 +12,10 @@ import pytest
 from simulator.checker import check_solution
 from simulator.instance import load
 from simulator.solution import ASSIGNMENTS, COURIERS, ORDERS
+from tests.helpers import dispatch, no_traceback
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = "0o50t75s1p100"
 POLICIES = ("nearest", "reyes")
-
-
-def dispatch(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return subprocess.run(
-        [sys.executable, "-m", "dispatch_cli", *map(str, args)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stdout, proc.stdout
 
 
 @pytest.fixture(scope="module")

@@ -64,6 +64,11 @@ def test_manifest_fields_are_checked(linear: Path) -> None:
         ("format", "other", "format"),
         ("candidates", {**body["candidates"], "cover": body["candidates"]["k"]}, "candidates"),
         ("candidates", {**body["candidates"], "colour": 1}, "candidates"),
+        ("candidates", {**body["candidates"], "k": 0}, "k must be at least 1"),
+        ("candidates", [16], "candidates"),
+        ("manifest_version", "one", "manifest_version"),
+        ("metrics", [1, 2], "metrics"),
+        ("training", "x", "training"),
     ):
         path.write_text(json.dumps({**body, field: value}))
         with pytest.raises(ModelError, match=message):

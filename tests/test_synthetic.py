@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from simulator.heuristics import make
-from simulator.instance import Instance, load, save
+from simulator.instance import Instance, InstanceError, load, save
 from simulator.run import run_episode
-from simulator.sources import load_spec
+from simulator.sources import MAX_RANGE, expand, load_spec
 from simulator.synthetic import (
     SyntheticConfig,
     calibrate,
@@ -164,6 +164,35 @@ def test_load_spec_synthetic() -> None:
     inst = load_spec("synthetic:3")
     assert inst.name == "synthetic-3"
     assert_same(inst, generate(SyntheticConfig(), 3))
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("synthetic:-3-5", r"must be 0\.\."),
+        ("synthetic:0-99999999999", r"must be 0\.\."),
+        (f"synthetic:1-{MAX_RANGE + 1}", "at most"),
+        ("synthetic:5-2", "is empty"),
+    ],
+)
+def test_bad_synthetic_ranges_are_refused_before_any_work(spec: str, message: str) -> None:
+    # A huge range must fail at once, not after building a list of every seed in it.
+    with pytest.raises(InstanceError, match=message):
+        expand([spec])
+
+
+@pytest.mark.parametrize("spec", ["synthetic:-1", "synthetic:4294967296"])
+def test_synthetic_seeds_out_of_range_are_refused(spec: str) -> None:
+    with pytest.raises(InstanceError, match=r"must be 0\.\."):
+        for one in expand([spec]):
+            load_spec(one)
+
+
+def test_synthetic_ranges_need_no_data_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MDRP_DATA", str(tmp_path / "missing"))
+    assert expand([f"synthetic:0-{MAX_RANGE - 1}"])[-1] == f"synthetic:{MAX_RANGE - 1}"
+    with pytest.raises(InstanceError, match="MDRP_DATA"):
+        expand(["0o50*"])
 
 
 def test_full_default_day_simulates_and_delivers_most_orders() -> None:

@@ -10,12 +10,12 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from simulator.seeds import seed_arg
 from training.defaults import DISPATCH_BATCH, GAME_BATCH
 
 ALGOS = ("inspo", "bc", "icq", "omiga")  # mirrors training.algos.ALGORITHMS without importing torch
 # Flags that count something and must be at least 1 (at least 0 for the seeds), checked before any work.
 POSITIVE_FLAGS = ("steps", "batch_size", "eval_every", "ckpt_every", "stop_after")
-SEED_FLAGS = ("seed", "data_seed")
 
 
 def _flag(dest: str) -> str:
@@ -100,8 +100,8 @@ def register(subparsers: Any) -> None:
         help="data source: GAME:DATASET for a benchmark game (xor:ab_ba, mne:balanced, bridge:mix), "
         "or a dispatch log dataset folder (dispatch logs generate)",
     )
-    p.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
-    p.add_argument("--data-seed", type=int, default=0, help="seed used to build the game dataset (default: 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="training seed (default: 0)")
+    p.add_argument("--data-seed", type=seed_arg, default=0, help="seed used to build the game dataset (default: 0)")
     p.add_argument("--steps", type=int, default=3000, help="gradient steps (default: 3000)")
     p.add_argument(
         "--batch-size",
@@ -146,13 +146,17 @@ def register(subparsers: Any) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Handler of ``dispatch train``."""
+    from simulator.writable import folder_problem
     from training.harness import TrainConfig, train
 
-    for dest in (*POSITIVE_FLAGS, *SEED_FLAGS):
-        value, least = getattr(args, dest), 0 if dest in SEED_FLAGS else 1
-        if value is not None and value < least:
-            print(f"dispatch train: {_flag(dest)} must be at least {least}, got {value}", file=sys.stderr)
+    for dest in POSITIVE_FLAGS:
+        value = getattr(args, dest)
+        if value is not None and value < 1:
+            print(f"dispatch train: {_flag(dest)} must be at least 1, got {value}", file=sys.stderr)
             return 2
+    if problem := folder_problem(Path(args.out)):
+        print(f"dispatch train: --out {args.out}: {problem}", file=sys.stderr)
+        return 2
     problem = _check_data(args.data)
     if problem:
         print(f"dispatch train: {problem}", file=sys.stderr)

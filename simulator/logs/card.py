@@ -101,9 +101,21 @@ def make_card(folder: str | Path) -> str:
     ]
     text = "\n".join(lines) + "\n"
     out = Path(folder)
-    if returns.size:
-        _histogram(returns, recipes, out / HISTOGRAM)
-    tmp = out / (CARD + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out / CARD)
+    try:
+        if returns.size:
+            _histogram(returns, recipes, out / HISTOGRAM)
+        tmp = out / (CARD + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, out / CARD)
+    except OSError as exc:
+        # A read-only dataset still gets its card, printed instead of written.
+        raise CardNotWritten(text, f"{out}: cannot write {CARD} ({exc.strerror or exc})") from None
     return text
+
+
+class CardNotWritten(OSError):
+    """The card was computed (``text``) but could not be written into the dataset folder."""
+
+    def __init__(self, text: str, message: str) -> None:
+        super().__init__(message)
+        self.text = text

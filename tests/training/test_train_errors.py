@@ -104,7 +104,6 @@ def test_algorithm_configs_refuse_values_they_cannot_train_with(
         ("--ckpt-every", "0"),
         ("--eval-every", "0"),
         ("--stop-after", "-1"),
-        ("--seed", "-1"),
     ],
 )
 def test_numeric_flags_are_checked_up_front(

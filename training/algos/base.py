@@ -22,6 +22,7 @@ class DataInfo:
 
 
 Batch = dict[str, Any]
+MAX_HIDDEN = 8192
 
 
 def check_config(
@@ -60,6 +61,10 @@ def check_config(
             raise ValueError(f"{name}: must be at least 1, got {value}")
         if value <= 0:
             raise ValueError(f"{name}: must be above 0, got {value}")
+    for f in fields(config):
+        # Layer widths: a typo such as 10**11 must not reach torch, which would try to allocate terabytes.
+        if f.name.endswith("hidden") and getattr(config, f.name) > MAX_HIDDEN:
+            raise ValueError(f"{f.name}: must be at most {MAX_HIDDEN} units, got {getattr(config, f.name)}")
     for name in non_negative:
         if getattr(config, name) < 0:
             raise ValueError(f"{name}: must be at least 0, got {getattr(config, name)}")
