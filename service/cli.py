@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from service.server import ServerConfig
 
 TOKEN_ENV = "DISPATCH_TOKEN"
 # More worker processes than this is a typo, not a deployment: each one loads every model.
 MAX_WORKERS = 64
+MAX_MESSAGE_MB = 2047
 
 
 def _model_spec(text: str) -> tuple[str, Path]:
@@ -39,9 +42,43 @@ def _weight(text: str) -> tuple[str, float]:
         value = float(weight)
     except ValueError:
         value = -1.0
-    if not sep or not name or not value > 0:
-        raise argparse.ArgumentTypeError(f"expected NAME=WEIGHT with WEIGHT > 0, got {text!r}")
+    if not sep or not name or not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected NAME=WEIGHT with a finite WEIGHT > 0, got {text!r}")
     return name, value
+
+
+def _bounded(
+    kind: type[int] | type[float], low: float, high: float | None = None, *, above: bool = False, note: str = ""
+) -> Callable[[str], Any]:
+    """An argparse ``type=`` for a finite number in [low, high] (in (low, high] when ``above``).
+
+    ArgumentTypeError (argparse: exit status 2, ``argument --FLAG: ...``) names the allowed range,
+    plus ``note`` (what the special values mean), for a non-number, NaN, infinity or a value outside it.
+    """
+    if above:
+        allowed = f"> {low}" + (f" and <= {high}" if high is not None else "")
+    elif high is not None:
+        allowed = f"{low}-{high}" if low >= 0 else f"{low} to {high}"
+    else:
+        allowed = f">= {low}"
+    allowed += f" {note}" if note else ""
+    number = "a whole number" if kind is int else "a finite number"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {number} {allowed}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected {number} {allowed}, got {text}")
+        if value < low or (above and value == low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
+        return value
+
+    return parse
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _workers(text: str) -> int:
@@ -76,62 +113,80 @@ def register(sub: Any) -> None:
         help="model slot (repeatable)",
     )
     s.add_argument("--host", default="127.0.0.1", help="gRPC bind address (default 127.0.0.1; 0.0.0.0 in containers)")
-    s.add_argument("--port", type=int, default=50051, help="gRPC port (default 50051; 0 picks a free one)")
-    s.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics port (default 9464; -1: off)")
+    s.add_argument(
+        "--port",
+        type=_bounded(int, 0, 65535, note="(0: a free one)"),
+        default=50051,
+        help="gRPC port (default 50051; 0 picks a free one)",
+    )
+    s.add_argument(
+        "--metrics-port",
+        type=_bounded(int, -1, 65535, note="(-1: off, 0: a free one)"),
+        default=9464,
+        help="Prometheus /metrics port (default 9464; -1: off)",
+    )
     s.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address (default 127.0.0.1)")
     s.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="ONNX Runtime device (default cpu)")
     s.add_argument(
         "--threads",
-        type=int,
+        type=_bounded(int, 0, note="(0: the default)"),
         default=0,
         help="ONNX Runtime intra-op threads (default: usable cores, split among --workers)",
     )
     s.add_argument(
         "--cpu-threads",
-        type=int,
+        type=_bounded(int, 0, note="(0: the default)"),
         default=0,
         help="threads for validation/encoding/assembly (default: usable cores, split among --workers)",
     )
     s.add_argument(
         "--prep-processes",
-        type=int,
+        type=_bounded(int, 0, note="(0: threads)"),
         default=0,
         help="processes for candidate generation and encoding (default 0: threads; >0 uses several cores)",
     )
     s.add_argument(
         "--inline-max-cells",
-        type=int,
+        type=_bounded(int, 0, note="(0: never inline)"),
         default=32768,
         help="preparation size, orders x (couriers + 32) x (max bundle size - 1), up to which a request is "
         "prepared on the event loop, not a thread (default 32768: 64 couriers x 256 orders with pairs is 24576)",
     )
     s.add_argument(
         "--inline-max-agents",
-        type=int,
+        type=_bounded(int, 0, note="(0: never inline)"),
         default=128,
         help="couriers in a batch up to which the model runs on the event loop, not a thread (default 128)",
     )
-    s.add_argument("--max-batch", type=int, default=32, help="snapshots per ONNX Runtime run (default 32)")
+    s.add_argument("--max-batch", type=_bounded(int, 1), default=32, help="snapshots per ONNX Runtime run (default 32)")
     s.add_argument(
         "--max-queue-delay-ms",
-        type=float,
+        type=_bounded(float, 0),
         default=0.0,
         help="hold a batch open this long for more snapshots (default 0: batch what waits while the model runs)",
     )
     s.add_argument(
         "--max-queue",
-        type=int,
+        type=_bounded(int, 1),
         default=256,
         help="requests waiting for preparation, and snapshots waiting for inference, before RESOURCE_EXHAUSTED "
         "(default 256)",
     )
-    s.add_argument("--max-couriers", type=int, default=2000, help="couriers per request (default 2000)")
-    s.add_argument("--max-orders", type=int, default=10000, help="orders per request (default 10000)")
-    s.add_argument("--max-restaurants", type=int, default=10000, help="restaurants per request (default 10000)")
-    s.add_argument("--max-message-mb", type=float, default=16.0, help="largest request in MiB (default 16)")
+    s.add_argument("--max-couriers", type=_bounded(int, 1), default=2000, help="couriers per request (default 2000)")
+    s.add_argument("--max-orders", type=_bounded(int, 1), default=10000, help="orders per request (default 10000)")
+    s.add_argument(
+        "--max-restaurants", type=_bounded(int, 1), default=10000, help="restaurants per request (default 10000)"
+    )
+    s.add_argument(
+        "--max-message-mb",
+        # gRPC takes the byte count as a C int: 2048 MiB overflows it.
+        type=_bounded(float, 0, MAX_MESSAGE_MB, above=True),
+        default=16.0,
+        help=f"largest request in MiB (default 16, at most {MAX_MESSAGE_MB})",
+    )
     s.add_argument(
         "--fallback-margin-ms",
-        type=float,
+        type=_bounded(float, 0),
         default=10.0,
         help="answer with the heuristic when less than this is left of the deadline; it must cover assembly "
         "(default 10)",
@@ -140,12 +195,20 @@ def register(sub: Any) -> None:
         "--ab", action="append", type=_weight, default=[], metavar="NAME=WEIGHT", help="A/B arm (repeatable)"
     )
     s.add_argument("--shadow", metavar="NAME", help="slot that shadows the served model")
-    s.add_argument("--watch", type=float, default=0.0, metavar="SECONDS", help="reload models whose files change")
+    s.add_argument(
+        "--watch",
+        type=_bounded(float, 0, note="(0: off)"),
+        default=0.0,
+        metavar="SECONDS",
+        help="reload models whose files change, polling this often (default 0: off)",
+    )
     s.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS")
     s.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     s.add_argument("--tls-client-ca", type=Path, help="CA of client certificates; enables mutual TLS")
     s.add_argument("--token-file", type=Path, help=f"require this bearer token (default: ${TOKEN_ENV} when set)")
-    s.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls get at shutdown (default 10)")
+    s.add_argument(
+        "--grace", type=_bounded(float, 0), default=10.0, help="seconds in-flight calls get at shutdown (default 10)"
+    )
     s.add_argument("--port-file", type=Path, help="write 'GRPC_PORT METRICS_PORT' here once serving")
     s.add_argument(
         "--workers",
@@ -157,7 +220,13 @@ def register(sub: Any) -> None:
         "SIGTERM, serves their summed metrics on --metrics-port and applies an admin reload received by one "
         "worker in all of them. Default 1: one process, no supervisor. See docs/serving.md",
     )
-    s.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    s.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default="INFO",
+        help="logging level (default INFO; any case)",
+    )
     s.set_defaults(handler=serve)
 
     c = sub.add_parser(
@@ -194,9 +263,26 @@ def _token(path: Path | None) -> str | None:
     return token
 
 
+def _port_file_problem(path: Path) -> str:
+    """Why the server could not write ``path`` (through a temporary file beside it), or ''."""
+    import tempfile
+
+    if path.is_dir():
+        return "is a folder"
+    folder = path.absolute().parent
+    if not folder.is_dir():
+        return f"folder {folder} does not exist"
+    try:  # a probe, not os.access: root passes that on folders it still cannot write in (/proc, read-only mounts)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".port-file-probe-"):
+            pass
+    except OSError as exc:
+        return f"cannot write in {folder} ({exc.strerror or exc})"
+    return ""
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run the server until SIGTERM/SIGINT (with ``--workers N`` > 1: a supervisor of N server processes)."""
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:  # credential files, checked before any worker starts or port opens
         _token(args.token_file)
         for flag, path in (
@@ -207,6 +293,10 @@ def serve(args: argparse.Namespace) -> int:
             _read_flag_file(flag, path)
     except ValueError as exc:
         print(f"dispatch serve: {exc}", file=sys.stderr)
+        return 2
+    if args.port_file is not None and (problem := _port_file_problem(args.port_file)):
+        # Otherwise found only once the models are loaded (with --workers: once every worker serves).
+        print(f"dispatch serve: cannot start: --port-file {args.port_file}: {problem}", file=sys.stderr)
         return 2
     if args.workers > 1:
         from service.supervisor import Supervisor
@@ -245,7 +335,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         max_queue_delay_ms=args.max_queue_delay_ms,
         max_queue=args.max_queue,
         limits=Limits(args.max_couriers, args.max_orders, args.max_restaurants),
-        max_message_bytes=int(args.max_message_mb * 1024 * 1024),
+        max_message_bytes=max(1, int(args.max_message_mb * 1024 * 1024)),
         fallback_margin_ms=args.fallback_margin_ms,
         ab=dict(args.ab),
         shadow=args.shadow,

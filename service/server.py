@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -88,6 +89,16 @@ class ServerConfig:
     grace_s: float = 10.0
     port_file: Path | None = None
     worker: WorkerRole | None = None  # set in each worker process of a --workers N server
+
+
+def _bind_problem(host_flag: str, host: str, port_flag: str, port: int, reason: str | None) -> str:
+    """One line naming the flags of an address that could not be bound (``reason``: the OS's, when known)."""
+    try:
+        socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        return f"{host_flag} {host}: not a host name or address ({getattr(exc, 'strerror', None) or exc})"
+    why = reason or "address in use, or not an address of this machine?"
+    return f"{port_flag} {port} on {host}: cannot bind ({why})"
 
 
 class ServiceError(Exception):
@@ -526,14 +537,23 @@ class DispatchServer:
         if load_first:
             await self._load_models()
         address = f"{c.host}:{c.port}"
-        if c.tls_cert and c.tls_key:
-            self.port = server.add_secure_port(address, server_credentials(c.tls_cert, c.tls_key, c.tls_client_ca))
-        elif c.tls_cert or c.tls_key or c.tls_client_ca:
-            raise ValueError("TLS needs both --tls-cert and --tls-key (and --tls-client-ca for mutual TLS)")
-        else:
-            self.port = server.add_insecure_port(address)
+        try:
+            if c.tls_cert and c.tls_key:
+                creds = server_credentials(c.tls_cert, c.tls_key, c.tls_client_ca)
+                self.port = server.add_secure_port(address, creds)
+            elif c.tls_cert or c.tls_key or c.tls_client_ca:
+                raise ValueError("TLS needs both --tls-cert and --tls-key (and --tls-client-ca for mutual TLS)")
+            else:
+                self.port = server.add_insecure_port(address)
+        except RuntimeError:  # gRPC says only "Failed to bind to address ..."
+            raise ValueError(_bind_problem("--host", c.host, "--port", c.port, "")) from None
         if c.metrics_port is not None:
-            self._http = self.metrics.serve(c.metrics_port, c.metrics_host)
+            try:
+                self._http = self.metrics.serve(c.metrics_port, c.metrics_host)
+            except OSError as exc:  # socket.gaierror included
+                raise ValueError(
+                    _bind_problem("--metrics-host", c.metrics_host, "--metrics-port", c.metrics_port, exc.strerror)
+                ) from None
             self.metrics_port = int(self._http.server_port)
         await server.start()
         log.info("gRPC listening on %s:%d, metrics on %s", c.host, self.port, self.metrics_port or "off")
@@ -571,8 +591,11 @@ class DispatchServer:
             self._watch = asyncio.get_running_loop().create_task(self.registry.watch(self.config.watch_s))
         if self.config.port_file:
             tmp = self.config.port_file.with_suffix(".tmp")
-            tmp.write_text(f"{self.port} {self.metrics_port}\n")
-            tmp.replace(self.config.port_file)
+            try:
+                tmp.write_text(f"{self.port} {self.metrics_port}\n")
+                tmp.replace(self.config.port_file)
+            except OSError as exc:
+                raise ValueError(f"--port-file {self.config.port_file}: cannot write: {exc.strerror or exc}") from None
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Graceful shutdown: NOT_SERVING, refuse new calls, let in-flight calls finish (up to the grace)."""

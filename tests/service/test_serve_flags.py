@@ -1,0 +1,128 @@
+"""``dispatch serve`` refuses bad flags and unbindable addresses in one line naming the flag, never a traceback.
+
+Flag values are refused by the parser (exit status 2, before any model is read); addresses that cannot
+be bound and an unwritable --port-file make the command exit 2 with a ``cannot start`` line.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dispatch_cli.main import build_parser
+from tests.service.helpers import ROOT, env
+
+SERVE = [sys.executable, "-m", "dispatch_cli.main", "serve"]
+
+
+def _serve(*flags: str, command: list[str] = SERVE) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*command, *flags], env=env(), cwd=ROOT, capture_output=True, text=True, timeout=90)
+
+
+def _refused(out: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    for needle in needles:
+        assert needle in out.stderr, out.stderr
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A loopback port another program listens on."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        yield other.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "needle"),
+    [
+        ("--port", "70000", "must be 0-65535"),
+        ("--port", "-5", "must be 0-65535"),
+        ("--metrics-port", "70000", "must be -1 to 65535"),
+        ("--max-couriers", "-1", "must be >= 1"),
+        ("--max-batch", "0", "must be >= 1"),
+        ("--cpu-threads", "-1", "must be >= 0"),
+        ("--max-message-mb", "4096", "must be > 0 and <= 2047"),
+        ("--grace", "nan", "finite number >= 0"),
+        ("--watch", "-1", "must be >= 0"),
+        ("--log-level", "bogus", "invalid choice"),
+    ],
+)
+def test_bad_flag_values_are_refused_naming_the_flag(flag: str, value: str, needle: str):
+    # The model does not exist: the parser refuses the flag before anything reads it.
+    out = _serve("--model", "missing.onnx", flag, value)
+    _refused(out, f"argument {flag}: ", needle)
+    assert value in out.stderr or value.upper() in out.stderr
+
+
+def test_boundary_values_are_accepted():
+    args = build_parser().parse_args(
+        ["serve", "--model", "m.onnx", "--port", "65535", "--metrics-port", "-1", "--threads", "0",
+         "--cpu-threads", "0", "--inline-max-cells", "0", "--max-batch", "1", "--max-queue", "1", "--grace", "0",
+         "--watch", "0", "--fallback-margin-ms", "0", "--max-message-mb", "2047", "--log-level", "debug"]
+    )  # fmt: skip
+    assert (args.port, args.metrics_port, args.max_batch, args.grace, args.log_level) == (65535, -1, 1, 0.0, "DEBUG")
+
+
+@pytest.mark.parametrize("where", ["missing-folder/ports", "."])
+def test_port_file_that_cannot_be_written_is_refused_before_loading(tmp_path: Path, where: str):
+    out = _serve("--model", "missing.onnx", "--port", "0", "--port-file", str(tmp_path / where))
+    _refused(out, "cannot start: --port-file")
+    assert "missing.onnx" not in out.stderr  # refused before the model was looked at
+
+
+@pytest.mark.parametrize("case", ["port", "metrics-port", "host", "metrics-host"])
+def test_unbindable_addresses_are_refused_naming_the_flag(model_dir: Path, busy_port: int, case: str):
+    flags, needle = {
+        "port": (["--port", str(busy_port)], f"--port {busy_port} on 127.0.0.1: cannot bind"),
+        "metrics-port": (["--metrics-port", str(busy_port)], f"--metrics-port {busy_port} on 127.0.0.1: cannot bind"),
+        "host": (["--host", "999.1.1.1"], "--host 999.1.1.1: not a host name or address"),
+        "metrics-host": (["--metrics-host", "999.1.1.1"], "--metrics-host 999.1.1.1: not a host name or address"),
+    }[case]
+    out = _serve("--model", str(model_dir / "lin.onnx"), "--port", "0", "--metrics-port", "0", *flags)
+    _refused(out, f"cannot start: {needle}")
+
+
+# The supervisor reserves the port first (a port held by another program is refused there: test_workers.py),
+# so a worker that cannot bind is staged: the reservation is a plain listening socket the workers cannot share.
+HELD_RESERVATION = """
+import socket, sys
+import service.supervisor
+from dispatch_cli.main import main
+
+def reserve(host, port):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+if __name__ == "__main__":
+    service.supervisor.reserve_port = reserve
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_worker_that_cannot_bind_stops_the_whole_command(model_dir: Path):
+    out = _serve(
+        "--model", str(model_dir / "lin.onnx"), "--workers", "2", "--port", "0", "--metrics-port", "-1",
+        command=[sys.executable, "-c", HELD_RESERVATION, "serve"],
+    )  # fmt: skip
+    _refused(out, "cannot start: worker", "cannot bind")
+    assert re.search(r"worker \d service\.server: cannot start: --port \d+ on 127\.0\.0\.1: cannot bind", out.stderr)
+    pids = [int(p) for p in re.findall(r"worker \d started \(pid (\d+)\)", out.stderr)]
+    assert len(pids) == 2 and not any(Path(f"/proc/{pid}").exists() for pid in pids), "orphaned workers"
+
+
+def test_port_file_failing_after_the_models_loaded_is_refused(model_dir: Path, tmp_path: Path):
+    (tmp_path / "ports.tmp").mkdir()  # passes the check up front; the server's write through ports.tmp fails
+    out = _serve("--model", str(model_dir / "lin.onnx"), "--port", "0", "--metrics-port", "-1",
+                 "--port-file", str(tmp_path / "ports"))  # fmt: skip
+    _refused(out, f"cannot start: --port-file {tmp_path / 'ports'}: cannot write")
