@@ -54,7 +54,9 @@ def register(sub: Any) -> None:
         description="Independent feasibility check of the three MDRP solution files (eight rules) "
         "and recomputation of every metric from the files alone.",
     )
-    c.add_argument("--instance", required=True, metavar="NAME|PATH|synthetic:SEED")
+    c.add_argument(
+        "--instance", required=True, metavar="NAME|PATH|synthetic:SEED", help="the instance the solution is for"
+    )
     c.add_argument("--solution", required=True, type=Path, help="folder holding the three solution files")
     c.set_defaults(handler=check)
 
@@ -144,13 +146,18 @@ def register(sub: Any) -> None:
     cd.set_defaults(handler=logs_card)
 
 
-def _policies(values: list[str]) -> list[str]:
+def _policies(values: list[str]) -> list[str] | str:
+    """The heuristics named by ``--policy`` (all of them when it is not given), or why they cannot be run."""
     from simulator.heuristics import NAMES
 
-    names = [n.strip() for v in values for n in v.split(",") if n.strip()] or list(NAMES)
+    if not values:
+        return list(NAMES)
+    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    if not names:
+        return f"--policy {values[0]!r} names no heuristic ({', '.join(NAMES)})"
     for n in names:
         if n not in NAMES:
-            raise SystemExit(f"dispatch simulate: --policy {n!r} is not a heuristic ({', '.join(NAMES)})")
+            return f"--policy {n!r} is not a heuristic ({', '.join(NAMES)})"
     return names
 
 
@@ -172,6 +179,9 @@ def simulate(args: argparse.Namespace) -> int:
         print(f"dispatch simulate: {problem}", file=sys.stderr)
         return 2
     policies = _policies(args.policy)
+    if isinstance(policies, str):
+        print(f"dispatch simulate: {policies}", file=sys.stderr)
+        return 2
     try:
         instances = list(args.instance) + expand(args.instances)
     except InstanceError as exc:

@@ -16,6 +16,8 @@ MAX_RANGE = 100_000
 
 def load_spec(spec: str) -> Instance:
     """Load ``0o100t100s1p100``, a path to an instance folder, or ``synthetic:SEED``."""
+    if not spec.strip():
+        raise InstanceError("an instance name is empty")
     if spec.startswith("synthetic:"):
         from simulator.synthetic import SyntheticConfig, generate
 
@@ -35,6 +37,8 @@ def expand(patterns: list[str]) -> list[str]:
     out: list[str] = []
     names: list[str] | None = None  # listed on first use: synthetic specs and folders need no data folder
     for pat in patterns:
+        if not pat.strip():
+            raise InstanceError("an instance pattern is empty")
         if pat.startswith("synthetic:") and "-" in pat[len("synthetic:") :]:
             lo, hi = pat[len("synthetic:") :].split("-", 1)
             if not lo.strip():

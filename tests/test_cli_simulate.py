@@ -133,6 +133,9 @@ def test_bad_pattern_and_policy_are_clean_errors() -> None:
     no_traceback(proc)
     assert "zz*" in proc.stderr
     bad = dispatch("simulate", "--instance", SMALL, "--policy", "bogus", "--no-progress")
-    assert bad.returncode != 0
+    assert bad.returncode == 2
     no_traceback(bad)
-    assert "bogus" in bad.stderr
+    assert "--policy 'bogus'" in bad.stderr
+    empty = dispatch("simulate", "--instance", SMALL, "--policy", " , ", "--no-progress")
+    assert empty.returncode == 2
+    assert "names no heuristic" in empty.stderr

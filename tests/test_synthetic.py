@@ -181,6 +181,13 @@ def test_bad_synthetic_ranges_are_refused_before_any_work(spec: str, message: st
         expand([spec])
 
 
+def test_empty_instance_names_are_refused() -> None:
+    with pytest.raises(InstanceError, match="pattern is empty"):
+        expand([" "])
+    with pytest.raises(InstanceError, match="name is empty"):
+        load_spec("")
+
+
 @pytest.mark.parametrize("spec", ["synthetic:-1", "synthetic:4294967296"])
 def test_synthetic_seeds_out_of_range_are_refused(spec: str) -> None:
     with pytest.raises(InstanceError, match=r"must be 0\.\."):
