@@ -288,10 +288,14 @@ def test_port_held_by_another_program_is_refused(model_dir: Path, tmp_path: Path
 
 
 def test_supervisor_failure_after_spawn_stops_the_workers(model_dir: Path, tmp_path: Path):
-    """An unwritable --port-file is found only once every worker serves: they must not be left behind."""
+    """A --port-file that cannot be written is found only once every worker serves: none may be left behind.
+
+    Its folder exists (so the up-front check passes), but a folder sits where the file's temporary copy goes.
+    """
+    (tmp_path / "ports.tmp").mkdir()
     out = subprocess.run(
         [*SERVE, "--model", str(model_dir / "lin.onnx"), "--workers", "2", "--port", "0", "--metrics-port", "-1",
-         "--port-file", str(tmp_path / "no-such-folder" / "ports")],
+         "--port-file", str(tmp_path / "ports")],
         env=dict(env(), TMPDIR=str(tmp_path)),
         capture_output=True,
         text=True,
