@@ -30,6 +30,10 @@ class PolicySpecError(ValueError):
     """A policy spec that names nothing this program can run."""
 
 
+class RemotePolicyError(RuntimeError):
+    """The decision service did not answer (its status code and details, as one picklable line)."""
+
+
 def describe() -> str:
     """One line listing every accepted form of a policy spec."""
     from simulator.behaviour import RECIPES
@@ -117,9 +121,20 @@ class RemotePolicy:
 
     def decide(self, snapshot: Snapshot) -> Decision:
         """Ask the service for the joint action of this snapshot."""
+        client = self._connect()  # first: it explains a missing gRPC install
+        import grpc
+
         from service.client import response_to_action
 
-        response = self._connect().decide(snapshot, model_name=self.model or "")
+        try:
+            response = client.decide(snapshot, model_name=self.model or "")
+        except grpc.RpcError as exc:
+            # gRPC's error objects hold locks: passed as they are from a worker process they arrive as a
+            # pickling TypeError, and the operator never learns that the service was down.
+            code = getattr(exc, "code", lambda: None)()
+            details = getattr(exc, "details", lambda: "")() or ""
+            status = getattr(code, "name", "error")
+            raise RemotePolicyError(f"policy {self.spec!r} at minute {snapshot.time}: {status}: {details}") from None
         return Decision(response_to_action(response, snapshot))
 
     def close(self) -> None:

@@ -90,3 +90,15 @@ def test_unknown_instance_fails_before_out_is_created(
     rc, err = _run(capsys, [*args, "--out", str(out)])
     assert rc == 2 and err.startswith(f"dispatch {args[0]}: instance ") and err.count("\n") == 1
     assert "Rerun" not in err and not out.exists()
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_ab_with_a_dead_endpoint_names_the_status(
+    jobs: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A worker process must pass the service's status back, not a pickling error about gRPC's error object."""
+    args = [a if a != "1" else jobs for a in AB]
+    args[args.index("--a") + 1] = "grpc://127.0.0.1:1"
+    rc, err = _run(capsys, [*args, "--out", str(tmp_path / "ab")])
+    assert rc == 1 and "STOPPED" in err
+    assert "grpc://127.0.0.1:1' at minute" in err and "UNAVAILABLE" in err and "pickle" not in err
