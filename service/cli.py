@@ -236,7 +236,11 @@ def register(sub: Any) -> None:
         "ask the service, print the answer as JSON.",
     )
     c.add_argument("--target", default="127.0.0.1:50051", help="host:port (default 127.0.0.1:50051)")
-    c.add_argument("--instance", default="0o100t100s1p100", help="MDRP instance name or folder")
+    c.add_argument(
+        "--instance",
+        default="0o100t100s1p100",
+        help="MDRP instance name, folder or synthetic:SEED (default 0o100t100s1p100)",
+    )
     c.add_argument("--time", type=int, help="minute of the snapshot (default: first order's placement + 20)")
     c.add_argument("--model", default="", help="model slot (default: the server's choice)")
     c.add_argument("--sticky-key", default="", help="A/B sticky key, e.g. a city id")
@@ -353,9 +357,14 @@ def instance_snapshot(instance: str, minute: int | None) -> Any:
     """The snapshot of an MDRP instance at the first epoch >= ``minute`` when nobody was assigned before."""
     from dispatch.snapshot import JointAction
     from simulator.engine import Engine
-    from simulator.instance import load
+    from simulator.instance import InstanceError
+    from simulator.sources import load_spec
 
-    engine = Engine(load(instance))
+    inst = load_spec(instance)
+    last = int(max(inst.courier_off.max(initial=0), inst.order_placement.max(initial=0)))
+    if minute is not None and not 0 <= minute <= last:
+        raise InstanceError(f"--time {minute}: {inst.name} runs from minute 0 to {last}")
+    engine = Engine(inst)
     target = engine.time + 20 if minute is None else minute
     while engine.time < target and not engine.done:
         engine.step(JointAction())

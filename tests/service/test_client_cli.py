@@ -98,6 +98,20 @@ def test_call_unknown_instance(capsys: pytest.CaptureFixture[str]) -> None:
     assert rc == 2 and err.startswith("dispatch call: instance 'nosuch'") and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("minute", ["-5", "99999999"])
+def test_call_time_outside_the_day(minute: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["call", "--instance", "0o50t75s1p100", "--time", minute])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"dispatch call: --time {minute}: 0o50t75s1p100 runs from minute 0 to ")
+
+
+def test_call_builds_synthetic_days(capsys: pytest.CaptureFixture[str]) -> None:
+    # Nothing listens on port 1: the snapshot was built (the synthetic day was accepted) and sending it failed.
+    rc = main(["call", "--instance", "synthetic:3", "--target", "127.0.0.1:1", "--timeout", "2"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("dispatch call: UNAVAILABLE")
+
+
 @pytest.mark.parametrize("target", ["", "   "])
 def test_call_blank_target(target: str) -> None:
     # A child process: gRPC's C core prints its "Source Location Trace" on the real stderr, not sys.stderr.
