@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dispatch.candidates import CandidateSet
 from dispatch.routes import route_times, sequence_bundles
 from dispatch.snapshot import Assignment, JointAction, ServiceParams, Snapshot
 from simulator.instance import Instance
-from simulator.logs.schema import FORMAT, META_TABLE, META_VERSION, SCHEMA_VERSION, TABLES
+from simulator.logs.schema import EPISODE_METRICS, FORMAT, META_TABLE, META_VERSION, SCHEMA_VERSION, TABLES
 from simulator.logs.writer import sha256_file
 
 MANIFEST = "manifest.json"
+# A courier that is not an agent has no candidate list; an order never carried has no courier.
+NULLABLE = frozenset({("couriers", "candidates"), ("outcomes", "courier_id")})
+# A day's headline metric is NaN where it is undefined (no order delivered); every other float is finite.
+NAN_ALLOWED = frozenset(("episodes", m) for m in EPISODE_METRICS)
+# Tables of per-epoch rows: sorted by epoch, which the rebuild of each decision relies on.
+BY_EPOCH = ("epochs", "couriers", "orders", "bundles")
+# A behaviour log-probability may round a little above log(1) = 0, never more.
+LOGP_SLACK = 1e-6
 
 
 class LogError(ValueError):
@@ -48,7 +57,31 @@ def read_manifest(folder: Path) -> dict[str, Any]:
             f"{SCHEMA_VERSION}. Upgrade the software to read it."
         )
     _check_episodes(path, man)
+    _check_args(path, man)
     return man
+
+
+def _check_args(path: Path, man: dict[str, Any]) -> None:
+    """The generation arguments the readers use are of the right kind; LogError names the field."""
+    if "args" not in man:
+        return
+    args = man["args"]
+    if not isinstance(args, dict):
+        raise LogError(f"{path}: manifest field 'args' is {type(args).__name__}, expected an object")
+    for key in ("sim", "candidates", "reward"):
+        if key in args and not isinstance(args[key], dict):
+            raise LogError(f"{path}: manifest field 'args' ({key}): {type(args[key]).__name__}, expected an object")
+    for key, name, minimum in (("candidates", "k", 0), ("sim", "dispatch_interval", 1)):
+        sub = args.get(key, {})
+        if name in sub:
+            value = sub[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise LogError(
+                    f"{path}: manifest field 'args' ({key}.{name}): {value!r} is not an integer >= {minimum}"
+                )
+    instances = args.get("instances", [])
+    if not isinstance(instances, list) or not all(isinstance(i, str) for i in instances):
+        raise LogError(f"{path}: manifest field 'args' (instances): {instances!r} is not a list of instance names")
 
 
 def _check_episodes(path: Path, man: dict[str, Any]) -> None:
@@ -88,7 +121,141 @@ def read_part(path: Path, table: str) -> pa.Table:
     missing = [f.name for f in TABLES[table] if f.name not in data.column_names]
     if missing:
         raise LogError(f"{path}: missing column(s) {missing}")
+    data = _conform(path, table, data)
+    _check_part(path, table, data)
     return data
+
+
+def _kind(t: pa.DataType) -> str:
+    """The family of an Arrow type: values of one family cast to another type of it when they fit."""
+    if pa.types.is_integer(t) or pa.types.is_floating(t):
+        return "number"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return "list of " + _kind(t.value_type)
+    return str(t)
+
+
+def _conform(path: Path, table: str, data: pa.Table) -> pa.Table:
+    """``data`` with every column of ``table``'s schema in its schema type; LogError names a column that is not."""
+    for field in TABLES[table]:
+        i = data.column_names.index(field.name)
+        col = data.column(i)
+        if col.type == field.type:
+            continue
+        if _kind(col.type) != _kind(field.type):
+            raise LogError(f"{path}: column {field.name!r}: type {col.type}, expected {field.type}")
+        try:
+            col = col.cast(field.type)  # safe: a value that does not fit fails instead of wrapping
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise LogError(f"{path}: column {field.name!r}: type {col.type}, expected {field.type} ({exc})") from None
+        data = data.set_column(i, field.name, col)
+    return data
+
+
+def _require(path: Path, column: str, ok: np.ndarray, rows: np.ndarray | None, what: Callable[..., str]) -> None:
+    """LogError naming the first row where ``ok`` is False; ``rows`` maps positions to rows, ``what(j)`` the fault."""
+    if ok.all():
+        return
+    j = int(np.argmin(ok))
+    row = j if rows is None else int(rows[j])
+    raise LogError(f"{path}: column {column!r} row {row}: {what(j)}")
+
+
+def _ints(data: pa.Table, name: str) -> np.ndarray:
+    return np.asarray(data.column(name).to_numpy(), dtype=np.int64)
+
+
+def _lists(data: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A list column as (flattened values, the row of each value, each row's length; 0 for a null row)."""
+    arr = data.column(name).combine_chunks()
+    values = np.asarray(pc.list_flatten(arr).to_numpy(zero_copy_only=False), dtype=np.int64)
+    parents = np.asarray(pc.list_parent_indices(arr).to_numpy(), dtype=np.int64)
+    lengths = np.asarray(pc.list_value_length(arr).fill_null(0).to_numpy(), dtype=np.int64)
+    return values, parents, lengths
+
+
+def _per_epoch(sorted_epochs: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """How many rows of an epoch-sorted table each queried epoch has."""
+    return np.searchsorted(sorted_epochs, query, "right") - np.searchsorted(sorted_epochs, query, "left")
+
+
+def _check_part(path: Path, table: str, data: pa.Table) -> None:
+    """The values one part file can be checked on by itself: no nulls where required, finite floats, ranges."""
+    for field in TABLES[table]:
+        col = data.column(field.name)
+        if col.null_count and (table, field.name) not in NULLABLE:
+            nulls = col.is_null().to_numpy(zero_copy_only=False)
+            _require(path, field.name, ~nulls, None, lambda j: "null in a required column")
+        if pa.types.is_list(field.type):
+            flat = pc.list_flatten(col.combine_chunks())
+            if flat.null_count:
+                parents = pc.list_parent_indices(col.combine_chunks()).to_numpy()
+                ok = ~flat.is_null().to_numpy(zero_copy_only=False)
+                _require(path, field.name, ok, parents, lambda j: "null inside the list")
+        if pa.types.is_floating(field.type) and (table, field.name) not in NAN_ALLOWED:
+            v = np.asarray(col.to_numpy(), dtype=np.float64)
+            _require(path, field.name, np.isfinite(v), None, lambda j, v=v: f"{v[j]} is not a finite number")
+    if table == "episodes":
+        if data.num_rows != 1:
+            raise LogError(f"{path}: holds {data.num_rows} rows, expected exactly one (one part file per day)")
+        speed = float(data.column("meters_per_minute")[0].as_py())
+        if speed <= 0:
+            raise LogError(f"{path}: column 'meters_per_minute' row 0: speed {speed} is not positive")
+        for name in ("pickup_service", "dropoff_service", "target_ctd", "max_ctd", "epochs"):
+            v = _ints(data, name)
+            _require(path, name, v >= 0, None, lambda j, v=v: f"{v[j]} is negative")
+    if table in BY_EPOCH:
+        e = _ints(data, "epoch")
+        step = np.diff(e)
+        ok = step > 0 if table == "epochs" else step >= 0
+        order = "increasing" if table == "epochs" else "sorted"
+        _require(
+            path, "epoch", ok, np.arange(1, e.size), lambda j: f"{e[j + 1]} after {e[j]}: rows not {order} by epoch"
+        )
+    if table == "couriers":
+        _check_couriers(path, data)
+    if table == "bundles":
+        _, _, lengths = _lists(data, "orders")
+        _require(path, "orders", lengths > 0, None, lambda j: "an empty bundle")
+
+
+def _check_couriers(path: Path, data: pa.Table) -> None:
+    """An agent row has a candidate list of its epoch's width, an action within it and a rank among the agents."""
+    e, agent, action, rank = (_ints(data, c) for c in ("epoch", "agent", "action", "rank"))
+    _require(path, "agent", agent >= -1, None, lambda j: f"{agent[j]} is below -1 (-1: not an agent)")
+    rows = np.flatnonzero(agent >= 0)
+    has = ~data.column("candidates").is_null().to_numpy(zero_copy_only=False)
+    _require(path, "candidates", has[rows], rows, lambda j: "null for an agent (agent >= 0)")
+    values, parents, lengths = _lists(data, "candidates")
+    _require(path, "candidates", values >= -1, parents, lambda j: f"slot {values[j]} is below -1 (-1: empty)")
+    n, ea = lengths[rows], e[rows]
+    same = ea[1:] == ea[:-1]
+    _require(
+        path,
+        "candidates",
+        ~same | (n[1:] == n[:-1]),
+        rows[1:],
+        lambda j: f"{n[j + 1]} slots where the epoch's other agents have {n[j]} (ragged lists)",
+    )
+    a = action[rows]
+    _require(path, "action", (a >= -1) & (a < n), rows, lambda j: f"slot {a[j]} out of range (-1..{n[j] - 1})")
+    starts = np.cumsum(lengths) - lengths
+    picked = a >= 0
+    chosen = values[starts[rows[picked]] + a[picked]]
+    _require(path, "action", chosen >= 0, rows[picked], lambda j: "chooses an empty candidate slot")
+    agents_in_epoch = _per_epoch(ea, ea)
+    r = rank[rows]
+    _require(
+        path,
+        "rank",
+        (r >= -1) & (r < agents_in_epoch),
+        rows,
+        lambda j: f"{r[j]} out of range (-1..{agents_in_epoch[j] - 1})",
+    )
+    logp = np.asarray(data.column("behaviour_logp").to_numpy(), dtype=np.float64)[rows]
+    _require(path, "behaviour_logp", logp <= LOGP_SLACK, rows, lambda j: f"{logp[j]} is above 0 (a log-probability)")
 
 
 @dataclass(frozen=True)
@@ -123,10 +290,13 @@ class LogDataset:
                     raise LogError(f"{path}: content does not match the manifest hash (truncated or modified)")
                 del table
 
+    def path(self, table: str, episode: int) -> Path:
+        """The part file of one table for one day."""
+        return self.folder / self.manifest["episodes"][str(episode)]["files"][table]["path"]
+
     def part(self, table: str, episode: int) -> pa.Table:
         """One table's part for one day."""
-        info = self.manifest["episodes"][str(episode)]["files"][table]
-        return read_part(self.folder / info["path"], table)
+        return read_part(self.path(table, episode), table)
 
     def table(self, table: str) -> pa.Table:
         """A whole table across every day."""
@@ -147,8 +317,10 @@ class LoggedDay:
 
     def __init__(self, ds: LogDataset, episode: int) -> None:
         self.episode = episode
-        self.info = ds.part("episodes", episode).to_pylist()[0]
-        self.tables = {t: ds.part(t, episode).to_pydict() for t in TABLES if t != "episodes"}
+        parts = {t: ds.part(t, episode) for t in TABLES}
+        _check_day(ds, episode, parts)
+        self.info = parts["episodes"].to_pylist()[0]
+        self.tables = {t: parts[t].to_pydict() for t in TABLES if t != "episodes"}
         i = self.info
         self.params = ServiceParams(
             i["meters_per_minute"],
@@ -241,6 +413,47 @@ class LoggedDay:
                 components={c: float(ep[c][row]) for c in REWARD_COMPONENTS},
                 done=bool(ep["done"][row]),
             )
+
+
+def _check_day(ds: LogDataset, episode: int, parts: dict[str, pa.Table]) -> None:
+    """The indices between one day's tables: restaurants of orders, orders of bundles, bundles of candidates."""
+    n = parts["restaurants"].num_rows
+    for table in ("orders", "outcomes"):
+        r = _ints(parts[table], "restaurant")
+        path = ds.path(table, episode)
+        _require(path, "restaurant", (r >= 0) & (r < n), None, lambda j, r=r: f"index {r[j]} out of range (0..{n - 1})")
+    order_epochs = _ints(parts["orders"], "epoch")
+    values, parents, _ = _lists(parts["bundles"], "orders")
+    open_orders = _per_epoch(order_epochs, _ints(parts["bundles"], "epoch")[parents])
+    _require(
+        ds.path("bundles", episode),
+        "orders",
+        (values >= 0) & (values < open_orders),
+        parents,
+        lambda j: f"order index {values[j]} out of range (0..{open_orders[j] - 1}: the epoch's open orders)",
+    )
+    bundle_epochs = _ints(parts["bundles"], "epoch")
+    values, parents, lengths = _lists(parts["couriers"], "candidates")
+    bundles = _per_epoch(bundle_epochs, _ints(parts["couriers"], "epoch")[parents])
+    path = ds.path("couriers", episode)
+    _require(
+        path,
+        "candidates",
+        (values >= -1) & (values < bundles),
+        parents,
+        lambda j: f"bundle index {values[j]} out of range (-1..{bundles[j] - 1}: the epoch's bundles, -1 empty)",
+    )
+    k = ds.manifest.get("args", {}).get("candidates", {}).get("k", 16)  # the default the training view uses
+    if k > 0:  # 0: every feasible candidate, no bound
+        rows = np.flatnonzero(_ints(parts["couriers"], "agent") >= 0)
+        n_slots = lengths[rows]
+        _require(
+            path,
+            "candidates",
+            n_slots <= k,
+            rows,
+            lambda j: f"{n_slots[j]} slots, more than the manifest's args.candidates.k = {k}",
+        )
 
 
 def _spans(epochs: list[int]) -> dict[int, tuple[int, int]]:

@@ -12,9 +12,14 @@ logged day is never cut short.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sys
+import tokenize
+import zipfile
+import zlib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -28,6 +33,21 @@ from simulator.logs.dataset import LogDataset
 CACHE_DIR = ".cache"
 VIEW_VERSION = 1
 STATE_FEATURES = ("time_of_day/1440", "open_orders/100", "couriers/100", "agents/100")
+# What np.load raises on a damaged .npz (measured by truncating and flipping bytes of one): the zip layer,
+# the deflate stream, the .npy header (parsed as a Python literal) and a declared shape the data does not fill.
+# RuntimeError covers NotImplementedError (an unknown compression method); MemoryError a garbage shape.
+CORRUPT_CACHE = (
+    OSError,
+    EOFError,
+    KeyError,
+    ValueError,
+    RuntimeError,
+    MemoryError,
+    SyntaxError,
+    zipfile.BadZipFile,
+    zlib.error,
+    tokenize.TokenError,
+)
 
 
 @dataclass
@@ -130,13 +150,40 @@ def load(folder: str | Path, cache: bool = True, progress: bool = False) -> Trai
     if cache and path.is_file():
         try:
             with np.load(path) as z:
-                return TrainingView(**{f.name: z[f.name] for f in fields(TrainingView)})
-        except (OSError, KeyError, ValueError):
-            path.unlink()  # a corrupt cache is rebuilt, never trusted
+                cached = TrainingView(**{f.name: z[f.name] for f in fields(TrainingView)})
+            if _consistent(cached):
+                return cached
+        except CORRUPT_CACHE:
+            pass  # a corrupt cache is rebuilt, never trusted
+        with contextlib.suppress(OSError):  # a read-only folder: the rebuilt view is not saved either
+            path.unlink()
     view = build(ds, progress=progress)
     if cache:
-        path.parent.mkdir(exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, **{f.name: getattr(view, f.name) for f in fields(TrainingView)})
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(exist_ok=True)
+            np.savez(tmp, **{f.name: getattr(view, f.name) for f in fields(TrainingView)})
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            print(
+                f"warning: training view not cached in {path.parent} ({exc}); it is encoded again next time",
+                file=sys.stderr,
+            )
     return view
+
+
+def _consistent(view: TrainingView) -> bool:
+    """Whether a view read from the cache has the layout of one :func:`build` writes (lengths agree)."""
+    n, m = view.n_epochs, view.n_agent_rows
+    per_epoch = ("episode", "epoch", "reward", "terminated", "truncated", "next_index", "state")
+    per_agent = ("agent_feats", "cand_feats", "cand_mask", "action", "behaviour_logp", "rank")
+    return (
+        all(getattr(view, f).shape[:1] == (n,) for f in per_epoch)
+        and all(getattr(view, f).shape[:1] == (m,) for f in per_agent)
+        and view.agent_offset.shape == (n + 1,)
+        and int(view.agent_offset[0]) == 0
+        and int(view.agent_offset[-1]) == m
+        and bool(np.all(np.diff(view.agent_offset) >= 0))
+    )
