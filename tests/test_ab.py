@@ -155,7 +155,7 @@ def test_failure_mid_run_stops_without_report_then_resumes(tmp_path: Path) -> No
 
 def test_rerun_with_other_arguments_is_refused(tmp_path: Path) -> None:
     run_ab(ABConfig("nearest", "nearest", SMALL[:1]), tmp_path / "ab", jobs=1, progress=False)
-    with pytest.raises(ABError, match="other arguments"):
+    with pytest.raises(ABError, match=r"other arguments \(b: 'nearest' then, 'reyes' now\)"):
         run_ab(ABConfig("nearest", "reyes", SMALL[:1]), tmp_path / "ab", jobs=1, progress=False)
 
 

@@ -26,6 +26,7 @@ from simulator.ab.crn import NoiseConfig, entity_key, perturb, policy_seed
 from simulator.ab.files import out_problem, read_json, write_json, write_text
 from simulator.batch import worker_pool
 from simulator.engine import SimConfig
+from simulator.resume import differences
 
 FORMAT = "dispatch-ab"
 FORMAT_VERSION = 1
@@ -164,8 +165,8 @@ def _prepare(out: Path, config: ABConfig) -> None:
             raise ABError(f"{man_path}: written by a newer version ({man.get('version')}); upgrade to resume it")
         if man.get("args") != args:
             raise ABError(
-                f"{out}: holds an A/B with other arguments ({man.get('args')}); use a new --out or the same "
-                "arguments to resume"
+                f"{out}: holds an A/B with other arguments ({differences(man.get('args'), args)}); use a new --out "
+                "or the same arguments to resume"
             )
         return
     try:

@@ -27,6 +27,7 @@ from simulator.engine import RewardConfig, SimConfig
 from simulator.logs.dataset import MANIFEST, LogError, read_manifest
 from simulator.logs.schema import FORMAT, SCHEMA_VERSION
 from simulator.logs.writer import EpisodeRecorder, sha256_file
+from simulator.resume import differences
 
 
 @dataclass(frozen=True)
@@ -141,9 +142,10 @@ def generate(
     specs = plan(recipe, instances, days, seed)
     if (out / MANIFEST).exists():
         man = read_manifest(out)
-        if _with_defaults(man.get("args")) != json.loads(json.dumps(args)):
+        then, now = _with_defaults(man.get("args")), json.loads(json.dumps(args))
+        if then != now:
             raise LogError(
-                f"{out}: holds a dataset made with other arguments ({man.get('args')}); "
+                f"{out}: holds a dataset made with other arguments ({differences(then, now)}); "
                 "use a new folder or the same arguments to resume"
             )
     else:

@@ -21,6 +21,7 @@ from simulator.ab.files import out_problem, read_json, write_json, write_text
 from simulator.engine import RewardConfig
 from simulator.replay.days import ReplayDay
 from simulator.replay.shadow import ReplayStopped, ShadowConfig
+from simulator.resume import differences
 
 FORMAT = "dispatch-replay"
 FORMAT_VERSION = 1
@@ -81,8 +82,8 @@ def _prepare(out: Path, config: ReplayConfig) -> None:
             raise ReplayError(f"{path}: written by a newer version; upgrade to resume it")
         if man.get("args") != config.args():
             raise ReplayError(
-                f"{out}: holds a replay with other arguments ({man.get('args')}); use a new --out or the same "
-                "arguments to resume"
+                f"{out}: holds a replay with other arguments ({differences(man.get('args'), config.args())}); "
+                "use a new --out or the same arguments to resume"
             )
         return
     try:
