@@ -157,8 +157,7 @@ def ab(args: argparse.Namespace) -> int:
         instances = expand(args.instances or ["0o50t75s2p100"])
         _check_instances(instances)
         for spec in (args.a, args.b):
-            if not spec.startswith("grpc://"):
-                resolve(spec)  # fail before any simulation on a typo
+            resolve(spec)  # fail before any simulation on a typo (a gRPC spec is parsed, not yet dialled)
         config = ABConfig(
             args.a,
             args.b,
@@ -215,8 +214,9 @@ def replay(args: argparse.Namespace) -> int:
         print(f"dispatch replay: {problem}", file=sys.stderr)
         return 2
     try:
-        if not args.policy.startswith("grpc://"):
-            resolve(args.policy)
+        resolve(args.policy)  # a gRPC spec is parsed, not yet dialled
+        if args.instance:
+            resolve(args.baseline)
         reward, cands = RewardConfig(), CandidateConfig()
         if args.logs is not None:
             days = log_days(args.logs)

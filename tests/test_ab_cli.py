@@ -102,3 +102,20 @@ def test_ab_with_a_dead_endpoint_names_the_status(
     rc, err = _run(capsys, [*args, "--out", str(tmp_path / "ab")])
     assert rc == 1 and "STOPPED" in err
     assert "grpc://127.0.0.1:1' at minute" in err and "UNAVAILABLE" in err and "pickle" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([*AB[:2], "grpc://x:abc", *AB[3:]], "policy 'grpc://x:abc': expected grpc://host:port"),
+        ([*REPLAY, "--baseline", "bogus"], "policy 'bogus' is not known"),
+        ([*REPLAY[:4], "grpc://host-only", *REPLAY[5:]], "policy 'grpc://host-only': expected grpc://host:port"),
+    ],
+)
+def test_bad_policy_specs_are_refused_before_the_out_folder(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    rc, err = _run(capsys, [*args, "--out", str(out)])
+    assert rc == 2 and message in err and err.count("\n") == 1
+    assert not out.exists()
