@@ -172,10 +172,7 @@ def simulate(args: argparse.Namespace) -> int:
     if args.interval < 1:
         print("dispatch simulate: --interval must be at least 1", file=sys.stderr)
         return 2
-    if args.jobs < 0:
-        print(f"dispatch simulate: --jobs must be >= 0 (0: usable cores), got {args.jobs}", file=sys.stderr)
-        return 2
-    if problem := _output_problem(args):
+    if problem := _common_problem(args):
         print(f"dispatch simulate: {problem}", file=sys.stderr)
         return 2
     policies = _policies(args.policy)
@@ -270,10 +267,7 @@ def logs_generate(args: argparse.Namespace) -> int:
         if getattr(args, flag) < 1:
             print(f"dispatch logs generate: --{flag} must be at least 1, got {getattr(args, flag)}", file=sys.stderr)
             return 2
-    if args.jobs < 0:
-        print(f"dispatch logs generate: --jobs must be >= 0 (0: usable cores), got {args.jobs}", file=sys.stderr)
-        return 2
-    if problem := _output_problem(args):
+    if problem := _common_problem(args):
         print(f"dispatch logs generate: {problem}", file=sys.stderr)
         return 2
     if not 0 <= args.cover < args.k:
@@ -328,10 +322,13 @@ def logs_card(args: argparse.Namespace) -> int:
     return 0
 
 
-def _output_problem(args: argparse.Namespace) -> str | None:
-    """Why ``--json`` or ``--out`` (where the command has them) cannot be written, checked before any work."""
+def _common_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with ``--jobs``, or why ``--json`` or ``--out`` (where the command has them) cannot be
+    written: checked before any work."""
     from simulator.writable import file_problem, folder_problem
 
+    if args.jobs < 0:
+        return f"--jobs must be >= 0 (0: usable cores), got {args.jobs}"
     if getattr(args, "json", None) and (problem := file_problem(args.json)):
         return f"--json {args.json}: {problem}"
     if getattr(args, "out", None) and (problem := folder_problem(args.out)):
@@ -380,10 +377,7 @@ def evaluate(args: argparse.Namespace) -> int:
     if unknown:
         print(f"dispatch evaluate: --heuristics {unknown[0]!r}: not one of {', '.join(HEURISTICS)}", file=sys.stderr)
         return 2
-    if args.jobs < 0:
-        print(f"dispatch evaluate: --jobs must be >= 0 (0: usable cores), got {args.jobs}", file=sys.stderr)
-        return 2
-    if problem := _output_problem(args):
+    if problem := _common_problem(args):
         print(f"dispatch evaluate: {problem}", file=sys.stderr)
         return 2
     policies = [str(m) for m in args.model] + heuristics

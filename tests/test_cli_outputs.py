@@ -127,3 +127,12 @@ def test_card_of_a_read_only_dataset_is_printed_not_lost(
     out, err = capsys.readouterr()
     assert out.startswith("# ") and "wait share" in out
     assert f"{folder}: cannot write CARD.md (Permission denied)" in err
+
+
+@pytest.mark.parametrize("command", [["simulate", "--instance", SMALL], ["logs", "generate", "--instances", SMALL]])
+def test_negative_jobs_are_refused(command: list[str], tmp_path: Path) -> None:
+    proc = dispatch(*command, "--jobs", "-1", "--out", tmp_path / "out", "--no-progress")
+    assert proc.returncode == 2
+    no_traceback(proc)
+    assert "--jobs must be >= 0 (0: usable cores), got -1" in proc.stderr
+    assert not (tmp_path / "out").exists()
