@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,21 @@ OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
 def server_credentials(cert: Path, key: Path, client_ca: Path | None = None) -> grpc.ServerCredentials:
-    """TLS credentials; with ``client_ca`` clients must present a certificate it signed (mutual TLS)."""
+    """TLS credentials; with ``client_ca`` clients must present a certificate it signed (mutual TLS).
+
+    The files are checked with Python's ssl module first: gRPC reports a bad certificate or a key that does
+    not match it only as a failure to add the port, which reads like a bind error. ValueError names the flag.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"--tls-cert {cert} / --tls-key {key}: not a PEM certificate and its key ({exc})") from None
+    if client_ca is not None:
+        try:
+            ctx.load_verify_locations(client_ca)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"--tls-client-ca {client_ca}: not a PEM CA certificate ({exc})") from None
     return grpc.ssl_server_credentials(
         [(key.read_bytes(), cert.read_bytes())],
         root_certificates=client_ca.read_bytes() if client_ca else None,

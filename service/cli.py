@@ -78,7 +78,7 @@ def _bounded(
     return parse
 
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL")  # the names logging accepts
 
 
 def _workers(text: str) -> int:
@@ -361,9 +361,10 @@ def instance_snapshot(instance: str, minute: int | None) -> Any:
     from simulator.sources import load_spec
 
     inst = load_spec(instance)
-    last = int(max(inst.courier_off.max(initial=0), inst.order_placement.max(initial=0)))
+    # The last minute with a courier on shift: a later snapshot would have nobody to dispatch.
+    last = int(inst.courier_off.max(initial=1)) - 1
     if minute is not None and not 0 <= minute <= last:
-        raise InstanceError(f"--time {minute}: {inst.name} runs from minute 0 to {last}")
+        raise InstanceError(f"--time {minute}: {inst.name} has couriers from minute 0 to {last}")
     engine = Engine(inst)
     target = engine.time + 20 if minute is None else minute
     while engine.time < target and not engine.done:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -341,17 +342,24 @@ def _write_json(path: Path, payload: object, command: str) -> int:
     import tempfile
 
     text = json.dumps(payload, indent=1)
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text)
         tmp.replace(path)
     except OSError as exc:
-        fd, kept = tempfile.mkstemp(prefix=f"dispatch-{command}-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        why = exc.strerror or exc
-        print(f"dispatch {command}: --json {path}: cannot write ({why}); kept in {kept}", file=sys.stderr)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        why = f"--json {path}: cannot write ({exc.strerror or exc})"
+        try:
+            fd, kept = tempfile.mkstemp(prefix=f"dispatch-{command}-", suffix=".json")
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+        except OSError:
+            print(text)  # nowhere to keep it: the metrics go to standard output rather than nowhere
+            print(f"dispatch {command}: {why}; printed above instead", file=sys.stderr)
+            return 1
+        print(f"dispatch {command}: {why}; kept in {kept}", file=sys.stderr)
         return 1
     return 0
 

@@ -90,6 +90,9 @@ class RewardConfig:
         )
 
 
+MAX_REWARD_WEIGHT = 1e6
+
+
 def reward_config(overrides: list[str]) -> RewardConfig:
     """A RewardConfig from ``KEY=VALUE`` overrides of its defaults; ValueError names a bad key or value."""
     known = {f: type(getattr(RewardConfig(), f)) for f in RewardConfig.__slots__}
@@ -108,6 +111,9 @@ def reward_config(overrides: list[str]) -> RewardConfig:
             raise ValueError(f"{key}: {raw!r} is not a number") from None
         if not np.isfinite(number):
             raise ValueError(f"{key}: {raw!r} is not a finite number")
+        if abs(number) > MAX_REWARD_WEIGHT:
+            # A day sums thousands of these: a larger weight can overflow the logged returns to infinity.
+            raise ValueError(f"{key}: {raw!r} is beyond ±{MAX_REWARD_WEIGHT:g}")
         values[key] = number
     return RewardConfig(**values)  # type: ignore[arg-type]
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from dispatch.snapshot import FloatArray, IntArray, ServiceParams
 from simulator.instance import Instance, list_instances, load, save
+from simulator.seeds import seed_arg
 
 # One independent random stream per purpose, so that changing one knob (say, the courier hours)
 # leaves every other part of the day (restaurants, orders, ...) exactly as it was for that seed.
@@ -414,13 +415,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=Path,
         help="write the day of --seed in the MDRP text format to DIR/synthetic-SEED",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the day to --write (default 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the day to --write (default 0)")
     p.add_argument("--orders", type=int, help=f"override orders_per_day (default {SyntheticConfig.orders_per_day})")
     args = p.parse_args(argv)
     if not args.calibrate and args.write is None:
         p.error("nothing to do: give --calibrate and/or --write DIR")
-    if args.seed < 0 or args.days < 1:
-        p.error("--seed must be >= 0 and --days >= 1")
+    if args.days < 1:
+        p.error(f"--days must be >= 1, got {args.days}")
     cfg = SyntheticConfig() if args.orders is None else SyntheticConfig(orders_per_day=args.orders)
     if args.calibrate:
         print(calibrate(args.pattern, args.days, cfg))

@@ -8,14 +8,16 @@ or a full quota only shows when a file is made.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
 
 def _nearest_existing(path: Path) -> Path:
-    """``path`` itself or its nearest ancestor that exists (the folder that would hold what is created)."""
+    """``path`` itself or its nearest ancestor that exists, a broken symbolic link included (the folder that
+    would hold what is created, or what stands in its way)."""
     here = path.absolute()
-    while not here.exists() and here != here.parent:
+    while not os.path.lexists(here) and here != here.parent:
         here = here.parent
     return here
 
@@ -32,9 +34,11 @@ def _probe(folder: Path) -> str | None:
 
 def folder_problem(path: Path) -> str | None:
     """Why ``path`` cannot be (created as) a folder and filled, or None."""
-    if path.exists() and not path.is_dir():
-        return "exists and is not a folder"
     base = _nearest_existing(path)
+    if base.is_symlink() and not base.exists():
+        return f"{base} is a broken symbolic link"
+    if base == path.absolute() and not base.is_dir():
+        return "exists and is not a folder"
     if not base.is_dir():
         return f"{base} is a file, not a folder"
     return _probe(base)
@@ -44,4 +48,6 @@ def file_problem(path: Path) -> str | None:
     """Why a file cannot be written at ``path`` (its folders created if missing), or None."""
     if path.is_dir():
         return "is a folder; give a file name"
-    return folder_problem(path.absolute().parent)
+    parent = path.absolute().parent
+    problem = folder_problem(parent)
+    return f"{parent} is a file, not a folder" if problem == "exists and is not a folder" else problem

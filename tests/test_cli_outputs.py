@@ -31,6 +31,12 @@ def test_writable_checks(tmp_path: Path) -> None:
     assert "is a folder" in (file_problem(tmp_path) or "")
     assert "cannot write in /proc" in (file_problem(UNWRITABLE / "x.json") or "")
     assert "cannot write in /proc" in (folder_problem(UNWRITABLE / "runs") or "")
+    assert file_problem(a_file / "m.json") == f"{a_file} is a file, not a folder"
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    assert folder_problem(dangling) == f"{dangling} is a broken symbolic link"
+    assert folder_problem(dangling / "sub") == f"{dangling} is a broken symbolic link"
+    dangling.unlink()
     assert list(tmp_path.iterdir()) == [a_file]  # the probe leaves nothing behind, and creates no folder
 
 
@@ -93,6 +99,9 @@ def test_metrics_survive_a_json_write_that_fails_late(
     assert sim_cli._write_json(good, payload, "evaluate") == 0
     assert json.loads(good.read_text()) == payload
     assert sorted(p.name for p in good.parent.iterdir()) == ["ok.json"]  # no temporary left beside it
+    (tmp_path / "taken").mkdir()  # the final rename fails: the temporary copy must not stay behind
+    assert sim_cli._write_json(tmp_path / "taken", payload, "evaluate") == 1
+    assert not (tmp_path / ".taken.tmp").exists()
 
 
 def test_binary_solution_file_is_a_solution_error(tmp_path: Path) -> None:
@@ -127,6 +136,23 @@ def test_card_of_a_read_only_dataset_is_printed_not_lost(
     out, err = capsys.readouterr()
     assert out.startswith("# ") and "wait share" in out
     assert f"{folder}: cannot write CARD.md (Permission denied)" in err
+    assert not (folder / "CARD.md.tmp").exists()
+
+
+def test_reward_weights_that_would_overflow_a_day_are_refused() -> None:
+    from simulator.engine import reward_config
+
+    assert reward_config(["on_time=1e6"]).on_time == 1e6
+    with pytest.raises(ValueError, match="on_time: '1e308' is beyond"):
+        reward_config(["on_time=1e308"])
+
+
+def test_synthetic_writer_takes_the_same_seeds(tmp_path: Path) -> None:
+    from simulator import synthetic
+
+    with pytest.raises(SystemExit) as stop:
+        synthetic.main(["--write", str(tmp_path), "--seed", str(MAX_SEED + 1)])
+    assert stop.value.code == 2 and not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("command", [["simulate", "--instance", SMALL], ["logs", "generate", "--instances", SMALL]])

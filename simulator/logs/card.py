@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -101,13 +102,15 @@ def make_card(folder: str | Path) -> str:
     ]
     text = "\n".join(lines) + "\n"
     out = Path(folder)
+    tmp = out / (CARD + ".tmp")
     try:
         if returns.size:
             _histogram(returns, recipes, out / HISTOGRAM)
-        tmp = out / (CARD + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, out / CARD)
     except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         # A read-only dataset still gets its card, printed instead of written.
         raise CardNotWritten(text, f"{out}: cannot write {CARD} ({exc.strerror or exc})") from None
     return text

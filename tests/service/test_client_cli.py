@@ -102,7 +102,7 @@ def test_call_unknown_instance(capsys: pytest.CaptureFixture[str]) -> None:
 def test_call_time_outside_the_day(minute: str, capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["call", "--instance", "0o50t75s1p100", "--time", minute])
     err = capsys.readouterr().err
-    assert rc == 2 and err.startswith(f"dispatch call: --time {minute}: 0o50t75s1p100 runs from minute 0 to ")
+    assert rc == 2 and err.startswith(f"dispatch call: --time {minute}: 0o50t75s1p100 has couriers from minute 0 to ")
 
 
 def test_call_builds_synthetic_days(capsys: pytest.CaptureFixture[str]) -> None:

@@ -70,6 +70,10 @@ def test_boundary_values_are_accepted():
          "--watch", "0", "--fallback-margin-ms", "0", "--max-message-mb", "2047", "--log-level", "debug"]
     )  # fmt: skip
     assert (args.port, args.metrics_port, args.max_batch, args.grace, args.log_level) == (65535, -1, 1, 0.0, "DEBUG")
+    for alias in ("warn", "fatal"):  # names the logging module accepts, as it did before the flag had choices
+        assert (
+            build_parser().parse_args(["serve", "--model", "m.onnx", "--log-level", alias]).log_level == alias.upper()
+        )
 
 
 @pytest.mark.parametrize("where", ["missing-folder/ports", "."])
@@ -126,3 +130,29 @@ def test_port_file_failing_after_the_models_loaded_is_refused(model_dir: Path, t
     out = _serve("--model", str(model_dir / "lin.onnx"), "--port", "0", "--metrics-port", "-1",
                  "--port-file", str(tmp_path / "ports"))  # fmt: skip
     _refused(out, f"cannot start: --port-file {tmp_path / 'ports'}: cannot write")
+
+
+@pytest.mark.parametrize("bad", ["cert", "client-ca"])
+def test_tls_files_that_are_not_pem_are_named(model_dir: Path, tmp_path: Path, bad: str):
+    """gRPC reports a bad certificate only as a failed port; the server names the TLS flag instead."""
+    junk = tmp_path / "junk.pem"  # PEM armour (the command line checks that much) around bytes that are no certificate
+    junk.write_text("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n")
+    flags = ["--tls-cert", str(junk), "--tls-key", str(junk)]
+    needle = f"--tls-cert {junk} / --tls-key {junk}: not a PEM certificate and its key"
+    if bad == "client-ca":
+        pytest.importorskip("cryptography", reason="cryptography (dev extra) makes a valid server certificate")
+        from tests.service.test_security import _cert, _key, _write
+
+        key = _key()
+        cert = _cert("127.0.0.1", key, "127.0.0.1", key, san=True)
+        flags = [
+            "--tls-cert",
+            str(_write(tmp_path / "c.pem", cert=cert)),
+            "--tls-key",
+            str(_write(tmp_path / "k.pem", key=key)),
+        ]
+        flags += ["--tls-client-ca", str(junk)]
+        needle = f"--tls-client-ca {junk}: not a PEM CA certificate"
+    out = _serve("--model", str(model_dir / "lin.onnx"), "--port", "0", "--metrics-port", "-1", *flags)
+    _refused(out, f"cannot start: {needle}")
+    assert "cannot bind" not in out.stderr
