@@ -125,6 +125,22 @@ CASES: dict[str, tuple[str, Change, str]] = {
         _set("meters_per_minute", 0, 0.0),
         r"column 'meters_per_minute' row 0: speed 0.0 is not positive",
     ),
+    "rank out of range": ("couriers", _set("rank", _agent_row, 999), r"column 'rank' row \d+: 999 out of range"),
+    "positive log-probability": (
+        "couriers",
+        _set("behaviour_logp", _agent_row, 0.5),
+        r"column 'behaviour_logp' row \d+: 0\.5 is above 0",
+    ),
+    "agent without candidates": (
+        "couriers",
+        _set("candidates", _agent_row, None),
+        r"column 'candidates' row \d+: null for an agent",
+    ),
+    "action on an empty slot": (
+        "couriers",
+        lambda t: _set("action", _agent_row, 0)(_set("candidates", _agent_row, lambda c: [-1, *c[1:]])(t)),
+        r"column 'action' row \d+: chooses an empty candidate slot",
+    ),
     "text in a number column": (
         "orders",
         _restaurant_as_text,
