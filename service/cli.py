@@ -267,21 +267,14 @@ def _token(path: Path | None) -> str | None:
     return token
 
 
-def _port_file_problem(path: Path) -> str:
-    """Why the server could not write ``path`` (through a temporary file beside it), or ''."""
-    import tempfile
+def _port_file_problem(path: Path) -> str | None:
+    """Why the server could not write ``path`` (through a temporary file beside it), or None."""
+    from simulator.writable import file_problem
 
-    if path.is_dir():
-        return "is a folder"
     folder = path.absolute().parent
-    if not folder.is_dir():
-        return f"folder {folder} does not exist"
-    try:  # a probe, not os.access: root passes that on folders it still cannot write in (/proc, read-only mounts)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".port-file-probe-"):
-            pass
-    except OSError as exc:
-        return f"cannot write in {folder} ({exc.strerror or exc})"
-    return ""
+    if not path.is_dir() and not folder.is_dir():
+        return f"folder {folder} does not exist"  # the server writes the file, it makes no folders
+    return file_problem(path)
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from simulator.seeds import seed_arg
 from training.defaults import DISPATCH_BATCH, GAME_BATCH
 
 ALGOS = ("inspo", "bc", "icq", "omiga")  # mirrors training.algos.ALGORITHMS without importing torch
-# Flags that count something and must be at least 1 (at least 0 for the seeds), checked before any work.
+# Flags that count something and must be at least 1, checked before any work (seeds: simulator.seeds).
 POSITIVE_FLAGS = ("steps", "batch_size", "eval_every", "ckpt_every", "stop_after")
 
 

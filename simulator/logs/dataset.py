@@ -290,6 +290,11 @@ class LogDataset:
                     raise LogError(f"{path}: content does not match the manifest hash (truncated or modified)")
                 del table
 
+    @property
+    def k(self) -> int:
+        """Candidate slots per agent the logs were made with (``args.candidates.k``; 16 if unrecorded, 0: all)."""
+        return int(self.manifest.get("args", {}).get("candidates", {}).get("k", 16))
+
     def path(self, table: str, episode: int) -> Path:
         """The part file of one table for one day."""
         return self.folder / self.manifest["episodes"][str(episode)]["files"][table]["path"]
@@ -443,7 +448,7 @@ def _check_day(ds: LogDataset, episode: int, parts: dict[str, pa.Table]) -> None
         parents,
         lambda j: f"bundle index {values[j]} out of range (-1..{bundles[j] - 1}: the epoch's bundles, -1 empty)",
     )
-    k = ds.manifest.get("args", {}).get("candidates", {}).get("k", 16)  # the default the training view uses
+    k = ds.k
     if k > 0:  # 0: every feasible candidate, no bound
         rows = np.flatnonzero(_ints(parts["couriers"], "agent") >= 0)
         n_slots = lengths[rows]

@@ -95,7 +95,7 @@ def _cache_key(ds: LogDataset) -> str:
 
 def build(ds: LogDataset, progress: bool = False) -> TrainingView:
     """Encode every logged decision of ``ds``."""
-    k = int(ds.manifest.get("args", {}).get("candidates", {}).get("k", 16))
+    k = ds.k
     cols: dict[str, list[np.ndarray]] = {f.name: [] for f in fields(TrainingView)}
     offset = 0
     offsets = [0]

@@ -45,7 +45,7 @@ def test_an_out_that_cannot_take_the_model_is_refused_and_nothing_is_written(
     cases = {
         "m": "m is a folder; give the model file to write",
         "p.onnx": "p.json is a folder",
-        "afile/x.onnx": "afile is not a folder",
+        "afile/x.onnx": "afile is a file, not a folder",
         "x.json": "must not end in .json",
     }
     before = _files(tmp_path)

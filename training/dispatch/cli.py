@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -106,22 +105,15 @@ def read_metrics(path: Path) -> dict[str, float]:
 def check_model_target(out: Path) -> str | None:
     """Why ``--out`` cannot take a model and its manifest, or None; checked before any work or write."""
     from dispatch.model import manifest_path
+    from simulator.writable import file_problem
 
     if out.suffix == ".json":
         return "must not end in .json (the manifest is written beside the model as NAME.json)"
     for target in (out, manifest_path(out)):
         if target.is_dir():
             return f"{target} is a folder; give the model file to write, e.g. {target / 'model.onnx'}"
-    # The nearest existing ancestor holds the files (or the folders created for them): it must be a writable
-    # folder. Writing replaces files by rename, which needs the folder's permission, not the file's.
-    parent = out.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"{parent} is not a folder"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"cannot write in {parent} (permission denied)"
-    return None
+    # The nearest existing folder holds the files (or the folders made for them): it must take a new file.
+    return file_problem(out)
 
 
 def run_export(args: argparse.Namespace) -> int:
