@@ -214,6 +214,18 @@ def test_cli_replay_and_train_refuse_a_zero_speed_with_one_line(
     assert err.endswith(f"{path}: column 'meters_per_minute' row 0: speed 0.0 is not positive"), err
 
 
+def test_bad_last_day_is_refused_before_any_day_is_encoded(dataset: Path, tmp_path: Path) -> None:
+    folder = _copy(dataset, tmp_path)
+    encoded: list[int] = []
+    build(LogDataset(folder), on_day=encoded.append)
+    assert encoded == [0, 1]  # the sound dataset reports each day as it is encoded
+    path = _rewrite(folder, "orders", _set("restaurant", 17, 99999), episode=1)
+    encoded.clear()
+    with pytest.raises(LogError, match=rf"^{path}: column 'restaurant' row 17: index 99999 out of range"):
+        build(LogDataset(folder), on_day=encoded.append)
+    assert encoded == []  # day 0 is sound, yet it was not encoded before day 1 was refused
+
+
 def _assert_same(a: TrainingView, b: TrainingView) -> None:
     for name in TrainingView.__dataclass_fields__:
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
