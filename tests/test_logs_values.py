@@ -158,15 +158,41 @@ def _readers(folder: Path) -> dict[str, Callable[[], object]]:
     }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_bad_value_is_refused_naming_file_and_column(dataset: Path, tmp_path: Path, case: str) -> None:
-    table, change, message = CASES[case]
-    folder = _copy(dataset, tmp_path)
-    path = _rewrite(folder, table, change)
+def _assert_refused(folder: Path, path: Path, message: str) -> None:
+    """Every reader refuses ``folder`` with one line: ``path``, then ``message``."""
     for reader, read in _readers(folder).items():
         with pytest.raises(LogError, match=rf"^{path}: {message}") as err:
             read()
         assert "\n" not in str(err.value), (reader, str(err.value))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_value_is_refused_naming_file_and_column(dataset: Path, tmp_path: Path, case: str) -> None:
+    table, change, message = CASES[case]
+    folder = _copy(dataset, tmp_path)
+    _assert_refused(folder, _rewrite(folder, table, change), message)
+
+
+def _foreign_order(folder: Path) -> tuple[int, int]:
+    """A bundle row of day 0 and an open order of its epoch from another restaurant than the bundle's first."""
+    orders = pq.read_table(folder / "orders" / "part-000000.parquet")
+    bundles = pq.read_table(folder / "bundles" / "part-000000.parquet")
+    epoch, restaurant = np.asarray(orders.column("epoch")), np.asarray(orders.column("restaurant"))
+    rows = zip(bundles.column("epoch").to_pylist(), bundles.column("orders").to_pylist(), strict=True)
+    for row, (e, members) in enumerate(rows):
+        open_restaurants = restaurant[epoch == e]  # by order index: the epoch's rows, in order
+        other = np.flatnonzero(open_restaurants != open_restaurants[members[0]])
+        if other.size:
+            return row, int(other[0])
+    raise AssertionError("no epoch with open orders of two restaurants in the fixture")
+
+
+def test_bundle_of_two_restaurants_is_refused(dataset: Path, tmp_path: Path) -> None:
+    folder = _copy(dataset, tmp_path)
+    row, order = _foreign_order(folder)
+    path = _rewrite(folder, "bundles", _set("orders", row, lambda members: [*members, order]))
+    message = rf"column 'orders' row {row}: order index {order} is from restaurant \d+, the bundle's first order from"
+    _assert_refused(folder, path, message)
 
 
 @pytest.mark.parametrize(

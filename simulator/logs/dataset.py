@@ -450,16 +450,7 @@ def _check_day(ds: LogDataset, episode: int, parts: dict[str, pa.Table]) -> None
         r = _ints(parts[table], "restaurant")
         path = ds.path(table, episode)
         _require(path, "restaurant", (r >= 0) & (r < n), None, lambda j, r=r: f"index {r[j]} out of range (0..{n - 1})")
-    order_epochs = _ints(parts["orders"], "epoch")
-    values, parents, _ = _lists(parts["bundles"], "orders")
-    open_orders = _per_epoch(order_epochs, _ints(parts["bundles"], "epoch")[parents])
-    _require(
-        ds.path("bundles", episode),
-        "orders",
-        (values >= 0) & (values < open_orders),
-        parents,
-        lambda j: f"order index {values[j]} out of range (0..{open_orders[j] - 1}: the epoch's open orders)",
-    )
+    _check_bundles(ds.path("bundles", episode), parts["orders"], parts["bundles"])
     bundle_epochs = _ints(parts["bundles"], "epoch")
     values, parents, lengths = _lists(parts["couriers"], "candidates")
     bundles = _per_epoch(bundle_epochs, _ints(parts["couriers"], "epoch")[parents])
@@ -482,6 +473,35 @@ def _check_day(ds: LogDataset, episode: int, parts: dict[str, pa.Table]) -> None
             rows,
             lambda j: f"{n_slots[j]} slots, more than the manifest's args.candidates.k = {k}",
         )
+
+
+def _check_bundles(path: Path, orders: pa.Table, bundles: pa.Table) -> None:
+    """Every bundle lists open orders of its epoch, all of one restaurant (``path``: the bundles part)."""
+    order_epochs = _ints(orders, "epoch")
+    values, parents, lengths = _lists(bundles, "orders")
+    epochs = _ints(bundles, "epoch")[parents]
+    open_orders = _per_epoch(order_epochs, epochs)
+    _require(
+        path,
+        "orders",
+        (values >= 0) & (values < open_orders),
+        parents,
+        lambda j: f"order index {values[j]} out of range (0..{open_orders[j] - 1}: the epoch's open orders)",
+    )
+    # An order index counts from the epoch's first row of the orders table. The simulator only ever
+    # bundles orders of one restaurant (dispatch.routes), and a bundle's timing assumes a single pickup.
+    restaurant = _ints(orders, "restaurant")[np.searchsorted(order_epochs, epochs, "left") + values]
+    first = restaurant[(np.cumsum(lengths) - lengths)[parents]]
+    _require(
+        path,
+        "orders",
+        restaurant == first,
+        parents,
+        lambda j: (
+            f"order index {values[j]} is from restaurant {restaurant[j]}, the bundle's first order from "
+            f"restaurant {first[j]} (a bundle's orders share one restaurant)"
+        ),
+    )
 
 
 def _spans(epochs: list[int]) -> dict[int, tuple[int, int]]:
