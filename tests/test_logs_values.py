@@ -74,6 +74,11 @@ def _agent_row(t: pa.Table, shared: bool = False) -> int:
     raise AssertionError("no such agent row in the fixture")
 
 
+def _invert_shift(row: int) -> Change:
+    """Set a row's off_time one minute before its on_time."""
+    return lambda t: _set("off_time", row, t.column("on_time")[row].as_py() - 1)(t)
+
+
 def _restaurant_as_text(t: pa.Table) -> pa.Table:
     i = t.column_names.index("restaurant")
     return t.set_column(i, "restaurant", pc.cast(t.column("restaurant"), pa.string()))
@@ -145,6 +150,16 @@ CASES: dict[str, tuple[str, Change, str]] = {
         "orders",
         _restaurant_as_text,
         r"column 'restaurant': type string, expected int32",
+    ),
+    "inverted shift": (
+        "shifts",
+        _invert_shift(2),
+        r"column 'off_time' row 2: \d+ is before on_time \d+ \(an inverted shift\)",
+    ),
+    "inverted shift in a snapshot": (
+        "couriers",
+        _invert_shift(7),
+        r"column 'off_time' row 7: \d+ is before on_time \d+ \(an inverted shift\)",
     ),
 }
 

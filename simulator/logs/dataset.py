@@ -215,6 +215,9 @@ def _check_part(path: Path, table: str, data: pa.Table) -> None:
         _require(
             path, "epoch", ok, np.arange(1, e.size), lambda j: f"{e[j + 1]} after {e[j]}: rows not {order} by epoch"
         )
+    if table in ("couriers", "shifts"):
+        on, off = _ints(data, "on_time"), _ints(data, "off_time")
+        _require(path, "off_time", off >= on, None, lambda j: f"{off[j]} is before on_time {on[j]} (an inverted shift)")
     if table == "couriers":
         _check_couriers(path, data)
     if table == "bundles":
