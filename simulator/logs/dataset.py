@@ -324,8 +324,8 @@ class LogDataset:
         """Every logged day in order; the values of all of them are checked before this returns.
 
         A bad day is refused at once, not after the work done on the days before it. Each part file is
-        read and checked once: the checked tables wait in memory (Arrow: 189 MB for 144 MDRP days, three
-        seconds to read and check) and each day's are released when that day is handed out.
+        read and checked once: the checked tables wait in memory (144 MDRP days: 25 MB of Parquet, 189 MB
+        of Arrow tables, about 3 s to read and check) and each day's are released when it is handed out.
         """
         checked = deque((e, self._checked_parts(e)) for e in self.episodes)
         return _hand_out(checked)
@@ -341,7 +341,12 @@ def _hand_out(checked: deque[tuple[int, dict[str, pa.Table]]]) -> Iterator[Logge
     """The days of ``checked`` in order, each popped as it is made so its tables can be freed."""
     while checked:
         episode, parts = checked.popleft()
-        yield LoggedDay(episode, parts)
+        day = LoggedDay(episode, parts)
+        del parts
+        # Arrow's allocator keeps freed memory for its own reuse; without this the checked tables of every
+        # day stay in the process while the days are encoded (measured: +0.28 GB on a 1.4 GB peak).
+        pa.default_memory_pool().release_unused()
+        yield day
 
 
 class LoggedDay:
