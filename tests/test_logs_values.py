@@ -74,9 +74,9 @@ def _agent_row(t: pa.Table, shared: bool = False) -> int:
     raise AssertionError("no such agent row in the fixture")
 
 
-def _invert_shift(row: int) -> Change:
-    """Set a row's off_time one minute before its on_time."""
-    return lambda t: _set("off_time", row, t.column("on_time")[row].as_py() - 1)(t)
+def _end_shift(row: int, after_start: int) -> Change:
+    """Set a row's off_time ``after_start`` minutes after its on_time (0: a shift of no length)."""
+    return lambda t: _set("off_time", row, t.column("on_time")[row].as_py() + after_start)(t)
 
 
 def _restaurant_as_text(t: pa.Table) -> pa.Table:
@@ -151,15 +151,15 @@ CASES: dict[str, tuple[str, Change, str]] = {
         _restaurant_as_text,
         r"column 'restaurant': type string, expected int32",
     ),
-    "inverted shift": (
+    "shift of no length": (
         "shifts",
-        _invert_shift(2),
-        r"column 'off_time' row 2: \d+ is before on_time \d+ \(an inverted shift\)",
+        _end_shift(2, 0),
+        r"column 'off_time' row 2: (\d+) is not after on_time \1$",
     ),
     "inverted shift in a snapshot": (
         "couriers",
-        _invert_shift(7),
-        r"column 'off_time' row 7: \d+ is before on_time \d+ \(an inverted shift\)",
+        _end_shift(7, -1),
+        r"column 'off_time' row 7: \d+ is not after on_time \d+$",
     ),
 }
 
@@ -206,7 +206,10 @@ def test_bundle_of_two_restaurants_is_refused(dataset: Path, tmp_path: Path) -> 
     folder = _copy(dataset, tmp_path)
     row, order = _foreign_order(folder)
     path = _rewrite(folder, "bundles", _set("orders", row, lambda members: [*members, order]))
-    message = rf"column 'orders' row {row}: order index {order} is from restaurant \d+, the bundle's first order from"
+    message = (
+        rf"column 'orders' row {row}: order index {order} is from restaurant index \d+, "
+        r"but the bundle's first order is from restaurant index \d+"
+    )
     _assert_refused(folder, path, message)
 
 

@@ -97,7 +97,7 @@ def _cache_key(ds: LogDataset) -> str:
 def build(ds: LogDataset, progress: bool = False, on_day: Callable[[int], None] | None = None) -> TrainingView:
     """Encode every logged decision of ``ds``, once every day has been checked.
 
-    ``on_day`` is called with each day's episode number when that day is encoded.
+    ``on_day`` is called with each day's episode number after that day is encoded.
     """
     k = ds.k
     cols: dict[str, list[np.ndarray]] = {f.name: [] for f in fields(TrainingView)}
@@ -106,8 +106,8 @@ def build(ds: LogDataset, progress: bool = False, on_day: Callable[[int], None] 
     t_index = 0
     # Every day is checked before the first is encoded, so a bad late day is refused before the earlier
     # days' encoding is spent (144 MDRP days: about 3 s to check them all, 20 s to encode them).
-    days = ds.days()
     bar = tqdm(total=len(ds.episodes), disable=not progress, unit="day", desc="encode")
+    days = ds.days()
     for day in days:
         ep = day.episode
         decisions = list(day.decisions())
