@@ -288,12 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     raw_p50: dict[tuple[int, int], float] = {}
     for nc, no in shapes:
         snap = synthetic_snapshot(nc, no)
-        prep = prepare(snap, policy.manifest.candidates)
+        prep = prepare(snap, policy.manifest.candidates, policy.manifest.conflict_rule)
         assert prep.encoded is not None
         batch = pad_batch([prep.encoded], policy.manifest.candidates.k)
         secs = args.seconds / 2
         run = _timed(lambda b=batch: policy.session.run(None, b), secs, 50)
-        path = _timed(lambda s=snap: prepare(s, policy.manifest.candidates), secs)
+        path = _timed(lambda s=snap: prepare(s, policy.manifest.candidates, policy.manifest.conflict_rule), secs)
         decide = _timed(lambda s=snap: policy.decide(s), secs)
         raw_p50[(nc, no)] = float(np.median(run))
         print(

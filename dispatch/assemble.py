@@ -23,6 +23,9 @@ Rules (part of a policy's contract, recorded in its manifest):
   rare in the logs), so ``mass`` alone never picks one; under load a fleet that does not bundle runs
   out of couriers.
 
+- ``plan``: the rolling-horizon plan of ``reyes`` over its own candidates, the pairs of each priority group
+  ranked by the plan's value blended with the model's preference (:mod:`dispatch.plan`).
+
 Whatever the rule, a candidate set with ``defer`` > 0 (``CandidateConfig.defer``) then turns the picks
 that a courier would reach that many minutes or more before the food is ready into waits
 (:func:`defer_early`).
@@ -39,7 +42,11 @@ from dispatch.candidates import CandidateSet
 from dispatch.kernels import claim
 from dispatch.snapshot import Assignment, FloatArray, IntArray, JointAction
 
-RULES = ("greedy", "assignment", "sequential", "mass", "mass-bundle")
+# The rules :func:`assemble` applies to any candidate set; ``plan`` decodes over the plan's own candidates
+# instead (dispatch.plan.joint_action). RULES: every rule a manifest may name.
+ASSEMBLED = ("greedy", "assignment", "sequential", "mass", "mass-bundle")
+PLAN_RULE = "plan"
+RULES = (*ASSEMBLED, PLAN_RULE)
 WAIT = -1
 # Chosen on training-seed instances (2-5), never the held-out ones: for BC on reyes logs, BC and InSPO on
 # mixed logs, every value from 0.02 to 0.1 gave the same metrics within 0.1 points, and 0.2 / 0.5 lost
@@ -56,7 +63,7 @@ class Assembled:
     logp: FloatArray
 
 
-def _to_action(cands: CandidateSet, choice: IntArray) -> JointAction:
+def to_action(cands: CandidateSet, choice: IntArray) -> JointAction:
     """The executed joint action: every agent's choice, except reservations of agents not yet free."""
     chosen = choice != WAIT
     if cands.committable is not None:
@@ -115,7 +122,7 @@ def greedy(cands: CandidateSet, scores: FloatArray) -> Assembled:
     flat = _descending(gain)
     rows, slots = np.divmod(flat, k) if k else (flat, flat)
     choice = claim(rows, slots, cands.bundle[rows, slots], cands.bundles.orders, n)
-    return Assembled(_to_action(cands, choice), choice, np.zeros(n))
+    return Assembled(to_action(cands, choice), choice, np.zeros(n))
 
 
 def assignment(cands: CandidateSet, scores: FloatArray, max_rounds: int = 20) -> Assembled:
@@ -163,7 +170,7 @@ def assignment(cands: CandidateSet, scores: FloatArray, max_rounds: int = 20) ->
         if conflict is None:
             for r, c in picked:
                 choice[r] = slot[r, c]
-            return Assembled(_to_action(cands, choice), choice, np.zeros(n))
+            return Assembled(to_action(cands, choice), choice, np.zeros(n))
         banned[conflict] = True
     # Still conflicting after max_rounds: fall back to the greedy rule, which is always feasible.
     return greedy(cands, scores)
@@ -202,13 +209,13 @@ def sequential(
         if c < k:
             choice[i] = c
             _take(used, mine[c])
-    return Assembled(_to_action(cands, choice), choice, logp)
+    return Assembled(to_action(cands, choice), choice, logp)
 
 
 def mass(cands: CandidateSet, logits: FloatArray, threshold: float = MASS_THRESHOLD) -> Assembled:
     """Serve bundles the fleet or a courier wants (probability ≥ ``threshold``); see the module docstring."""
     choice, _ = _mass_choice(cands, logits, threshold)
-    return Assembled(_to_action(cands, choice), choice, np.zeros(cands.n_agents))
+    return Assembled(to_action(cands, choice), choice, np.zeros(cands.n_agents))
 
 
 def _mass_choice(cands: CandidateSet, logits: FloatArray, threshold: float) -> tuple[IntArray, FloatArray]:
@@ -286,9 +293,11 @@ def assemble(cands: CandidateSet, scores: FloatArray, rule: str = "greedy") -> A
         out = mass(cands, scores)
     elif rule == "mass-bundle":
         choice = bundle_up(cands, *_mass_choice(cands, scores, MASS_THRESHOLD))
-        out = Assembled(_to_action(cands, choice), choice, np.zeros(cands.n_agents))
+        out = Assembled(to_action(cands, choice), choice, np.zeros(cands.n_agents))
+    elif rule == PLAN_RULE:
+        raise ValueError(f"conflict rule {rule!r} needs the plan's candidates: use dispatch.plan.joint_action")
     else:
-        raise ValueError(f"unknown conflict rule {rule!r}; expected one of {RULES}")
+        raise ValueError(f"unknown conflict rule {rule!r}; expected one of {ASSEMBLED}")
     return with_defer(cands, out)
 
 
@@ -301,7 +310,7 @@ def with_defer(cands: CandidateSet, out: Assembled) -> Assembled:
     if not cands.defer:
         return out
     choice = defer_early(cands, out.choice)
-    return out if choice is out.choice else Assembled(_to_action(cands, choice), choice, out.logp)
+    return out if choice is out.choice else Assembled(to_action(cands, choice), choice, out.logp)
 
 
 def defer_early(cands: CandidateSet, choice: IntArray) -> IntArray:
@@ -358,4 +367,4 @@ def sequential_mixture(
         choice[i] = c
         if c != WAIT:
             _take(used, mine[c])
-    return Assembled(_to_action(cands, choice), choice, logp)
+    return Assembled(to_action(cands, choice), choice, logp)

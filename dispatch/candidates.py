@@ -8,7 +8,7 @@ larger bundle, then by the lower bundle index (so no list depends on a sort's in
 order first, each to the courier that could pick it up earliest), so under load an order far from
 every courier still reaches some courier's list instead of expiring unseen.
 With ``lookahead`` > 0, couriers that will be free within that many minutes hold candidates too (from
-where and when they will be free); their picks only reserve orders (:func:`dispatch.assemble._to_action`
+where and when they will be free); their picks only reserve orders (:func:`dispatch.assemble.to_action`
 drops them from the executed action), so a courier about to be free near a restaurant can keep a far
 idle courier from being committed to it. With ``defer`` > 0, a free courier whose pick it would reach
 ``defer`` or more minutes before the food is ready waits instead (:func:`dispatch.assemble.assemble`),

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from dispatch import assemble
-from dispatch.candidates import CandidateSet, generate
+from dispatch.candidates import CandidateSet
 from dispatch.features import Encoded, encode
 from dispatch.model import INPUTS, OUTPUT, ModelError, ModelManifest, load_manifest
+from dispatch.plan import candidates_for, joint_action
 from dispatch.policy import Decision
 from dispatch.snapshot import Snapshot
 
@@ -115,12 +116,12 @@ class OnnxPolicy:
         return out
 
     def candidates(self, snapshot: Snapshot) -> CandidateSet:
-        """The candidate set this model was trained on."""
-        return generate(snapshot, self.manifest.candidates)
+        """The candidate set this model decides over (its manifest's candidate config and conflict rule)."""
+        return candidates_for(snapshot, self.manifest.candidates, self.manifest.conflict_rule)[0]
 
     def decide(self, snapshot: Snapshot) -> Decision:
         """Encode, score with ONNX Runtime, assemble with the model's conflict rule."""
-        cands = self.candidates(snapshot)
+        cands, plan = candidates_for(snapshot, self.manifest.candidates, self.manifest.conflict_rule)
         if cands.n_agents == 0:
             return Decision(assemble.JointAction(), cands, np.zeros(0, dtype=np.int64), np.zeros(0))
         enc = encode(snapshot, cands)
@@ -134,5 +135,5 @@ class OnnxPolicy:
             order = self.rng.permutation(cands.n_agents)
             out = assemble.with_defer(cands, assemble.sequential(cands, scores, order=order, rng=self.rng))
             return Decision(out.action, cands, out.choice, out.logp, order)
-        out = assemble.assemble(cands, scores, self.manifest.conflict_rule)
+        out = joint_action(cands, plan, scores, self.manifest.conflict_rule)
         return Decision(out.action, cands, out.choice, out.logp)

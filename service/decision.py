@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dispatch import assemble
 from dispatch.assemble import WAIT, Assembled
-from dispatch.candidates import CandidateConfig, CandidateSet, generate
+from dispatch.candidates import CandidateConfig, CandidateSet
 from dispatch.features import Encoded, encode
+from dispatch.plan import Plan, candidates_for, joint_action
 from dispatch.snapshot import FloatArray, Snapshot
 from service.gen.dispatch.v1 import dispatch_pb2 as pb
 
@@ -28,12 +28,13 @@ class Prepared:
     snapshot: Snapshot
     cands: CandidateSet
     encoded: Encoded | None
+    plan: Plan | None = None  # the epoch's plan, under the ``plan`` conflict rule
 
 
-def prepare(snapshot: Snapshot, config: CandidateConfig) -> Prepared:
-    """Candidates and features exactly as OnnxPolicy builds them."""
-    cands = generate(snapshot, config)
-    return Prepared(snapshot, cands, encode(snapshot, cands) if cands.n_agents else None)
+def prepare(snapshot: Snapshot, config: CandidateConfig, rule: str) -> Prepared:
+    """Candidates and features exactly as OnnxPolicy builds them for a model with this config and rule."""
+    cands, plan = candidates_for(snapshot, config, rule)
+    return Prepared(snapshot, cands, encode(snapshot, cands) if cands.n_agents else None, plan)
 
 
 def model_scores(cands: CandidateSet, logits: np.ndarray, k: int) -> FloatArray:
@@ -62,7 +63,7 @@ def fallback_scores(prepared: Prepared) -> FloatArray:
 
 def finish(prepared: Prepared, scores: FloatArray, rule: str) -> Assembled:
     """The conflict-free joint action for ``scores`` under the named rule (dispatch.assemble)."""
-    return assemble.assemble(prepared.cands, scores, rule)
+    return joint_action(prepared.cands, prepared.plan, scores, rule)
 
 
 def build_response(

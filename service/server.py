@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from dispatch import kernels
-from dispatch.assemble import Assembled
+from dispatch.assemble import PLAN_RULE, Assembled
 from dispatch.candidates import CandidateConfig
 from dispatch.model import ModelError
 from dispatch.snapshot import FloatArray, JointAction, Snapshot
@@ -269,8 +269,8 @@ class DecisionService:
         if snapshot is None:
             snapshot = to_snapshot(request, self.limits)
         if self.procs is not None:
-            return snapshot, self.procs.submit(prepare, snapshot, model.manifest.candidates).result()
-        return snapshot, prepare(snapshot, model.manifest.candidates)
+            return snapshot, self.procs.submit(prepare, snapshot, model.manifest.candidates, model.rule).result()
+        return snapshot, prepare(snapshot, model.manifest.candidates, model.rule)
 
     def warm_up(self) -> None:
         """Compile the decision path's kernels and start the preparation processes before the first request."""
@@ -308,7 +308,7 @@ class DecisionService:
             return
         answer = action.to_ids(snapshot)  # only with a shadow to compare against: ids cost a dict per request
         task = asyncio.get_running_loop().create_task(
-            self._run_shadow(shadow, prepared, served.manifest.candidates, answer)
+            self._run_shadow(shadow, prepared, (served.manifest.candidates, served.rule == PLAN_RULE), answer)
         )
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
@@ -317,17 +317,19 @@ class DecisionService:
         self,
         shadow: LoadedModel,
         primary: Prepared,
-        primary_config: CandidateConfig,
+        primary_config: tuple[CandidateConfig, bool],
         answer: dict[str, tuple[str, ...]],
     ) -> None:
         """Score the same snapshot with the shadow model; only logged and counted, never returned."""
         counter = self.metrics.shadow
         loop = asyncio.get_running_loop()
         try:
-            if shadow.manifest.candidates == primary_config:
+            if (shadow.manifest.candidates, shadow.rule == PLAN_RULE) == primary_config:
                 prepared = primary  # same candidate rule: reuse the served request's encoding
             else:
-                prepared = await loop.run_in_executor(self.cpu, prepare, primary.snapshot, shadow.manifest.candidates)
+                prepared = await loop.run_in_executor(
+                    self.cpu, prepare, primary.snapshot, shadow.manifest.candidates, shadow.rule
+                )
             if prepared.encoded is None:
                 ids: dict[str, tuple[str, ...]] = {}
             else:

@@ -118,7 +118,7 @@ def test_assignment_maximises_the_total() -> None:
     out.action.check(snap)
 
 
-@pytest.mark.parametrize("rule", assemble.RULES)
+@pytest.mark.parametrize("rule", assemble.ASSEMBLED)
 def test_nobody_is_assigned_below_wait(rule: str) -> None:
     snap = pair_snapshot()
     cands = generate(snap, SINGLES)
@@ -130,7 +130,7 @@ def test_nobody_is_assigned_below_wait(rule: str) -> None:
     assert out.choice[i1] == assemble.WAIT
 
 
-@pytest.mark.parametrize("rule", assemble.RULES)
+@pytest.mark.parametrize("rule", assemble.ASSEMBLED)
 def test_overlapping_bundles_never_both_taken(rule: str) -> None:
     snap = pair_snapshot()
     cands = generate(snap, CandidateConfig(k=0, max_bundle_size=2))

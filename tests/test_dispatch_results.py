@@ -52,7 +52,7 @@ def test_one_command_logs_trains_exports_and_reports(tmp_path: Path) -> None:
     assert sorted(digests) == models and all(len(d["onnx_sha256"]) == 64 for d in digests.values())
     for model in ("bc-s0", "bc-s1", "inspo-s0", "inspo-s1"):
         manifest = json.loads((tmp_path / "work" / "models" / f"{model}.json").read_text())
-        assert manifest["conflict_rule"] == "mass-bundle"
+        assert manifest["conflict_rule"] == "plan"
     assert "## Held out: seeds 6–9, o50 and r50 (1 instances)" in text
     # One instance gives no interval: the table says so with NaN rather than inventing one.
     assert "| reyes | +nan [+nan, +nan]" in text

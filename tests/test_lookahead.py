@@ -241,7 +241,7 @@ def test_defer_is_validated_and_named_in_manifests_only_when_set(tmp_path: Path)
     assert OnnxPolicy(model).candidates(early_and_ready_orders()).defer == 4
 
 
-@pytest.mark.parametrize("rule", assemble.RULES)
+@pytest.mark.parametrize("rule", assemble.ASSEMBLED)
 def test_defer_waits_exactly_the_early_free_picks_under_every_rule(rule: str) -> None:
     """Against the definition: a free courier's pick reached ``defer`` or more minutes before the bundle is
     ready becomes a wait; every other pick, reservations included, and the rest of the action stay."""

@@ -241,3 +241,40 @@ def test_a_mass_bundle_model_serves_as_in_process_with_bundles(tmp_path: Path) -
             assert response_to_ids(r) == policy.decide(snap).action.to_ids(snap)
             assert any(len(a.order_ids) > 1 for a in r.actions)
             response_to_action(r, snap).check(snap)
+
+
+def test_a_plan_model_serves_as_in_process(tmp_path: Path) -> None:
+    """The plan rule over the wire: the same joint actions as in process; soon-free couriers only reserve."""
+    from dispatch.linear_model import write_linear_model
+    from simulator.engine import Engine
+    from simulator.instance import load
+
+    from tests.helpers import make_instance
+
+    model = write_linear_model(tmp_path / "plan.onnx", name="plan", conflict_rule="plan")
+    policy = OnnxPolicy(model)
+    engine = Engine(load("5o50t100s1p125"))
+    picked: list[Snapshot] = []
+    while not engine.done and len(picked) < 4:
+        snap = engine.snapshot()
+        decision = policy.decide(snap)
+        committable = decision.candidates.committable if decision.candidates is not None else None
+        if decision.action.assignments and committable is not None and not committable.all():
+            picked.append(snap)
+        engine.step(decision.action)
+    assert picked, "a loaded day has epochs that send couriers while others are still busy"
+    cfg = ServerConfig(models=[("plan", model)], port=0, metrics_port=None)
+    with ThreadedServer(cfg) as srv, DispatchClient(srv.target) as client:
+        for snap in picked:
+            decision = policy.decide(snap)
+            r = client.decide(snap, include_scores=True)
+            assert r.conflict_rule == "plan" and not r.fallback
+            assert response_to_ids(r) == decision.action.to_ids(snap)
+            response_to_action(r, snap).check(snap)  # raises if a busy courier were committed
+            assert decision.candidates is not None and decision.candidates.committable is not None
+            can_act = set(decision.candidates.agents[decision.candidates.committable].tolist())
+            assert {i for i, a in enumerate(r.actions) if a.HasField("score")} == can_act
+        # An epoch with nothing to plan (no open order yet) is an answer, every courier waiting, not a fallback.
+        quiet = Engine(make_instance([("R1", 0, 0)], [("later", 500, 0, 30, "R1", 40)], [("c1", 0, 0, 0, 300)]))
+        r = client.decide(quiet.snapshot())
+        assert not r.fallback and r.conflict_rule == "plan" and [a.wait for a in r.actions] == [True]

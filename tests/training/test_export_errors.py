@@ -102,11 +102,27 @@ def test_a_lookahead_out_of_range_is_refused(
 
 
 def test_the_lookahead_reaches_the_manifest(run: Path, tmp_path: Path) -> None:
-    """Default: 15 for logs of idle couriers only; an explicit value, 0 included, wins."""
+    """Under a per-courier rule: 15 for logs of idle couriers only; an explicit value, 0 included, wins."""
+    rule = ["--conflict-rule", "mass-bundle"]
     for flags, want in (([], 15), (["--lookahead", "0"], 0), (["--lookahead", "7"], 7)):
         out = tmp_path / f"m{want}.onnx"
-        assert dispatch(["export", str(run), "--out", str(out), *flags]) == 0
+        assert dispatch(["export", str(run), "--out", str(out), *rule, *flags]) == 0
         assert json.loads(out.with_suffix(".json").read_text())["candidates"].get("lookahead", 0) == want
+
+
+def test_the_default_plan_rule_takes_no_lookahead_or_defer(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The plan chooses its own agents and when to commit: neither knob is recorded, and setting one is refused."""
+    out = tmp_path / "m.onnx"
+    assert dispatch(["export", str(run), "--out", str(out)]) == 0
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["conflict_rule"] == "plan"
+    assert "lookahead" not in manifest["candidates"] and "defer" not in manifest["candidates"]
+    for flag in ("--lookahead", "--defer"):
+        other = tmp_path / "n.onnx"
+        _refused(capsys, ["export", str(run), "--out", str(other), flag, "5"], f"{flag} does not apply to")
+        assert not other.exists()
 
 
 @pytest.mark.parametrize(
@@ -146,10 +162,11 @@ def test_lookahead_and_defer_out_of_range_are_refused_and_defaults_recorded(
     for flag in ("--lookahead", "--defer"):
         _refused(capsys, ["export", str(run), "--out", str(out), flag, "-1"], f"{flag} must be 0 to 120 minutes")
     assert not out.exists()
-    assert dispatch(["export", str(run), "--out", str(out)]) == 0
+    rule = ["--conflict-rule", "mass-bundle"]
+    assert dispatch(["export", str(run), "--out", str(out), *rule]) == 0
     candidates = json.loads(out.with_suffix(".json").read_text())["candidates"]
     assert (candidates["lookahead"], candidates["defer"]) == (15, 4)
-    assert dispatch(["export", str(run), "--out", str(tmp_path / "n.onnx"), "--defer", "0"]) == 0
+    assert dispatch(["export", str(run), "--out", str(tmp_path / "n.onnx"), *rule, "--defer", "0"]) == 0
     assert "defer" not in json.loads((tmp_path / "n.json").read_text())["candidates"]
-    assert dispatch(["export", str(run), "--out", str(tmp_path / "s.onnx"), "--defer", "7"]) == 0
+    assert dispatch(["export", str(run), "--out", str(tmp_path / "s.onnx"), *rule, "--defer", "7"]) == 0
     assert json.loads((tmp_path / "s.json").read_text())["candidates"]["defer"] == 7

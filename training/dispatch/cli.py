@@ -24,24 +24,28 @@ def register(sub: Any) -> None:
     p.add_argument("--version", default="1", help="model version (default 1)")
     p.add_argument(
         "--conflict-rule",
-        default="mass-bundle",
-        help="joint-action rule recorded in the manifest: greedy, assignment, sequential, mass or mass-bundle "
-        "(default mass-bundle: mass, plus committed singles upgraded to their bundles when open orders are "
-        "at least as many as the couriers deciding)",
+        default="plan",
+        help="joint-action rule recorded in the manifest: plan, greedy, assignment, sequential, mass or "
+        "mass-bundle (default plan: reyes' rolling-horizon plan over its own bundles, each courier's best K, "
+        "the pairs of each priority group ranked by the plan's value blended with the model's preference; "
+        "mass-bundle: mass, plus committed singles upgraded to their bundles when open orders are at least as "
+        "many as the couriers deciding)",
     )
     p.add_argument(
         "--lookahead",
         type=int,
         metavar="MIN",
         help="couriers free within MIN minutes also score candidates, and what they pick is reserved for them, "
-        "not executed; recorded in the manifest (default: the logs' lookahead, else 15; 0: idle couriers only)",
+        "not executed; recorded in the manifest (default: the logs' lookahead, else 15; 0: idle couriers only; "
+        "not with the plan rule)",
     )
     p.add_argument(
         "--defer",
         type=int,
         metavar="MIN",
         help="a free courier whose pick it would reach MIN or more minutes before the food is ready waits and is "
-        "decided again next epoch; recorded in the manifest (default: the logs' value, else 4; 0: commit at once)",
+        "decided again next epoch; recorded in the manifest (default: the logs' value, else 4; 0: commit at once; "
+        "not with the plan rule)",
     )
     p.add_argument(
         "--metrics",
@@ -118,7 +122,7 @@ def check_model_target(out: Path) -> str | None:
 
 def run_export(args: argparse.Namespace) -> int:
     """Handler of ``dispatch export``: every argument is checked before the model is built or anything written."""
-    from dispatch.assemble import RULES
+    from dispatch.assemble import PLAN_RULE, RULES
     from dispatch.candidates import MAX_LOOKAHEAD
     from simulator.logs.dataset import LogError
     from training.dispatch.export import export_run
@@ -132,6 +136,9 @@ def run_export(args: argparse.Namespace) -> int:
     for flag, value in (("--lookahead", args.lookahead), ("--defer", args.defer)):
         if value is not None and not 0 <= value <= MAX_LOOKAHEAD:
             print(f"dispatch export: {flag} must be 0 to {MAX_LOOKAHEAD} minutes, got {value}", file=sys.stderr)
+            return 2
+        if value and args.conflict_rule == PLAN_RULE:
+            print(f"dispatch export: {flag} does not apply to --conflict-rule {PLAN_RULE}", file=sys.stderr)
             return 2
     problem = check_model_target(args.out)
     if problem:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dispatch.assemble import PLAN_RULE
 from dispatch.candidates import CandidateConfig
 from dispatch.model import INPUTS, OUTPUT, ModelManifest, manifest_path, sha256_bytes
 from training.dispatch.nets import FA, FC, Scorer
@@ -24,6 +25,10 @@ DEFAULT_LOOKAHEAD = 15
 # Minutes: a pick the courier would reach this early before the food is ready waits an epoch (reyes'
 # commitment rule). Chosen on training-seed instances (docs/dispatch-experiments.md §10).
 DEFAULT_DEFER = 4
+# The rule models are exported with: reyes' rolling-horizon plan with the model's preference blended into its
+# values (docs/dispatch-experiments.md §14: on training-seed instances it lost as few orders as reyes and was
+# faster, where ``mass-bundle`` lost about 1 point more). ``lookahead`` and ``defer`` do not apply to it.
+DEFAULT_RULE = PLAN_RULE
 
 
 def onnx_bytes(scorer: Scorer, k: int = 16) -> bytes:
@@ -116,7 +121,7 @@ def export_run(
     out: Path,
     name: str = "",
     version: str = "1",
-    conflict_rule: str = "mass-bundle",
+    conflict_rule: str = DEFAULT_RULE,
     metrics: dict[str, float] | None = None,
     lookahead: int | None = None,
     defer: int | None = None,
@@ -125,7 +130,9 @@ def export_run(
 
     ``lookahead`` and ``defer`` (minutes, see :class:`dispatch.candidates.CandidateConfig`) override the
     candidate config the logs were made with; None keeps the logs' value, or where the logs have none
-    (idle couriers only, every pick committed) uses ``DEFAULT_LOOKAHEAD`` / ``DEFAULT_DEFER``.
+    (idle couriers only, every pick committed) uses ``DEFAULT_LOOKAHEAD`` / ``DEFAULT_DEFER``. Under the
+    ``plan`` rule both are 0 (the plan picks its own agents and commits by its own test), and setting either
+    is a ValueError.
 
     Raises ValueError when ``run`` is not a finished dispatch training run.
     """
@@ -166,6 +173,10 @@ def export_run(
     restore(run / CHECKPOINT, _load(run / CHECKPOINT), algo)
     scorer = scorer_of(algo)
     data_hash = hashlib.sha256(json.dumps(manifest["episodes"], sort_keys=True).encode()).hexdigest()
+    if conflict_rule == PLAN_RULE:
+        if lookahead or defer:
+            raise ValueError(f"lookahead {lookahead}, defer {defer}: neither applies to the {PLAN_RULE!r} rule")
+        lookahead = defer = 0
     if lookahead is None:
         lookahead = candidates.lookahead or DEFAULT_LOOKAHEAD
     if defer is None:

@@ -4,7 +4,7 @@ One command, every step cached under ``--work`` so a killed run resumes where it
 
 1. **logs**: the ``mixed`` recipe, one logged day per training instance (instance seeds 0–5 only);
 2. **train**: every algorithm (BC, InSPO) with every training seed, then export to ONNX with the
-   ``mass-bundle`` conflict rule and the default lookahead;
+   default conflict rule (``plan``);
 3. **evaluate**: every model and every heuristic on all 240 public instances (per-instance metrics
    cached in a JSON file beside the report, each model's kept while its files and the decision path's
    code, ``dispatch/``, are unchanged; heuristic rows are taken from ``docs/results.json``, written by
@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from dispatch.assemble import MASS_THRESHOLD
+from dispatch.assemble import MASS_THRESHOLD, PLAN_RULE
 from dispatch.model import manifest_path, sha256_bytes
 from simulator.instance import list_instances
 from simulator.report import markdown_table, mean_metrics
 from simulator.results import KEEP, PUBLISHED, charged_ctd, floors, save_cache
-from training.dispatch.export import DEFAULT_DEFER, DEFAULT_LOOKAHEAD
+from training.dispatch.export import DEFAULT_DEFER, DEFAULT_LOOKAHEAD, DEFAULT_RULE
 from training.harness import atomic_write_bytes
 
 ALGOS = ("bc", "inspo")
@@ -51,7 +51,7 @@ class Protocol:
     seeds: int = 3
     steps: int = 3000
     batch_size: int = 32
-    rule: str = "mass-bundle"
+    rule: str = DEFAULT_RULE
     train_instances: tuple[str, ...] = TRAIN_INSTANCES
     instances: str = "*"
 
@@ -213,6 +213,21 @@ def _section(
     return lines
 
 
+def _decoding(rule: str) -> str:
+    """How the report's models turn scores into joint actions, in words."""
+    if rule == PLAN_RULE:
+        return (
+            f"joint actions by the `{rule}` rule (the rolling-horizon plan of `reyes`, each courier's best 16 of its "
+            "bundles, the pairs of each priority group ranked by the plan's value blended with the model's "
+            "preference: `dispatch/plan.py`)"
+        )
+    return (
+        f"with a {DEFAULT_LOOKAHEAD}-minute lookahead (couriers about to be free reserve orders), joint actions by "
+        f"the `{rule}` rule, picks reached {DEFAULT_DEFER} or more minutes before the food is ready deferred to "
+        "the next epoch"
+    )
+
+
 def render(data: dict[str, dict[str, dict[str, float]]], groups: dict[str, list[str]], proto: Protocol) -> str:
     """The Markdown report."""
     everything = list_instances(proto.instances)
@@ -226,9 +241,7 @@ def render(data: dict[str, dict[str, dict[str, float]]], groups: dict[str, list[
         f"`mixed` recipe, one logged day on each of the {len(_instances(proto.train_instances))} instances "
         f"{', '.join(f'`{p}`' for p in proto.train_instances)}. "
         f"Each learned policy: {proto.seeds} training seeds × {proto.steps} steps (batch {proto.batch_size}), "
-        f"exported to ONNX with a {DEFAULT_LOOKAHEAD}-minute lookahead (couriers about to be free reserve orders), "
-        f"joint actions by the `{proto.rule}` rule, picks reached {DEFAULT_DEFER} or more minutes before the food "
-        "is ready deferred to the next epoch. Its row is the mean over its seeds of each "
+        f"exported to ONNX, {_decoding(proto.rule)}. Its row is the mean over its seeds of each "
         "instance's metric. Figures are means across instances (the published convention).",
         "",
         PUBLISHED,
