@@ -248,7 +248,6 @@ def test_a_plan_model_serves_as_in_process(tmp_path: Path) -> None:
     from dispatch.linear_model import write_linear_model
     from simulator.engine import Engine
     from simulator.instance import load
-
     from tests.helpers import make_instance
 
     model = write_linear_model(tmp_path / "plan.onnx", name="plan", conflict_rule="plan")
