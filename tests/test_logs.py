@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from simulator.engine import Engine, RewardConfig
+from simulator.logs import view as view_module
 from simulator.logs.dataset import MANIFEST, LogDataset, LogError, read_part
 from simulator.logs.generate import generate
 from simulator.logs.view import load as load_view
@@ -220,6 +223,38 @@ def test_training_view_layout_and_cache(dataset: Path) -> None:
     assert np.all(first.epoch[nxt[live]] == first.epoch[live] + 1)
     assert first.terminated.sum() == len(ds.episodes)
     np.testing.assert_allclose(first.reward, np.asarray(ds.table("epochs").column("reward")), rtol=1e-6)
+
+
+def test_two_trainings_building_one_view_cache_both_keep_it(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two loads that build the view at once (two trainings started together) each write their own file.
+
+    Both writers finish writing before either renames (a barrier), the interleaving in which a shared
+    temporary name made the second rename fail and its view go uncached.
+    """
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset, copy, ignore=shutil.ignore_patterns(".cache"))
+    barrier = threading.Barrier(2, timeout=120)
+    real_savez = np.savez
+
+    def savez_then_wait(file: object, **arrays: np.ndarray) -> None:
+        real_savez(file, **arrays)
+        barrier.wait()
+
+    monkeypatch.setattr(view_module.np, "savez", savez_then_wait)
+    views: list[object] = []
+    threads = [threading.Thread(target=lambda: views.append(load_view(copy))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert len(views) == 2
+    assert "not cached" not in capsys.readouterr().err
+    files = sorted(p.name for p in (copy / ".cache").iterdir())
+    assert len(files) == 1 and files[0].startswith("view-") and files[0].endswith(".npz"), files
+    monkeypatch.undo()
+    np.testing.assert_array_equal(load_view(copy).action, load_view(dataset).action)  # the kept file reads back
 
 
 def test_reward_overrides_are_recorded_and_bad_ones_refused(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import tokenize
+import uuid
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -168,7 +169,9 @@ def load(folder: str | Path, cache: bool = True, progress: bool = False) -> Trai
             path.unlink()
     view = build(ds, progress=progress)
     if cache:
-        tmp = path.with_name(path.name + ".tmp.npz")
+        # One temporary file per writer: two trainings started together on one dataset both build the
+        # view, and a shared temporary name let one's os.replace take the other's file from under it.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npz")
         try:
             path.parent.mkdir(exist_ok=True)
             np.savez(tmp, **{f.name: getattr(view, f.name) for f in fields(TrainingView)})
