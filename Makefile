@@ -7,12 +7,14 @@ JOBS ?= 2
 
 .PHONY: setup demo test lint bench results results-dispatch clean protos
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch is pinned exactly: 2.13.0 is a CPU build on disk here; anything else downloads CUDA wheels.
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[sim,train,serve,dev]"
+	# constraints.txt holds every other package at the version the suite last passed with (pip freeze), so a
+	# release upstream cannot change what CI installs; refresh it deliberately, then run `make lint test`.
+	$(BIN)/pip install -q -c constraints.txt -e ".[sim,train,serve,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)
