@@ -710,6 +710,131 @@ def cover(
     return _call(_cover, key, feasible, chosen, near, singles, members)  # type: ignore[no-any-return]
 
 
+@_compiled()
+def _route_cost(
+    legs: IntArray, routes: IntArray, r: int, length: int, o: int, at: int, service: int, beta: float
+) -> float:
+    # The cost of route r with stop ``o`` placed before its position ``at`` (-1: none): minutes from the
+    # restaurant plus beta × the summed drop-off delays, in the integer-then-float order of the Python
+    # formulation (clock + beta * delay).
+    prev = 0
+    clock = 0
+    delay = 0
+    for p in range(length + 1):
+        if p == at:
+            clock += legs[prev, o] + service
+            delay += clock
+            prev = o
+        if p == length:
+            break
+        stop = routes[r, p]
+        clock += legs[prev, stop] + service
+        delay += clock
+        prev = stop
+    return clock + beta * delay
+
+
+@_compiled()
+def _insert_stop(
+    legs: IntArray,
+    ready: IntArray,
+    routes: IntArray,
+    lengths: IntArray,
+    n_routes: int,
+    o: int,
+    z: int,
+    gap: int,
+    service: int,
+    beta: float,
+) -> int:
+    # Cheapest insertion of stop o (see bundle_routes); returns the new number of routes.
+    best = np.inf
+    best_r = -1
+    best_pos = -1
+    for r in range(n_routes):
+        n = lengths[r]
+        if n:
+            lo = ready[o]
+            hi = ready[o]
+            for p in range(n):
+                lo = min(lo, ready[routes[r, p]])
+                hi = max(hi, ready[routes[r, p]])
+            if hi - lo > gap:
+                continue
+        old = _route_cost(legs, routes, r, n, -1, -1, service, beta) if n else 0.0
+        for pos in range(n + 1):
+            new = _route_cost(legs, routes, r, n, o, pos, service, beta)
+            if n >= z and n > 0 and new / (n + 1) >= old / n:
+                continue
+            if new - old < best:
+                best = new - old
+                best_r = r
+                best_pos = pos
+    if best_r < 0:
+        routes[n_routes, 0] = o
+        lengths[n_routes] = 1
+        return n_routes + 1
+    for p in range(lengths[best_r], best_pos, -1):
+        routes[best_r, p] = routes[best_r, p - 1]
+    routes[best_r, best_pos] = o
+    lengths[best_r] += 1
+    return n_routes
+
+
+@_compiled()
+def _bundle_routes(
+    legs: IntArray, ready: IntArray, by_ready: IntArray, z: int, gap: int, service: int, beta: float
+) -> IntArray:
+    n = by_ready.shape[0]
+    first = max(1, (n + z - 1) // z)
+    # Each insertion opens at most one route, so 2n more rows than the first routes always suffice.
+    routes = np.full((first + 2 * n, n), -1, dtype=np.int64)
+    lengths = np.zeros(first + 2 * n, dtype=np.int64)
+    n_routes = first
+    for i in range(n):
+        n_routes = _insert_stop(legs, ready, routes, lengths, n_routes, by_ready[i], z, gap, service, beta)
+    for i in range(n):  # one remove-and-reinsert pass
+        o = by_ready[i]
+        for r in range(n_routes):
+            hit = -1
+            for p in range(lengths[r]):
+                if routes[r, p] == o:
+                    hit = p
+                    break
+            if hit >= 0:
+                for p in range(hit, lengths[r] - 1):
+                    routes[r, p] = routes[r, p + 1]
+                lengths[r] -= 1
+                routes[r, lengths[r]] = -1
+                break
+        n_routes = _insert_stop(legs, ready, routes, lengths, n_routes, o, z, gap, service, beta)
+    keep = lengths[:n_routes] > 0
+    return routes[:n_routes][keep]
+
+
+def bundle_routes(legs: IntArray, ready: IntArray, z: int, gap: int, service: int, beta: float) -> IntArray:
+    """Reyes et al.'s bundling of one restaurant's pooled orders (``dispatch.plan`` step 3): routes of stops.
+
+    Stop 0 is the restaurant and stops 1..n the orders' customers; ``legs`` is the (n+1) × (n+1) travel
+    matrix in whole minutes and ``ready`` the stops' ready times (``ready[0]`` unused). The orders, by
+    ready time (stable), go one by one into ``max(1, ceil(n / z))`` routes at the position of least added
+    cost (route minutes + ``beta`` × summed drop-off delays; ties: the first route, then the first
+    position); a route whose ready times would span more than ``gap`` is skipped, and one already holding
+    ``z`` stops takes the order only if that lowers its cost per stop. No route will: a new one opens.
+    One pass then takes each order out and inserts it again. Returns the non-empty routes in creation
+    order, one row each, stops in drop-off sequence, padded with -1.
+    """
+    legs = np.ascontiguousarray(legs, dtype=np.int64)
+    ready = np.ascontiguousarray(ready, dtype=np.int64)
+    if legs.ndim != 2 or legs.shape[0] != legs.shape[1] or legs.shape[0] != ready.shape[0] or ready.shape[0] < 2:
+        raise ValueError(f"bundle_routes: legs {legs.shape} and ready {ready.shape} must cover stop 0 and >= 1 order")
+    if z < 1:
+        raise ValueError(f"bundle_routes: z must be >= 1, got {z}")
+    by_ready = np.argsort(ready[1:], kind="stable").astype(np.int64) + 1
+    result: IntArray = _bundle_routes(legs, ready, by_ready, int(z), int(gap), int(service), float(beta))
+    return result
+
+
 def warm_up() -> float:
     """Compile (or load from the cache) every kernel for the argument types the decision path uses.
 
@@ -733,6 +858,7 @@ def warm_up() -> float:
     _bundle_stats(i2, i1, i1, i1)
     _ctd_terms(i2, i2, i1, i1)
     _cover(i2, b2, i2, 1, i1, i2)
+    _bundle_routes(np.zeros((2, 2), dtype=np.int64), np.zeros(2, dtype=np.int64), i1 + 1, 1, 0, 0, 0.5)
     _candidate_features(i2, b2, i2, i1, i1, i1, i1 + 1, i1, i1, i1, i2, i2, i1, i1, i1, 0, 0, 0)
     return time.perf_counter() - start
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from dispatch import assemble
+from dispatch import assemble, kernels
 from dispatch.candidates import CandidateConfig, CandidateSet, generate
 from dispatch.routes import sequence_bundles
 from dispatch.snapshot import (
@@ -93,68 +93,19 @@ class Plan:
     commit: BoolArray
 
 
-def route_cost(legs: list[list[int]], seq: list[int], dropoff_service: int, beta: float) -> float:
-    """Route minutes from the restaurant plus ``beta`` × the summed drop-off delays after pickup.
-
-    ``legs[a][b]`` is the travel time between stops a and b (0: the restaurant, then the customers of
-    the restaurant's pooled orders); ``seq`` lists stops in drop-off sequence.
-    """
-    prev, clock, delay = 0, 0, 0
-    for stop in seq:
-        clock += legs[prev][stop] + dropoff_service
-        delay += clock
-        prev = stop
-    return clock + beta * delay
-
-
 def bundle_restaurant(snap: Snapshot, orders: list[int], z: int, params: PlanParams) -> list[list[int]]:
-    """Step 3 for one restaurant's pooled orders: routes in drop-off sequence (order indices)."""
-    routes: list[list[int]] = [[] for _ in range(max(1, math.ceil(len(orders) / z)))]
-    gap, beta, service = params.max_ready_gap, params.beta, snap.params.dropoff_service
-    # Routes hold stops 1..n (orders[stop - 1]); every leg is read from one travel matrix (the same
-    # whole minutes travel_minutes gives leg by leg, for far less than one numpy call per leg).
+    """Step 3 for one restaurant's pooled orders: routes in drop-off sequence (order indices).
+
+    The insertion loops run compiled (:func:`dispatch.kernels.bundle_routes`, bit-identical to the
+    Python they replaced: tests/test_plan.py keeps that as the reference).
+    """
+    # Stops: 0 the restaurant, then the orders' customers; every leg from one travel matrix (the same
+    # whole minutes travel_minutes gives leg by leg).
     stops = np.concatenate([snap.restaurant_xy[snap.order_restaurant[orders[:1]]], snap.order_xy[orders]])
-    legs: list[list[int]] = travel_matrix(stops, stops, snap.params.meters_per_minute).tolist()
-    ready = [0, *(int(r) for r in snap.order_ready[orders])]
-
-    def cost(route: list[int]) -> float:
-        return route_cost(legs, route, service, beta)
-
-    def best_insertion(o: int) -> tuple[float, int, int]:
-        best = (math.inf, -1, -1)
-        for ri, route in enumerate(routes):
-            if route:
-                times = [ready[s] for s in route] + [ready[o]]
-                if max(times) - min(times) > gap:
-                    continue
-            old = cost(route) if route else 0.0
-            for pos in range(len(route) + 1):
-                seq = [*route[:pos], o, *route[pos:]]
-                new = cost(seq)
-                if len(route) >= z and route and new / len(seq) >= old / len(route):
-                    continue
-                if new - old < best[0]:
-                    best = (new - old, ri, pos)
-        return best
-
-    def insert(o: int) -> None:
-        _, ri, pos = best_insertion(o)
-        if ri < 0:
-            routes.append([o])
-        else:
-            routes[ri].insert(pos, o)
-
-    # Stops by ready time (stable: ties keep the pool's order).
-    by_ready = sorted(range(1, len(orders) + 1), key=lambda stop: ready[stop])
-    for o in by_ready:
-        insert(o)
-    for o in by_ready:  # one remove-and-reinsert pass
-        for route in routes:
-            if o in route:
-                route.remove(o)
-                break
-        insert(o)
-    return [[orders[stop - 1] for stop in r] for r in routes if r]
+    legs = travel_matrix(stops, stops, snap.params.meters_per_minute)
+    ready = np.concatenate([[0], snap.order_ready[orders]])
+    routes = kernels.bundle_routes(legs, ready, z, params.max_ready_gap, snap.params.dropoff_service, params.beta)
+    return [[orders[int(stop) - 1] for stop in row if stop > 0] for row in routes]
 
 
 def hopeless(snap: Snapshot, pool: IntArray) -> BoolArray:

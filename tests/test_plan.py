@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from dispatch import assemble
+from dispatch import assemble, kernels
 from dispatch.linear_model import write_linear_model
 from dispatch.onnx_policy import OnnxPolicy
 from dispatch.plan import Plan, blended_scores, execute, make_plan, plan_scores
@@ -107,3 +108,76 @@ def test_a_plan_model_runs_a_day_feasibly_and_differs_from_reyes(tmp_path: Path)
     reyes = run_episode(inst, ReyesPolicy())
     assert learned.metrics["delivered"] > 0.9 * reyes.metrics["delivered"]
     assert learned.metrics["ctd_mean"] != reyes.metrics["ctd_mean"]  # the model's scores reached the decisions
+
+
+def _bundle_reference(legs: list[list[int]], ready: list[int], z: int, gap: int, service: int, beta: float) -> list:
+    """The Python formulation of step 3 that the compiled ``bundle_routes`` replaced (stops 1..n)."""
+
+    def cost(seq: list[int]) -> float:
+        prev, clock, delay = 0, 0, 0
+        for stop in seq:
+            clock += legs[prev][stop] + service
+            delay += clock
+            prev = stop
+        return clock + beta * delay
+
+    n = len(ready) - 1
+    routes: list[list[int]] = [[] for _ in range(max(1, math.ceil(n / z)))]
+
+    def insert(o: int) -> None:
+        best = (math.inf, -1, -1)
+        for ri, route in enumerate(routes):
+            if route:
+                times = [ready[s] for s in route] + [ready[o]]
+                if max(times) - min(times) > gap:
+                    continue
+            old = cost(route) if route else 0.0
+            for pos in range(len(route) + 1):
+                seq = [*route[:pos], o, *route[pos:]]
+                new = cost(seq)
+                if len(route) >= z and route and new / len(seq) >= old / len(route):
+                    continue
+                if new - old < best[0]:
+                    best = (new - old, ri, pos)
+        if best[1] < 0:
+            routes.append([o])
+        else:
+            routes[best[1]].insert(best[2], o)
+
+    by_ready = sorted(range(1, n + 1), key=lambda stop: ready[stop])
+    for o in by_ready:
+        insert(o)
+    for o in by_ready:
+        for route in routes:
+            if o in route:
+                route.remove(o)
+                break
+        insert(o)
+    return [r for r in routes if r]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_compiled_bundling_matches_the_python_reference(seed: int) -> None:
+    """Pools of 1-40 orders, coarse ready times (ties), tight and loose gaps, every Z: the same routes."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 41))
+    # Every third pool on a coarse grid: equal legs, so equal costs and per-stop costs test the tie rules.
+    xy = rng.uniform(0, 6000, (n + 1, 2)) if seed % 3 else 2000.0 * rng.integers(0, 3, (n + 1, 2))
+    legs = np.ceil(np.hypot(*(xy[:, None, :] - xy[None, :, :]).transpose(2, 0, 1)) / 320).astype(np.int64)
+    ready = (
+        np.concatenate([[0], 5 * rng.integers(0, 8, n)]) if seed % 2 else np.concatenate([[0], rng.integers(0, 60, n)])
+    )
+    z = int(rng.integers(1, 6))
+    gap = int(rng.choice([0, 10, 40, 1000]))
+    service, beta = int(rng.integers(0, 5)), float(rng.choice([0.0, 0.5, 1.3]))
+    want = _bundle_reference(legs.tolist(), ready.tolist(), z, gap, service, beta)
+    got = kernels.bundle_routes(legs, ready, z, gap, service, beta)
+    assert [[int(s) for s in row if s > 0] for row in got] == want
+    assert all(np.all(row[len([s for s in row if s > 0]) :] == -1) for row in got)  # padding only at the end
+
+
+def test_compiled_bundling_refuses_bad_shapes() -> None:
+    with pytest.raises(ValueError, match="legs"):
+        kernels.bundle_routes(np.zeros((3, 2), dtype=np.int64), np.zeros(3, dtype=np.int64), 1, 0, 0, 0.5)
+    with pytest.raises(ValueError, match="z must be"):
+        kernels.bundle_routes(np.zeros((2, 2), dtype=np.int64), np.zeros(2, dtype=np.int64), 0, 0, 0, 0.5)
