@@ -835,6 +835,58 @@ def bundle_routes(legs: IntArray, ready: IntArray, z: int, gap: int, service: in
     return result
 
 
+@_compiled()
+def _bundle_pools(
+    legs: IntArray, starts: IntArray, ready: IntArray, by_ready: IntArray, z: int, gap: int, service: int, beta: float
+) -> tuple[IntArray, IntArray]:
+    # starts[0]: each pool's first stop (and the end), starts[1]: where each pool's travel matrix begins.
+    stops_start, legs_start = starts[0], starts[1]
+    n_pools = stops_start.shape[0] - 1
+    n_orders = stops_start[n_pools] - n_pools
+    width = 1
+    for r in range(n_pools):
+        width = max(width, stops_start[r + 1] - stops_start[r] - 1)
+    # A pool of n orders ends with at most n non-empty routes.
+    routes = np.full((n_orders, width), -1, dtype=np.int64)
+    pool_of = np.empty(n_orders, dtype=np.int64)
+    count = 0
+    for r in range(n_pools):
+        s0, n1 = stops_start[r], stops_start[r + 1] - stops_start[r]
+        pool_legs = legs[legs_start[r] : legs_start[r] + n1 * n1].reshape((n1, n1))
+        got = _bundle_routes(pool_legs, ready[s0 : s0 + n1], by_ready[s0 - r : s0 - r + n1 - 1], z, gap, service, beta)
+        for i in range(got.shape[0]):
+            routes[count, : got.shape[1]] = got[i]
+            pool_of[count] = r
+            count += 1
+    return routes[:count], pool_of[:count]
+
+
+def bundle_pools(
+    legs: IntArray,
+    legs_start: IntArray,
+    ready: IntArray,
+    stops_start: IntArray,
+    by_ready: IntArray,
+    z: int,
+    gap: int,
+    service: int,
+    beta: float,
+) -> tuple[IntArray, IntArray]:
+    """:func:`bundle_routes` for many restaurants' pools in one call: their routes, in pool order.
+
+    Pool r's stops are ``stops_start[r] .. stops_start[r + 1] - 1`` of ``ready`` (its stop 0 first),
+    its travel matrix the row-major block of ``legs`` at ``legs_start[r]``, and its orders' stops by
+    ready time (stable, 1-based) the ``n_r`` entries of ``by_ready`` at ``stops_start[r] - r``. Returns
+    (routes, pool): one route a row, local stops padded with -1, and the pool of each row.
+    """
+    starts = np.stack([np.asarray(stops_start, dtype=np.int64), np.asarray(legs_start, dtype=np.int64)])
+    legs, ready, by_ready = (np.ascontiguousarray(a, dtype=np.int64) for a in (legs, ready, by_ready))
+    result: tuple[IntArray, IntArray] = _bundle_pools(
+        legs, starts, ready, by_ready, int(z), int(gap), int(service), float(beta)
+    )
+    return result
+
+
 def warm_up() -> float:
     """Compile (or load from the cache) every kernel for the argument types the decision path uses.
 
@@ -859,6 +911,9 @@ def warm_up() -> float:
     _ctd_terms(i2, i2, i1, i1)
     _cover(i2, b2, i2, 1, i1, i2)
     _bundle_routes(np.zeros((2, 2), dtype=np.int64), np.zeros(2, dtype=np.int64), i1 + 1, 1, 0, 0, 0.5)
+    _bundle_pools(
+        np.zeros(4, dtype=np.int64), np.array([[0, 2], [0, 4]]), np.zeros(2, dtype=np.int64), i1 + 1, 1, 0, 0, 0.5
+    )
     _candidate_features(i2, b2, i2, i1, i1, i1, i1 + 1, i1, i1, i1, i2, i2, i1, i1, i1, 0, 0, 0)
     return time.perf_counter() - start
 

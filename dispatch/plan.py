@@ -52,6 +52,7 @@ from dispatch.snapshot import (
     JointAction,
     Snapshot,
     travel_matrix,
+    travel_minutes,
 )
 
 GROUP_BONUS = (1e9, 1e6, 1e3, 0.0)
@@ -93,19 +94,47 @@ class Plan:
     commit: BoolArray
 
 
-def bundle_restaurant(snap: Snapshot, orders: list[int], z: int, params: PlanParams) -> list[list[int]]:
-    """Step 3 for one restaurant's pooled orders: routes in drop-off sequence (order indices).
+def bundle_pool(snap: Snapshot, pool: IntArray, z: int, params: PlanParams) -> list[tuple[int, ...]]:
+    """Step 3: each restaurant's pooled orders bundled into routes (order indices in drop-off sequence).
 
-    The insertion loops run compiled (:func:`dispatch.kernels.bundle_routes`, bit-identical to the
-    Python they replaced: tests/test_plan.py keeps that as the reference).
+    Restaurants come in the order of their first order in ``pool``, their orders in pool order; the
+    insertion loops of every restaurant run in one compiled call (:func:`dispatch.kernels.bundle_pools`,
+    bit-identical to the Python that tests/test_plan.py keeps as the reference).
     """
-    # Stops: 0 the restaurant, then the orders' customers; every leg from one travel matrix (the same
-    # whole minutes travel_minutes gives leg by leg).
-    stops = np.concatenate([snap.restaurant_xy[snap.order_restaurant[orders[:1]]], snap.order_xy[orders]])
-    legs = travel_matrix(stops, stops, snap.params.meters_per_minute)
-    ready = np.concatenate([[0], snap.order_ready[orders]])
-    routes = kernels.bundle_routes(legs, ready, z, params.max_ready_gap, snap.params.dropoff_service, params.beta)
-    return [[orders[int(stop) - 1] for stop in row if stop > 0] for row in routes]
+    rest = snap.order_restaurant[pool]
+    uniq, first, inv = np.unique(rest, return_index=True, return_inverse=True)
+    rank = np.empty(uniq.size, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(uniq.size)
+    pool_of = rank[inv]
+    order = np.argsort(pool_of, kind="stable")
+    grouped, grouped_pool = pool[order], pool_of[order]
+    sizes = np.bincount(grouped_pool, minlength=uniq.size) + 1  # stops per restaurant: itself, then its orders
+    stops_start = np.concatenate([[0], np.cumsum(sizes)])
+    # Stop coordinates and ready times, restaurant by restaurant (its own stop first, ready 0 unused).
+    is_rest = np.zeros(stops_start[-1], dtype=bool)
+    is_rest[stops_start[:-1]] = True
+    xy = np.empty((stops_start[-1], 2))
+    xy[is_rest] = snap.restaurant_xy[uniq[np.argsort(rank)]]
+    xy[~is_rest] = snap.order_xy[grouped]
+    ready = np.zeros(stops_start[-1], dtype=np.int64)
+    ready[~is_rest] = snap.order_ready[grouped]
+    # Every restaurant's (n+1) x (n+1) travel matrix, row-major, from the same elementwise arithmetic as
+    # travel_matrix (a - b per axis, then travel_minutes), so the same whole minutes.
+    area = sizes * sizes
+    legs_start = np.concatenate([[0], np.cumsum(area)])
+    q = np.arange(legs_start[-1]) - np.repeat(legs_start[:-1], area)
+    width = np.repeat(sizes, area)
+    base = np.repeat(stops_start[:-1], area)
+    a, b = base + q // width, base + q % width
+    legs = travel_minutes(xy[a, 0] - xy[b, 0], xy[a, 1] - xy[b, 1], snap.params.meters_per_minute)
+    by_ready = np.lexsort((snap.order_ready[grouped], grouped_pool))  # stable within each restaurant
+    local = np.asarray(by_ready - (stops_start[grouped_pool[by_ready]] - grouped_pool[by_ready]) + 1, dtype=np.int64)
+    routes, route_pool = kernels.bundle_pools(
+        legs, legs_start, ready, stops_start, local, z, params.max_ready_gap, snap.params.dropoff_service, params.beta
+    )
+    first_order = stops_start[:-1] - np.arange(uniq.size)  # index in ``grouped`` of each restaurant's first order
+    members = np.where(routes > 0, grouped[first_order[route_pool][:, None] + routes - 1], -1)
+    return [tuple(int(o) for o in row if o >= 0) for row in members]
 
 
 def hopeless(snap: Snapshot, pool: IntArray) -> BoolArray:
@@ -148,12 +177,7 @@ def make_plan(snapshot: Snapshot, params: PlanParams = PlanParams(), k: int = 0)
     if pool.size == 0:
         return None
     z = max(1, math.ceil(pool.size / couriers.size))
-    by_rest: dict[int, list[int]] = {}
-    for o in pool:
-        by_rest.setdefault(int(snap.order_restaurant[o]), []).append(int(o))
-    groups: list[tuple[int, ...]] = []
-    for orders in by_rest.values():
-        groups.extend(tuple(r) for r in bundle_restaurant(snap, orders, z, prm))
+    groups = bundle_pool(snap, pool, z, prm)
     config = CandidateConfig(k=k)
     bundles = sequence_bundles(snap, groups)
     cands = generate(snap, config, agents=couriers, bundles=bundles)

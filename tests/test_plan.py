@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.serve import synthetic_snapshot
 from dispatch import assemble, kernels
 from dispatch.linear_model import write_linear_model
 from dispatch.onnx_policy import OnnxPolicy
-from dispatch.plan import Plan, blended_scores, execute, make_plan, plan_scores
-from dispatch.snapshot import Snapshot
+from dispatch.plan import Plan, PlanParams, blended_scores, bundle_pool, execute, make_plan, plan_scores
+from dispatch.snapshot import Snapshot, travel_matrix
 from simulator.engine import Engine
 from simulator.heuristics.reyes import ReyesPolicy
 from simulator.instance import load
@@ -181,3 +182,32 @@ def test_compiled_bundling_refuses_bad_shapes() -> None:
         kernels.bundle_routes(np.zeros((3, 2), dtype=np.int64), np.zeros(3, dtype=np.int64), 1, 0, 0, 0.5)
     with pytest.raises(ValueError, match="z must be"):
         kernels.bundle_routes(np.zeros((2, 2), dtype=np.int64), np.zeros(2, dtype=np.int64), 0, 0, 0, 0.5)
+
+
+def _pool_reference(snap: Snapshot, pool: np.ndarray, z: int, params: PlanParams) -> list[tuple[int, ...]]:
+    """Step 3 as it was written first: restaurant by restaurant, each with its own travel matrix."""
+    by_rest: dict[int, list[int]] = {}
+    for o in pool:
+        by_rest.setdefault(int(snap.order_restaurant[o]), []).append(int(o))
+    groups: list[tuple[int, ...]] = []
+    for orders in by_rest.values():
+        stops = np.concatenate([snap.restaurant_xy[snap.order_restaurant[orders[:1]]], snap.order_xy[orders]])
+        legs = travel_matrix(stops, stops, snap.params.meters_per_minute).tolist()
+        ready = [0, *(int(r) for r in snap.order_ready[orders])]
+        routes = _bundle_reference(legs, ready, z, params.max_ready_gap, snap.params.dropoff_service, params.beta)
+        groups.extend(tuple(orders[s - 1] for s in r) for r in routes)
+    return groups
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_all_restaurants_bundled_in_one_call_match_the_reference(seed: int) -> None:
+    """Many restaurants, pools in shuffled order, shared restaurants and single-order pools: the same bundles."""
+    rng = np.random.default_rng(seed)
+    snap = synthetic_snapshot(int(rng.integers(2, 80)), int(rng.integers(1, 400)), seed)
+    if seed % 3 == 0:  # few restaurants: long pools; coarse ready times: ties
+        rest = rng.integers(0, 3, snap.n_orders)
+        snap = replace(snap, order_restaurant=rest, order_ready=snap.order_ready - snap.order_ready % 5)
+    pool = np.sort(rng.choice(snap.n_orders, size=int(rng.integers(1, snap.n_orders + 1)), replace=False))
+    params = PlanParams(beta=float(rng.choice([0.0, 0.5, 2.0])), max_ready_gap=int(rng.choice([5, 40])))
+    z = int(rng.integers(1, 5))
+    assert bundle_pool(snap, pool, z, params) == _pool_reference(snap, pool, z, params)
