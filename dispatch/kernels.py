@@ -2,10 +2,11 @@
 
 Each kernel replaces a chain of numpy whole-array operations with one pass in machine code (numba),
 so a 64-courier × 256-order snapshot costs tens of microseconds here instead of hundreds. Results are
-bit-identical to the numpy expressions they replace (tests/test_kernels.py checks each against them):
-the loops do integer arithmetic and comparisons, and where they compute a float (features, request
-checks) it is the same IEEE operation on the same operands in the same order. Distances (``hypot``)
-stay in numpy, whose library routine the compiled code would not necessarily match.
+bit-identical to the numpy expressions they replace (tests/test_kernels.py checks each against them,
+tests/test_plan.py the plan's bundling against its Python): the loops do integer arithmetic and
+comparisons, and where they compute a float (features, request checks, route costs) it is the same IEEE
+operation on the same operands in the same order. Distances (``hypot``) stay in numpy, whose library
+routine the compiled code would not necessarily match.
 
 ``cache=True`` keeps the compiled code next to this file (or in ``NUMBA_CACHE_DIR``), so only the first
 process after an install pays the compilation (a few seconds); ``nogil=True`` lets server threads run
@@ -826,7 +827,7 @@ def bundle_routes(legs: IntArray, ready: IntArray, z: int, gap: int, service: in
     """
     legs = np.ascontiguousarray(legs, dtype=np.int64)
     ready = np.ascontiguousarray(ready, dtype=np.int64)
-    if legs.ndim != 2 or legs.shape[0] != legs.shape[1] or legs.shape[0] != ready.shape[0] or ready.shape[0] < 2:
+    if ready.ndim != 1 or legs.shape != (ready.size, ready.size) or ready.size < 2:
         raise ValueError(f"bundle_routes: legs {legs.shape} and ready {ready.shape} must cover stop 0 and >= 1 order")
     if z < 1:
         raise ValueError(f"bundle_routes: z must be >= 1, got {z}")
@@ -879,8 +880,26 @@ def bundle_pools(
     ready time (stable, 1-based) the ``n_r`` entries of ``by_ready`` at ``stops_start[r] - r``. Returns
     (routes, pool): one route a row, local stops padded with -1, and the pool of each row.
     """
-    starts = np.stack([np.asarray(stops_start, dtype=np.int64), np.asarray(legs_start, dtype=np.int64)])
-    legs, ready, by_ready = (np.ascontiguousarray(a, dtype=np.int64) for a in (legs, ready, by_ready))
+    stops_start, legs_start, legs, ready, by_ready = (
+        np.ascontiguousarray(a, dtype=np.int64) for a in (stops_start, legs_start, legs, ready, by_ready)
+    )
+    # The kernel indexes without bounds checks (numba), so every layout rule is checked here.
+    sizes = np.diff(stops_start)
+    n_pools = sizes.size
+    if stops_start.ndim != 1 or n_pools < 1 or stops_start[0] != 0 or np.any(sizes < 2):
+        raise ValueError(f"bundle_pools: stops_start must start at 0 and give each pool >= 2 stops, got {stops_start}")
+    if not np.array_equal(legs_start, np.concatenate([[0], np.cumsum(sizes * sizes)])):
+        raise ValueError("bundle_pools: legs_start must begin each pool's (n+1) x (n+1) block of legs, row-major")
+    if legs.shape != (legs_start[-1],) or ready.shape != (stops_start[-1],):
+        raise ValueError(f"bundle_pools: legs {legs.shape} and ready {ready.shape} do not match the starts")
+    if by_ready.shape != (stops_start[-1] - n_pools,):
+        raise ValueError(f"bundle_pools: by_ready {by_ready.shape} must hold one stop per order")
+    pool = np.repeat(np.arange(n_pools), sizes - 1)
+    if by_ready.size and (by_ready.min() < 1 or np.any(by_ready > (sizes - 1)[pool])):
+        raise ValueError("bundle_pools: by_ready must list each pool's order stops, 1..n")
+    if z < 1:
+        raise ValueError(f"bundle_pools: z must be >= 1, got {z}")
+    starts = np.stack([stops_start, legs_start])
     result: tuple[IntArray, IntArray] = _bundle_pools(
         legs, starts, ready, by_ready, int(z), int(gap), int(service), float(beta)
     )
@@ -910,7 +929,6 @@ def warm_up() -> float:
     _bundle_stats(i2, i1, i1, i1)
     _ctd_terms(i2, i2, i1, i1)
     _cover(i2, b2, i2, 1, i1, i2)
-    _bundle_routes(np.zeros((2, 2), dtype=np.int64), np.zeros(2, dtype=np.int64), i1 + 1, 1, 0, 0, 0.5)
     _bundle_pools(
         np.zeros(4, dtype=np.int64), np.array([[0, 2], [0, 4]]), np.zeros(2, dtype=np.int64), i1 + 1, 1, 0, 0, 0.5
     )

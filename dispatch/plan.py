@@ -94,6 +94,23 @@ class Plan:
     commit: BoolArray
 
 
+def block_travel(xy: FloatArray, stops_start: IntArray, meters_per_minute: float) -> tuple[IntArray, IntArray]:
+    """Each block's travel matrix among its own points, row-major, concatenated; and where each begins.
+
+    Block r holds the points ``stops_start[r] .. stops_start[r + 1] - 1`` of ``xy``. Its matrix is
+    computed with the elementwise arithmetic of :func:`travel_matrix` (a - b per axis, then
+    travel_minutes), so it holds the same whole minutes, for all blocks in one numpy pass.
+    """
+    sizes = np.diff(stops_start)
+    area = sizes * sizes
+    legs_start = np.concatenate([[0], np.cumsum(area)]).astype(np.int64)
+    q = np.arange(legs_start[-1]) - np.repeat(legs_start[:-1], area)
+    width = np.repeat(sizes, area)
+    base = np.repeat(stops_start[:-1], area)
+    a, b = base + q // width, base + q % width
+    return travel_minutes(xy[a, 0] - xy[b, 0], xy[a, 1] - xy[b, 1], meters_per_minute), legs_start
+
+
 def bundle_pool(snap: Snapshot, pool: IntArray, z: int, params: PlanParams) -> list[tuple[int, ...]]:
     """Step 3: each restaurant's pooled orders bundled into routes (order indices in drop-off sequence).
 
@@ -118,22 +135,15 @@ def bundle_pool(snap: Snapshot, pool: IntArray, z: int, params: PlanParams) -> l
     xy[~is_rest] = snap.order_xy[grouped]
     ready = np.zeros(stops_start[-1], dtype=np.int64)
     ready[~is_rest] = snap.order_ready[grouped]
-    # Every restaurant's (n+1) x (n+1) travel matrix, row-major, from the same elementwise arithmetic as
-    # travel_matrix (a - b per axis, then travel_minutes), so the same whole minutes.
-    area = sizes * sizes
-    legs_start = np.concatenate([[0], np.cumsum(area)])
-    q = np.arange(legs_start[-1]) - np.repeat(legs_start[:-1], area)
-    width = np.repeat(sizes, area)
-    base = np.repeat(stops_start[:-1], area)
-    a, b = base + q // width, base + q % width
-    legs = travel_minutes(xy[a, 0] - xy[b, 0], xy[a, 1] - xy[b, 1], snap.params.meters_per_minute)
+    legs, legs_start = block_travel(xy, stops_start, snap.params.meters_per_minute)
     by_ready = np.lexsort((snap.order_ready[grouped], grouped_pool))  # stable within each restaurant
     local = np.asarray(by_ready - (stops_start[grouped_pool[by_ready]] - grouped_pool[by_ready]) + 1, dtype=np.int64)
     routes, route_pool = kernels.bundle_pools(
         legs, legs_start, ready, stops_start, local, z, params.max_ready_gap, snap.params.dropoff_service, params.beta
     )
     first_order = stops_start[:-1] - np.arange(uniq.size)  # index in ``grouped`` of each restaurant's first order
-    members = np.where(routes > 0, grouped[first_order[route_pool][:, None] + routes - 1], -1)
+    # Padding (-1) reads a valid index (as stop 1) and is masked out again.
+    members = np.where(routes > 0, grouped[first_order[route_pool][:, None] + np.maximum(routes, 1) - 1], -1)
     return [tuple(int(o) for o in row if o >= 0) for row in members]
 
 

@@ -14,7 +14,16 @@ from bench.serve import synthetic_snapshot
 from dispatch import assemble, kernels
 from dispatch.linear_model import write_linear_model
 from dispatch.onnx_policy import OnnxPolicy
-from dispatch.plan import Plan, PlanParams, blended_scores, bundle_pool, execute, make_plan, plan_scores
+from dispatch.plan import (
+    Plan,
+    PlanParams,
+    blended_scores,
+    block_travel,
+    bundle_pool,
+    execute,
+    make_plan,
+    plan_scores,
+)
 from dispatch.snapshot import Snapshot, travel_matrix
 from simulator.engine import Engine
 from simulator.heuristics.reyes import ReyesPolicy
@@ -207,7 +216,36 @@ def test_all_restaurants_bundled_in_one_call_match_the_reference(seed: int) -> N
     if seed % 3 == 0:  # few restaurants: long pools; coarse ready times: ties
         rest = rng.integers(0, 3, snap.n_orders)
         snap = replace(snap, order_restaurant=rest, order_ready=snap.order_ready - snap.order_ready % 5)
-    pool = np.sort(rng.choice(snap.n_orders, size=int(rng.integers(1, snap.n_orders + 1)), replace=False))
+    pool = rng.permutation(snap.n_orders)[: int(rng.integers(1, snap.n_orders + 1))]  # any order, not only sorted
     params = PlanParams(beta=float(rng.choice([0.0, 0.5, 2.0])), max_ready_gap=int(rng.choice([5, 40])))
     z = int(rng.integers(1, 5))
     assert bundle_pool(snap, pool, z, params) == _pool_reference(snap, pool, z, params)
+
+
+def test_block_travel_gives_each_blocks_travel_matrix() -> None:
+    rng = np.random.default_rng(7)
+    xy = rng.uniform(0, 9000, (40, 2))
+    stops_start = np.array([0, 1, 5, 6, 23, 40])
+    legs, legs_start = block_travel(xy, stops_start, 321.0)
+    for r in range(stops_start.size - 1):
+        pts = xy[stops_start[r] : stops_start[r + 1]]
+        block = legs[legs_start[r] : legs_start[r + 1]].reshape(len(pts), len(pts))
+        np.testing.assert_array_equal(block, travel_matrix(pts, pts, 321.0))
+
+
+def test_batched_bundling_refuses_inconsistent_layouts() -> None:
+    """Bad layouts are refused by name before the unchecked compiled loops could read past an array."""
+    legs, legs_start, ready = np.zeros(4, dtype=np.int64), np.array([0, 4]), np.zeros(2, dtype=np.int64)
+    stops, by_ready = np.array([0, 2]), np.array([1])
+    kernels.bundle_pools(legs, legs_start, ready, stops, by_ready, 1, 0, 0, 0.5)  # the valid layout runs
+    bad = {
+        "stops_start": (legs, legs_start, ready, np.array([0, 0, 2]), by_ready, 1),
+        "legs_start": (legs, np.array([0, 3]), ready, stops, by_ready, 1),
+        "do not match": (np.zeros(3, dtype=np.int64), legs_start, ready, stops, by_ready, 1),
+        "one stop per order": (legs, legs_start, ready, stops, np.array([1, 1]), 1),
+        "1..n": (legs, legs_start, ready, stops, np.array([0]), 1),
+        "z must be": (legs, legs_start, ready, stops, by_ready, 0),
+    }
+    for message, (lg, ls, rd, st, br, z) in bad.items():
+        with pytest.raises(ValueError, match=message):
+            kernels.bundle_pools(lg, ls, rd, st, br, z, 0, 0, 0.5)
