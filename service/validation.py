@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -184,6 +185,16 @@ def to_snapshot(msg: pb.DecideRequest, limits: Limits = Limits()) -> Snapshot:
     if early.size:
         i = int(early[0])
         raise ValidationError(f"{where.at(i, 'ready_time')}: {o_num[i, 3]:g} is before placement_time {o_num[i, 2]:g}")
+    # Travel minutes feed int64 route arithmetic (ceil(distance / speed), then sums and products of legs):
+    # the longest leg possible between two points of the request must stay within MAX_MINUTES.
+    extent = max(
+        float(rest_xy.max(initial=0.0)), float(c_num[:, :2].max(initial=0.0)), float(o_num[:, :2].max(initial=0.0))
+    )
+    if math.hypot(extent, extent) / params.meters_per_minute > MAX_MINUTES:
+        raise ValidationError(
+            f"params.meters_per_minute: {params.meters_per_minute!r} with coordinates up to {extent:g} m makes a leg "
+            f"longer than {MAX_MINUTES} minutes (use metres and metres per minute)"
+        )
 
     return Snapshot(
         time=time,

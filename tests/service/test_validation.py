@@ -67,6 +67,8 @@ CASES: list[tuple[str, Mutation, str]] = [
     ("unknown restaurant", _set("orders[1].restaurant_id", "nowhere"), "orders[1].restaurant_id"),
     ("zero speed", _set("params.meters_per_minute", 0.0), "params.meters_per_minute"),
     ("NaN speed", _set("params.meters_per_minute", NAN), "params.meters_per_minute"),
+    ("legs beyond 32 bits: a crawl", _set("params.meters_per_minute", 1e-9), "params.meters_per_minute"),
+    ("legs beyond 32 bits: a far order", _set("orders[1].x", 1e17), "params.meters_per_minute"),
     ("negative service", _set("params.pickup_service_minutes", -1), "params.pickup_service_minutes"),
     ("limit below target", _set("params.max_click_to_door_minutes", 10), "params.max_click_to_door_minutes"),
 ]
