@@ -120,6 +120,35 @@ def test_torch_export_matches_onnx_on_random_and_real_inputs(tmp_path: Path) -> 
     snaps = _mid_day_snapshots()
     encoded = [encode(s, generate(s)) for s in snaps]
     assert parity(scorer, path, pad_batch(encoded, 16)) <= 1e-5
+    other = Scorer(32)  # other weights: what a wrong export would look like
+    assert parity(other, path, pad_batch(encoded, 16)) > 1e-2
+
+
+def test_parity_is_relative_beyond_a_logit_of_one(tmp_path: Path) -> None:
+    """A model with large logits is held to float32's relative precision, a small one to 1e-5 absolute."""
+    import torch
+
+    from dispatch.candidates import CandidateConfig
+    from training.dispatch.export import export, parity
+    from training.dispatch.nets import Scorer
+
+    torch.manual_seed(0)
+    scorer = Scorer(32)
+    path = export(scorer, tmp_path / "m.onnx", "t", "1", CandidateConfig())
+    rng = np.random.default_rng(1)
+    batch = {
+        "agent": rng.normal(size=(2, 7, 8)).astype(np.float32),
+        "cand": rng.normal(size=(2, 7, 16, 16)).astype(np.float32),
+        "cand_mask": np.ones((2, 7, 16), dtype=bool),
+    }
+    with torch.no_grad():
+        want = scorer.eval()(*(torch.from_numpy(batch[n]) for n in ("agent", "cand", "cand_mask"))).numpy()
+    for p in scorer.parameters():  # the ONNX file keeps the old weights: every logit off by 0.1%
+        p.data.mul_(1.001)
+    with torch.no_grad():
+        moved = scorer(*(torch.from_numpy(batch[n]) for n in ("agent", "cand", "cand_mask"))).numpy()
+    scaled = np.abs(moved - want) / np.maximum(1.0, np.abs(moved))
+    assert parity(scorer, path, batch) == pytest.approx(float(scaled.max()), rel=1e-3)
 
 
 def test_a_lone_snapshot_batch_equals_its_row_of_a_padded_batch() -> None:

@@ -163,5 +163,6 @@ def run_export(args: argparse.Namespace) -> int:
     except (LogError, ValueError) as exc:
         print(f"dispatch export: {exc}", file=sys.stderr)
         return 2
-    print(f"exported {path} (+ {path.with_suffix('.json').name}); torch/ONNX max |diff| {diff:.2e}")
+    manifest = path.with_suffix(".json").name
+    print(f"exported {path} (+ {manifest}); torch/ONNX parity {diff:.2e} (max |diff| / max(1, |logit|); at most 1e-5)")
     return 0 if diff <= 1e-5 else 1

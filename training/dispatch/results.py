@@ -103,7 +103,9 @@ def build_models(work: Path, proto: Protocol, jobs: int, progress: bool) -> dict
                 _, diff = export_run(run, onnx, name=name, conflict_rule=proto.rule)
                 if diff > 1e-5:
                     onnx.unlink()  # never reused by a later run
-                    raise RuntimeError(f"{name}: torch/ONNX parity {diff:.2e} exceeds 1e-5")
+                    raise RuntimeError(
+                        f"{name}: torch/ONNX parity {diff:.2e} exceeds 1e-5 (max |diff| / max(1, |logit|))"
+                    )
             models[name] = onnx
     return models
 
