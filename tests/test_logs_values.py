@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from simulator.logs.card import make_card
 from simulator.logs.dataset import MANIFEST, LogDataset, LogError
 from simulator.logs.generate import generate
 from simulator.logs.view import CACHE_DIR, TrainingView, build
@@ -167,6 +168,7 @@ CASES: dict[str, tuple[str, Change, str]] = {
 def _readers(folder: Path) -> dict[str, Callable[[], object]]:
     """What ``logs card``, ``train --data`` and ``replay`` read a dataset with."""
     return {
+        "card": lambda: make_card(folder),
         "day": lambda: LogDataset(folder).day(0).decisions(),
         "train": lambda: load_view(folder, cache=False),
         "replay": lambda: log_days(folder),

@@ -46,6 +46,7 @@ def _histogram(returns: np.ndarray, recipes: list[str], path: Path) -> None:
 def make_card(folder: str | Path) -> str:
     """Compute the card of a dataset, write CARD.md and returns.png into it, and return the Markdown."""
     ds = LogDataset(folder)
+    ds.check()  # the card's whole-table reads below check each part alone, not the tables against each other
     man = ds.manifest
     ep = ds.table("episodes").to_pydict()
     cu = ds.table("couriers").select(["agent", "action", "behaviour_logp", "candidates"]).to_pydict()

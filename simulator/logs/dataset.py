@@ -332,6 +332,16 @@ class LogDataset:
         checked = deque((e, self._checked_parts(e)) for e in self.episodes)
         return _hand_out(checked)
 
+    def check(self) -> None:
+        """Check every day's part files, each by itself and against the others (LogError on the first fault).
+
+        What :meth:`days` checks, one day at a time and without keeping the tables: for readers that go on
+        to read whole tables across days (``logs card``).
+        """
+        for episode in self.episodes:
+            self._checked_parts(episode)
+            pa.default_memory_pool().release_unused()
+
     def _checked_parts(self, episode: int) -> dict[str, pa.Table]:
         """One day's part files, each checked by itself and against the others."""
         parts = {t: self.part(t, episode) for t in TABLES}
