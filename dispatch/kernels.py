@@ -748,7 +748,7 @@ def _insert_stop(
     service: int,
     beta: float,
 ) -> int:
-    # Cheapest insertion of stop o (see bundle_routes); returns the new number of routes.
+    # Cheapest insertion of stop o (see bundle_pools); returns the new number of routes.
     best = np.inf
     best_r = -1
     best_pos = -1
@@ -813,29 +813,6 @@ def _bundle_routes(
     return routes[:n_routes][keep]
 
 
-def bundle_routes(legs: IntArray, ready: IntArray, z: int, gap: int, service: int, beta: float) -> IntArray:
-    """Reyes et al.'s bundling of one restaurant's pooled orders (``dispatch.plan`` step 3): routes of stops.
-
-    Stop 0 is the restaurant and stops 1..n the orders' customers; ``legs`` is the (n+1) × (n+1) travel
-    matrix in whole minutes and ``ready`` the stops' ready times (``ready[0]`` unused). The orders, by
-    ready time (stable), go one by one into ``max(1, ceil(n / z))`` routes at the position of least added
-    cost (route minutes + ``beta`` × summed drop-off delays; ties: the first route, then the first
-    position); a route whose ready times would span more than ``gap`` is skipped, and one already holding
-    ``z`` stops takes the order only if that lowers its cost per stop. No route will: a new one opens.
-    One pass then takes each order out and inserts it again. Returns the non-empty routes in creation
-    order, one row each, stops in drop-off sequence, padded with -1.
-    """
-    legs = np.ascontiguousarray(legs, dtype=np.int64)
-    ready = np.ascontiguousarray(ready, dtype=np.int64)
-    if ready.ndim != 1 or legs.shape != (ready.size, ready.size) or ready.size < 2:
-        raise ValueError(f"bundle_routes: legs {legs.shape} and ready {ready.shape} must cover stop 0 and >= 1 order")
-    if z < 1:
-        raise ValueError(f"bundle_routes: z must be >= 1, got {z}")
-    by_ready = np.argsort(ready[1:], kind="stable").astype(np.int64) + 1
-    result: IntArray = _bundle_routes(legs, ready, by_ready, int(z), int(gap), int(service), float(beta))
-    return result
-
-
 @_compiled()
 def _bundle_pools(
     legs: IntArray, starts: IntArray, ready: IntArray, by_ready: IntArray, z: int, gap: int, service: int, beta: float
@@ -873,12 +850,21 @@ def bundle_pools(
     service: int,
     beta: float,
 ) -> tuple[IntArray, IntArray]:
-    """:func:`bundle_routes` for many restaurants' pools in one call: their routes, in pool order.
+    """Reyes et al.'s bundling (``dispatch.plan`` step 3) of many restaurants' pooled orders in one call.
+
+    Within one pool, stop 0 is the restaurant and stops 1..n the orders' customers, with an (n+1) × (n+1)
+    travel matrix in whole minutes and the stops' ready times (stop 0's unused). The orders, by ready
+    time (stable), go one by one into ``max(1, ceil(n / z))`` routes at the position of least added cost
+    (route minutes + ``beta`` × summed drop-off delays; ties: the first route, then the first position);
+    a route whose ready times would span more than ``gap`` is skipped, and one already holding ``z``
+    stops takes the order only if that lowers its cost per stop. No route will: a new one opens. One
+    pass then takes each order out and inserts it again.
 
     Pool r's stops are ``stops_start[r] .. stops_start[r + 1] - 1`` of ``ready`` (its stop 0 first),
     its travel matrix the row-major block of ``legs`` at ``legs_start[r]``, and its orders' stops by
     ready time (stable, 1-based) the ``n_r`` entries of ``by_ready`` at ``stops_start[r] - r``. Returns
-    (routes, pool): one route a row, local stops padded with -1, and the pool of each row.
+    (routes, pool): the non-empty routes, pool by pool in creation order, one a row, local stops in
+    drop-off sequence padded with -1; and the pool of each row.
     """
     stops_start, legs_start, legs, ready, by_ready = (
         np.ascontiguousarray(a, dtype=np.int64) for a in (stops_start, legs_start, legs, ready, by_ready)

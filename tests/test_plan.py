@@ -121,7 +121,7 @@ def test_a_plan_model_runs_a_day_feasibly_and_differs_from_reyes(tmp_path: Path)
 
 
 def _bundle_reference(legs: list[list[int]], ready: list[int], z: int, gap: int, service: int, beta: float) -> list:
-    """The Python formulation of step 3 that the compiled ``bundle_routes`` replaced (stops 1..n)."""
+    """The Python formulation of step 3 that the compiled ``bundle_pools`` replaced (stops 1..n)."""
 
     def cost(seq: list[int]) -> float:
         prev, clock, delay = 0, 0, 0
@@ -181,16 +181,12 @@ def test_compiled_bundling_matches_the_python_reference(seed: int) -> None:
     gap = int(rng.choice([0, 10, 40, 1000]))
     service, beta = int(rng.integers(0, 5)), float(rng.choice([0.0, 0.5, 1.3]))
     want = _bundle_reference(legs.tolist(), ready.tolist(), z, gap, service, beta)
-    got = kernels.bundle_routes(legs, ready, z, gap, service, beta)
+    by_ready = np.argsort(ready[1:], kind="stable") + 1
+    n1 = n + 1
+    got, pool = kernels.bundle_pools(legs.ravel(), [0, n1 * n1], ready, [0, n1], by_ready, z, gap, service, beta)
+    assert np.all(pool == 0)
     assert [[int(s) for s in row if s > 0] for row in got] == want
     assert all(np.all(row[len([s for s in row if s > 0]) :] == -1) for row in got)  # padding only at the end
-
-
-def test_compiled_bundling_refuses_bad_shapes() -> None:
-    with pytest.raises(ValueError, match="legs"):
-        kernels.bundle_routes(np.zeros((3, 2), dtype=np.int64), np.zeros(3, dtype=np.int64), 1, 0, 0, 0.5)
-    with pytest.raises(ValueError, match="z must be"):
-        kernels.bundle_routes(np.zeros((2, 2), dtype=np.int64), np.zeros(2, dtype=np.int64), 0, 0, 0, 0.5)
 
 
 def _pool_reference(snap: Snapshot, pool: np.ndarray, z: int, params: PlanParams) -> list[tuple[int, ...]]:

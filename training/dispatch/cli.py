@@ -125,7 +125,7 @@ def run_export(args: argparse.Namespace) -> int:
     from dispatch.assemble import PLAN_RULE, RULES
     from dispatch.candidates import MAX_LOOKAHEAD
     from simulator.logs.dataset import LogError
-    from training.dispatch.export import export_run
+    from training.dispatch.export import PARITY_MEASURE, PARITY_TOLERANCE, export_run
 
     if args.conflict_rule not in RULES:
         print(
@@ -164,5 +164,7 @@ def run_export(args: argparse.Namespace) -> int:
         print(f"dispatch export: {exc}", file=sys.stderr)
         return 2
     manifest = path.with_suffix(".json").name
-    print(f"exported {path} (+ {manifest}); torch/ONNX parity {diff:.2e} (max |diff| / max(1, |logit|); at most 1e-5)")
-    return 0 if diff <= 1e-5 else 1
+    print(
+        f"exported {path} (+ {manifest}); torch/ONNX parity {diff:.2e} ({PARITY_MEASURE}; at most {PARITY_TOLERANCE})"
+    )
+    return 0 if diff <= PARITY_TOLERANCE else 1

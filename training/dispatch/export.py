@@ -104,6 +104,11 @@ def export(
     return out
 
 
+# The largest parity an export may show: max over legal logits of |torch - ONNX| / max(1, |logit|).
+PARITY_TOLERANCE = 1e-5
+PARITY_MEASURE = "max |diff| / max(1, |logit|)"
+
+
 def parity(scorer: Scorer, onnx_path: str | Path, batch: dict[str, np.ndarray]) -> float:
     """Max over the logits of legal actions of |torch − ONNX Runtime| / max(1, |torch|), for one input batch.
 

@@ -33,7 +33,13 @@ from dispatch.model import manifest_path, sha256_bytes
 from simulator.instance import list_instances
 from simulator.report import markdown_table, mean_metrics
 from simulator.results import KEEP, PUBLISHED, charged_ctd, floors, save_cache
-from training.dispatch.export import DEFAULT_DEFER, DEFAULT_LOOKAHEAD, DEFAULT_RULE
+from training.dispatch.export import (
+    DEFAULT_DEFER,
+    DEFAULT_LOOKAHEAD,
+    DEFAULT_RULE,
+    PARITY_MEASURE,
+    PARITY_TOLERANCE,
+)
 from training.harness import atomic_write_bytes
 
 ALGOS = ("bc", "inspo")
@@ -101,10 +107,10 @@ def build_models(work: Path, proto: Protocol, jobs: int, progress: bool) -> dict
                 print(f"train {name}: {proto.steps} steps", file=sys.stderr)
                 train(cfg)
                 _, diff = export_run(run, onnx, name=name, conflict_rule=proto.rule)
-                if diff > 1e-5:
+                if diff > PARITY_TOLERANCE:
                     onnx.unlink()  # never reused by a later run
                     raise RuntimeError(
-                        f"{name}: torch/ONNX parity {diff:.2e} exceeds 1e-5 (max |diff| / max(1, |logit|))"
+                        f"{name}: torch/ONNX parity {diff:.2e} exceeds {PARITY_TOLERANCE} ({PARITY_MEASURE})"
                     )
             models[name] = onnx
     return models
