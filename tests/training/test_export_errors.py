@@ -55,6 +55,30 @@ def test_an_out_that_cannot_take_the_model_is_refused_and_nothing_is_written(
     assert _files(tmp_path) == before
 
 
+def test_export_replaces_an_earlier_export_and_never_another_file(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copy(run / "config.json", tmp_path / "config.json")
+    (tmp_path / "manifest.json").write_text('{"format": "dispatch-logs"}')
+    (tmp_path / "data.parquet").write_bytes(b"PAR1 not ours")
+    (tmp_path / "big.json").write_text('{"format": "dispatch-model", "pad": "' + "x" * (2 << 20) + '"}')
+    cases = {
+        "config.onnx": "config.json exists and is not part of an exported model",
+        "manifest.onnx": "manifest.json exists and is not part of an exported model",
+        "data.parquet": "data.parquet exists and is not part of an exported model",
+        "big.onnx": "big.json exists and is not part of an exported model",
+    }
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for out, message in cases.items():
+        _refused(capsys, ["export", str(run), "--out", str(tmp_path / out)], message)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    # An earlier export is replaced (the usual re-export), model and manifest together.
+    model = tmp_path / "m.onnx"
+    assert dispatch(["export", str(run), "--out", str(model), "--version", "1"]) == 0
+    assert dispatch(["export", str(run), "--out", str(model), "--version", "2"]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["version"] == "2"
+
+
 def test_a_failed_write_leaves_no_temporary_file_nor_a_lone_manifest(tmp_path: Path) -> None:
     from training.dispatch.export import export
     from training.dispatch.nets import Scorer

@@ -106,6 +106,20 @@ def read_metrics(path: Path) -> dict[str, float]:
     return {k: float(v) for k, v in body.items()}
 
 
+def _is_model_manifest(path: Path) -> bool:
+    """Whether ``path`` is a model manifest that an export wrote (so a new export may replace it)."""
+    import json
+
+    from dispatch.model import MODEL_FORMAT
+
+    try:
+        with path.open("rb") as f:
+            body = json.loads(f.read(1 << 20))  # a manifest is a few kB; a larger file is not one
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(body, dict) and body.get("format") == MODEL_FORMAT
+
+
 def check_model_target(out: Path) -> str | None:
     """Why ``--out`` cannot take a model and its manifest, or None; checked before any work or write."""
     from dispatch.model import manifest_path
@@ -116,6 +130,11 @@ def check_model_target(out: Path) -> str | None:
     for target in (out, manifest_path(out)):
         if target.is_dir():
             return f"{target} is a folder; give the model file to write, e.g. {target / 'model.onnx'}"
+    # Export replaces an earlier export in place, and nothing else: a run's config.json, a dataset's
+    # manifest.json or any other file sitting where the model or its manifest would go is kept.
+    for target in (out, manifest_path(out)):
+        if target.exists() and not _is_model_manifest(manifest_path(out)):
+            return f"{target} exists and is not part of an exported model (it would be overwritten): pick another"
     # The nearest existing folder holds the files (or the folders made for them): it must take a new file.
     return file_problem(out)
 
