@@ -152,6 +152,32 @@ def resolve(name_or_path: str | Path) -> Path:
     raise InstanceError(f"instance {str(name_or_path)!r}: no such folder, nor a name under {default_data_dir()}")
 
 
+def _check_extent(params: ServiceParams, tables: list[tuple[Path, list[int], FloatArray]]) -> None:
+    """Refuse a day whose points lie so far apart that one travel leg exceeds MAX_MINUTES.
+
+    Travel minutes feed int64 route arithmetic (sums and products of legs), so a far point would wrap
+    around into nonsense times instead of failing; the service refuses such requests the same way.
+    ``tables`` holds each file with its data lines and their (x, y) rows. The point named is the one
+    farthest from the median point, the likely typo.
+    """
+    xy = np.concatenate([t[2] for t in tables])
+    if xy.shape[0] < 2:
+        return
+    span = float(np.hypot(*(xy.max(axis=0) - xy.min(axis=0))))
+    if span / params.meters_per_minute <= MAX_MINUTES:
+        return
+    off = np.abs(xy - np.median(xy, axis=0))
+    far = int(np.argmax(off.max(axis=1)))
+    field = "x" if off[far, 0] >= off[far, 1] else "y"
+    for path, lines, rows in tables:
+        if far < rows.shape[0]:
+            raise InstanceError(
+                f"{path}: line {lines[far]}: field {field!r}: {rows[far, 0 if field == 'x' else 1]:g} m is so far from "
+                f"the other points that a leg at {params.meters_per_minute:g} m/min takes over {MAX_MINUTES} minutes"
+            )
+        far -= rows.shape[0]
+
+
 def load(name_or_path: str | Path) -> Instance:
     """Load and validate one instance folder."""
     folder = resolve(name_or_path)
@@ -221,18 +247,28 @@ def load(name_or_path: str | Path) -> Instance:
         con.append(on)
         coff.append(off)
 
+    order_xy = np.array(oxy, dtype=np.float64).reshape(-1, 2)
+    courier_xy = np.array(cxy, dtype=np.float64).reshape(-1, 2)
+    _check_extent(
+        params,
+        [
+            (rf, [ln for ln, _ in rrows], rxy),
+            (of, [ln for ln, _ in orows], order_xy),
+            (cf, [ln for ln, _ in crows], courier_xy),
+        ],
+    )
     return Instance(
         name=folder.name,
         params=params,
         restaurant_ids=rids,
         restaurant_xy=rxy,
         order_ids=oids,
-        order_xy=np.array(oxy, dtype=np.float64).reshape(-1, 2),
+        order_xy=order_xy,
         order_placement=np.array(oplace, dtype=np.int64),
         order_restaurant=np.array(orest, dtype=np.int64),
         order_ready=np.array(oready, dtype=np.int64),
         courier_ids=cids,
-        courier_xy=np.array(cxy, dtype=np.float64).reshape(-1, 2),
+        courier_xy=courier_xy,
         courier_on=np.array(con, dtype=np.int64),
         courier_off=np.array(coff, dtype=np.int64),
     )

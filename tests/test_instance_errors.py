@@ -142,6 +142,24 @@ def test_time_too_large_for_int64(folder: Path, name: str, line: int, field: str
     assert_names(load_error(folder), folder, name, line, field)
 
 
+@pytest.mark.parametrize(
+    ("name", "line", "field", "value"),
+    [("orders.txt", 2, "x", "1e300"), ("couriers.txt", 4, "y", "-1e17"), ("restaurants.txt", 3, "x", "4e15")],
+)
+def test_a_point_too_far_for_int64_travel_minutes(folder: Path, name: str, line: int, field: str, value: str) -> None:
+    # Finite coordinates, but a leg to them takes more minutes than int64 route arithmetic holds: the
+    # simulator used to wrap around into negative drop-off times that the checker called feasible.
+    edit(folder, name, line, field, value)
+    msg = load_error(folder)
+    assert_names(msg, folder, name, line, field)
+    assert "minutes" in msg, msg
+
+
+def test_a_far_but_safe_point_loads(folder: Path) -> None:
+    edit(folder, "orders.txt", 2, "x", "1e9")  # ~ 3e6 minutes at the instance's speed: absurd, but exact
+    assert load(folder).order_xy[0, 0] == 1e9
+
+
 def test_fractional_minutes(folder: Path) -> None:
     edit(folder, "orders.txt", 7, "placement_time", "100.5")
     assert_names(load_error(folder), folder, "orders.txt", 7, "placement_time")
