@@ -14,6 +14,14 @@ POLICY_HELP = (
 )
 
 
+# Upper bounds on work-sizing flags: far past any useful value, low enough that a typo fails at once
+# instead of filling memory or running for days.
+MAX_SEEDS = 1000  # replicate days per instance in an A/B
+MAX_BOOTSTRAP = 100_000  # resamples; a 95% percentile interval is stable to 0.01 well before this
+MAX_SAMPLES = 10_000  # target actions per logged state (DR, ground truth)
+MIN_SPEEDUP = 1e-3  # simulated minutes per real minute; below it a day's pacing overflows clock arithmetic
+
+
 def _first_problem(*checks: tuple[bool, str]) -> str:
     """The message of the first failed check ('' when all pass); each check is written so NaN fails it."""
     return next((message for ok, message in checks if not ok), "")
@@ -143,11 +151,11 @@ def ab(args: argparse.Namespace) -> int:
     from simulator.sources import expand
 
     problem = _first_problem(
-        (args.seeds >= 1, f"--seeds must be >= 1, got {args.seeds}"),
+        (1 <= args.seeds <= MAX_SEEDS, f"--seeds must be 1 to {MAX_SEEDS}, got {args.seeds}"),
         (args.interval >= 1, f"--interval must be >= 1, got {args.interval}"),
         (math.isfinite(args.noise) and args.noise >= 0, f"--noise must be a finite number >= 0, got {args.noise}"),
         (0 < args.alpha < 1, f"--alpha must be between 0 and 1 (exclusive), got {args.alpha}"),
-        (args.bootstrap >= 100, f"--bootstrap must be >= 100, got {args.bootstrap}"),
+        (100 <= args.bootstrap <= MAX_BOOTSTRAP, f"--bootstrap must be 100 to {MAX_BOOTSTRAP}, got {args.bootstrap}"),
         (args.jobs >= 0, f"--jobs must be >= 0 (0: usable cores), got {args.jobs}"),
     )
     if problem:
@@ -204,10 +212,10 @@ def replay(args: argparse.Namespace) -> int:
         return 2
     problem = _first_problem(
         # inf is allowed: no wait between decisions, the same as --pace fast.
-        (args.speedup > 0, f"--speedup must be a number > 0, got {args.speedup}"),
+        (args.speedup >= MIN_SPEEDUP, f"--speedup must be a number >= {MIN_SPEEDUP:g}, got {args.speedup}"),
         (args.max_errors >= 0, f"--max-errors must be >= 0, got {args.max_errors}"),
-        (args.samples >= 1, f"--samples must be >= 1, got {args.samples}"),
-        (args.truth >= 0, f"--truth must be >= 0 (0: off), got {args.truth}"),
+        (1 <= args.samples <= MAX_SAMPLES, f"--samples must be 1 to {MAX_SAMPLES}, got {args.samples}"),
+        (0 <= args.truth <= MAX_SAMPLES, f"--truth must be 0 (off) to {MAX_SAMPLES}, got {args.truth}"),
         (args.interval >= 1, f"--interval must be >= 1, got {args.interval}"),
     )
     if problem:

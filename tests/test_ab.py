@@ -11,9 +11,10 @@ from scipy import stats as sps
 
 from dispatch.policy import Decision, Policy
 from dispatch.snapshot import Snapshot
+from simulator.ab import stats as ab_stats
 from simulator.ab.crn import NoiseConfig, perturb, policy_seed
 from simulator.ab.run import STATUS, ABConfig, ABError, run_ab
-from simulator.ab.stats import METRICS, holm, paired
+from simulator.ab.stats import METRICS, bootstrap_ci, holm, paired, verdict
 from simulator.instance import load
 from simulator.policies import resolve
 
@@ -64,6 +65,21 @@ def test_paired_statistics_match_scipy_and_holm() -> None:
     assert paired("ctd_mean", holes, b).n == 14
     zero = paired("ctd_mean", a, a)
     assert zero.diff == 0 and zero.p == 1 and zero.t_low == zero.t_high == 0
+
+
+def test_bootstrap_in_blocks_draws_the_same_interval_as_in_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    d = np.random.default_rng(3).normal(size=37)
+    whole = bootstrap_ci(d, 0.95, 501, seed=5)
+    monkeypatch.setattr(ab_stats, "BOOT_BLOCK", 37 * 8)  # 8 resamples per block, and a ragged last block
+    assert bootstrap_ci(d, 0.95, 501, seed=5) == whole
+    monkeypatch.setattr(ab_stats, "BOOT_BLOCK", 1)  # fewer indices than one resample: a resample per block
+    assert bootstrap_ci(d, 0.95, 501, seed=5) == whole
+
+
+def test_one_paired_day_gets_a_verdict_without_nan() -> None:
+    line = verdict(paired("ctd_mean", np.array([33.0]), np.array([31.5])))
+    assert "nan" not in line.lower() and "B lower by 1.50 min on the one paired day" in line, line
+    assert "at least 2" in line, line
 
 
 @pytest.mark.parametrize("policy", ["reyes-soft", "nearest"])

@@ -35,6 +35,41 @@ def test_ab_rejects_nan_inf_and_negative_flags(
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--seeds", "1001", "--seeds must be 1 to 1000, got 1001"),
+        ("--seeds", "100000000000", "--seeds must be 1 to 1000"),
+        ("--bootstrap", "1000000000000", "--bootstrap must be 100 to 100000"),
+    ],
+)
+def test_ab_refuses_work_sizes_past_their_bound(
+    flag: str, value: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # These used to run out of memory after simulating (a 7 TiB bootstrap) or hang while building the days.
+    out = tmp_path / "ab"
+    rc, err = _run(capsys, [*AB, flag, value, "--out", str(out)])
+    assert rc == 2 and err.startswith(f"dispatch ab: {message}") and err.count("\n") == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--samples", "100000000"], "--samples must be 1 to 10000"),
+        (["--truth", "10001"], "--truth must be 0 (off) to 10000"),
+        (["--pace", "recorded", "--speedup", "1e-9"], "--speedup must be a number >= 0.001"),
+    ],
+)
+def test_replay_refuses_work_sizes_past_their_bound(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "r"
+    rc, err = _run(capsys, [*REPLAY, *flags, "--out", str(out)])
+    assert rc == 2 and err.startswith(f"dispatch replay: {message}") and err.count("\n") == 1
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("value", ["nan", "0", "-2"])
 def test_replay_rejects_a_nan_or_non_positive_speedup(
     value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -51,13 +51,20 @@ class Paired:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
 
 
+BOOT_BLOCK = 1 << 22  # indices per block of bootstrap resamples (32 MiB of int64)
+
+
 def bootstrap_ci(d: np.ndarray, level: float, n_boot: int, seed: int) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``d`` (seeded, so reports are reproducible)."""
     if d.size == 0:
         return float("nan"), float("nan")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xB007]))
-    idx = rng.integers(0, d.size, size=(n_boot, d.size))
-    means = d[idx].mean(axis=1)
+    # Resamples are drawn in blocks of about BOOT_BLOCK indices so memory stays bounded for any n_boot;
+    # the generator yields the same stream in blocks as in one draw, so the interval does not change.
+    rows = max(1, BOOT_BLOCK // d.size)
+    means = np.concatenate(
+        [d[rng.integers(0, d.size, size=(min(rows, n_boot - r), d.size))].mean(axis=1) for r in range(0, n_boot, rows)]
+    )
     alpha = 1 - level
     lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
@@ -128,6 +135,11 @@ def verdict(r: Paired, alpha: float = 0.05) -> str:
     title, unit, lower_better = METRICS[r.metric]
     if r.n == 0:
         return f"{title}: no cell with a finite value in both arms"
+    if r.n == 1:
+        return (
+            f"{title}: B {'lower' if r.diff < 0 else 'higher'} by {_num(abs(r.diff), unit)} on the one paired day; "
+            "an interval and a p-value need at least 2 (more --seeds or instances)"
+        )
     level = round(100 * (1 - alpha))
     ci = f"{level}% CI {_num(r.t_low, unit)} to {_num(r.t_high, unit)}"
     if r.diff == 0 and (r.sd == 0 or not math.isfinite(r.sd)):
