@@ -10,8 +10,8 @@ import numpy as np
 
 from dispatch import assemble
 from dispatch.candidates import CandidateSet
-from dispatch.features import Encoded, encode
-from dispatch.model import INPUTS, OUTPUT, ModelError, ModelManifest, load_manifest
+from dispatch.features import AGENT_FEATURES, CANDIDATE_FEATURES, Encoded, encode
+from dispatch.model import INPUTS, OUTPUT, ModelError, ModelManifest, load_manifest, read_model_bytes
 from dispatch.plan import candidates_for, joint_action
 from dispatch.policy import Decision
 from dispatch.snapshot import Snapshot
@@ -93,13 +93,28 @@ class OnnxPolicy:
         # another in a random order (the ``sequential`` rule); reset(seed) makes it reproducible.
         self.sample = sample
         self.rng = np.random.default_rng(0)
-        try:
-            data = self.path.read_bytes()
-        except OSError as exc:
-            raise ModelError(f"{self.path}: cannot read model ({exc.strerror})") from None
+        data = read_model_bytes(self.path)
         self.manifest: ModelManifest = load_manifest(self.path, data)
         self.session, self.info = make_session(data, device, threads)
         self.name = f"{self.manifest.name}:{self.manifest.version}"
+        self._probe()
+
+    def _probe(self) -> None:
+        """Score one courier at the manifest's width: a model that cannot run is refused here, not at every decision."""
+        k = self.manifest.candidates.k
+        mask = np.zeros((1, 1, k), dtype=bool)
+        mask[..., 0] = True
+        batch = {
+            "agent": np.zeros((1, 1, len(AGENT_FEATURES)), dtype=np.float32),
+            "cand": np.zeros((1, 1, k, len(CANDIDATE_FEATURES)), dtype=np.float32),
+            "cand_mask": mask,
+        }
+        try:
+            self.logits(batch)
+        except ModelError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own exception types for a graph that cannot run
+            raise ModelError(f"{self.path}: the model cannot score {k} candidates per courier: {exc}") from None
 
     def reset(self, seed: int) -> None:
         """Seed the sampling stream (unused by the deterministic conflict rules)."""

@@ -44,6 +44,18 @@ class AdminOp:
     worker: int
 
 
+def _op(body: object) -> AdminOp:
+    """An AdminOp from one parsed line; TypeError naming the field when the line is not one."""
+    if not isinstance(body, dict):
+        raise TypeError(f"not an object: {type(body).__name__}")
+    op = AdminOp(**body)
+    for name, kind in (("slot", str), ("path", str), ("version", str), ("worker", int)):
+        value = getattr(op, name)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise TypeError(f"field {name!r} is not a {kind.__name__}: {value!r:.60}")
+    return op
+
+
 class AdminLog:
     """The shared admin log as seen by one worker (``worker`` is its index)."""
 
@@ -68,8 +80,9 @@ class AdminLog:
             if not line.strip():
                 continue
             try:
-                ops.append(AdminOp(**json.loads(line)))
-            except (ValueError, TypeError) as exc:  # not JSON, or not an AdminOp: someone else wrote here
+                ops.append(_op(json.loads(line)))
+            # Not JSON (or nested too deep to parse), or not an AdminOp: someone else wrote here.
+            except (ValueError, TypeError, RecursionError) as exc:
                 log.error("admin log %s: unreadable line skipped (%s): %r", self.path, exc, line[:200])
         return ops
 
@@ -89,6 +102,10 @@ class AdminLog:
             except (ModelError, UnknownModel) as exc:
                 # Loaded fine in worker op.worker, refused here (file changed or gone since): keep the old model.
                 log.error("reload of slot %r from worker %d not applied here: %s", op.slot, op.worker, exc)
+                continue
+            except Exception:
+                # The lines are consumed already: an escaping error would drop the changes after this one for good.
+                log.exception("reload of slot %r from worker %d failed here", op.slot, op.worker)
                 continue
             log.info("applied reload of slot %r (version %s) from worker %d", op.slot, model.version, op.worker)
 

@@ -48,7 +48,7 @@ def _stamp(path: Path) -> Stamp:
     def one(p: Path) -> tuple[int, int] | None:
         try:
             st = p.stat()
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL byte in the path
             return None
         return (st.st_mtime_ns, st.st_size)
 
@@ -158,7 +158,13 @@ class Registry:
     async def _load(self, slot: str, path: Path, event: str) -> LoadedModel:
         loop = asyncio.get_running_loop()
         try:
-            model = await loop.run_in_executor(None, self._build, slot, path)
+            try:
+                model = await loop.run_in_executor(None, self._build, slot, path)
+            except ModelError:
+                raise
+            except Exception as exc:  # an unforeseen failure refuses the model too: the old one keeps serving
+                log.exception("%s of slot %r from %s failed", event, slot, path)
+                raise ModelError(f"{path}: cannot be served ({type(exc).__name__}: {exc})") from None
         except ModelError as exc:
             self.metrics.model_events.labels(slot, "", "", event, "error").inc()
             log.error("%s of slot %r from %s refused: %s", event, slot, path, exc)
@@ -187,12 +193,21 @@ class Registry:
         return model
 
     def _build(self, slot: str, path: Path) -> LoadedModel:
+        """Load a model completely, ready to be swapped in; ModelError (the slot untouched) when it cannot serve."""
         stamp = _stamp(path)
+        # OnnxPolicy checks the manifest and scores one courier, so a model that cannot decide is refused here.
         policy = OnnxPolicy(path, device=self.config.device, threads=self.config.threads)
+        model = LoadedModel(slot, path, policy, ThreadPoolExecutor(1, thread_name_prefix=f"onnx-{slot}"), stamp)
+        try:
+            # What ListModels and GetModelInfo will answer: refused now rather than failing them once swapped in.
+            model.info()
+        except (ValueError, TypeError) as exc:  # a manifest value the proto cannot carry
+            model.executor.shutdown(wait=False)
+            raise ModelError(f"{path}: its metadata cannot be reported ({exc})") from None
         if self.config.device == "auto" and policy.info.device != "cuda":
             log.warning("--device auto: CUDA execution provider unavailable, slot %r runs on CPU", slot)
             self.metrics.device_fallback.inc()
-        return LoadedModel(slot, path, policy, ThreadPoolExecutor(1, thread_name_prefix=f"onnx-{slot}"), stamp)
+        return model
 
     def _install(self, model: LoadedModel) -> LoadedModel | None:
         old = self._slots.get(model.slot)

@@ -459,6 +459,11 @@ class AdminServicer(pb_grpc.ModelAdminServiceServicer):
         except ModelError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"reload refused, old model kept: {exc}")
             raise
+        except Exception:
+            # Not the model (the registry turns every failure to load one into ModelError): the admin log, say.
+            log.exception("Reload of slot %r from %r failed", request.model_name, request.path)
+            await context.abort(grpc.StatusCode.INTERNAL, "reload: internal error (logged on the server)")
+            raise
         return pb.ReloadResponse(model=self.registry.info(model), previous_version=previous)
 
     async def ListModels(

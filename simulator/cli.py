@@ -271,6 +271,11 @@ def logs_generate(args: argparse.Namespace) -> int:
     if problem := _common_problem(args):
         print(f"dispatch logs generate: {problem}", file=sys.stderr)
         return 2
+    from dispatch.model import MAX_K
+
+    if args.k > MAX_K:  # no runtime loads a model this wide (dispatch.model), so the logs could train nothing
+        print(f"dispatch logs generate: --k must be at most {MAX_K}, got {args.k}", file=sys.stderr)
+        return 2
     if not 0 <= args.cover < args.k:
         print(f"dispatch logs generate: --cover {args.cover} must be >= 0 and below --k ({args.k})", file=sys.stderr)
         return 2

@@ -85,6 +85,15 @@ def test_logs_generate_names_the_flag_below_one() -> None:
     assert "--k must be at least 1, got 0" in proc.stderr
 
 
+def test_logs_generate_refuses_a_k_no_model_could_have(tmp_path: Path) -> None:
+    # k = 100000 used to log fine, then need ~91 GB to train; no runtime loads a model past MAX_K.
+    out = tmp_path / "logs"
+    proc = dispatch("logs", "generate", "--instances", SMALL, "--k", "100000", "--out", str(out))
+    assert proc.returncode == 2 and "--k must be at most 1024, got 100000" in proc.stderr
+    no_traceback(proc)
+    assert not out.exists()
+
+
 def test_metrics_survive_a_json_write_that_fails_late(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -15,7 +15,7 @@ from dispatch.features import encode
 from dispatch.linear_model import write_linear_model
 from dispatch.model import ModelError, load_manifest, manifest_path
 from dispatch.onnx_policy import OnnxPolicy, pad_batch
-from dispatch.snapshot import JointAction
+from dispatch.snapshot import JointAction, Snapshot
 from simulator.engine import Engine
 from simulator.instance import load
 from simulator.run import run_episode
@@ -28,9 +28,9 @@ def linear(tmp_path: Path) -> Path:
     return write_linear_model(tmp_path / "linear.onnx")
 
 
-def _mid_day_snapshots(name: str = "3o50t100s1p100", count: int = 3):
+def _mid_day_snapshots(name: str = "3o50t100s1p100", count: int = 3) -> list[Snapshot]:
     engine = Engine(load(name))
-    out = []
+    out: list[Snapshot] = []
     while len(out) < count and not engine.done:
         snap = engine.snapshot()
         if snap.available().sum() >= 3 and snap.n_orders >= 3:
@@ -190,3 +190,117 @@ def test_sampled_policy_is_reproducible(linear: Path) -> None:
     c = run_episode(inst, OnnxPolicy(linear, sample=True), seed=4).metrics
     assert a == b
     assert a != c
+
+
+def _with(body: dict, field: str, value: object) -> dict:  # type: ignore[type-arg]
+    """``body`` with one field (``candidates.x`` for a candidate field) set to ``value``."""
+    out = json.loads(json.dumps(body))
+    if field.startswith("candidates."):
+        out["candidates"][field.split(".", 1)[1]] = value
+    else:
+        out[field] = value
+    return out
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("candidates.k", 2**70, "'candidates.k' is 1180591620717411303424, more than the limit of 1024"),
+        ("candidates.k", 10**8, "'candidates.k' is 100000000, more than the limit"),
+        ("candidates.max_bundle_size", 5, "'candidates.max_bundle_size' is 5, more than the limit of 3"),
+        ("candidates.max_ready_gap", 100000, "'candidates.max_ready_gap' is 100000, more than the limit of 240"),
+        ("candidates.lookahead", 30, "lookahead 30 and defer 0 must be 0 under the 'plan' conflict rule"),
+        ("candidates.defer", 4, "lookahead 0 and defer 4 must be 0 under the 'plan' conflict rule"),
+        ("name", {"a": 1}, "field 'name' must be a string, got dict"),
+        ("name", "", "field 'name' must not be empty"),
+        ("name", "  ", "field 'name' must not be empty"),
+        ("version", "", "field 'version' must not be empty"),
+        ("version", 1, "field 'version' must be a string, got int"),
+        ("agent_features", 5, "field 'agent_features' must be a list of strings, got int"),
+        ("candidate_features", [1, 2], "field 'candidate_features' must be a list of strings"),
+        ("agent_features", None, "field 'agent_features' must be a list of strings"),
+        ("feature_schema_version", "1", "field 'feature_schema_version' must be an integer, got str '1'"),
+        ("feature_schema_version", 1.0, "field 'feature_schema_version' must be an integer"),
+        ("feature_schema_version", True, "field 'feature_schema_version' must be an integer"),
+        ("conflict_rule", ["plan"], "field 'conflict_rule' must be a string, got list"),
+        ("onnx_sha256", 5, "field 'onnx_sha256' must be a string, got int"),
+        ("candidates", None, "field 'candidates' must be an object, got NoneType"),
+        ("metrics", {"a": "x"}, "field 'metrics.a' must be a number, got str"),
+        ("code_version", 3, "field 'code_version' must be a string"),
+        ("created", [], "field 'created' must be a string"),
+        ("manifest_version", -5, "field 'manifest_version' is -5, it must be at least 1"),
+        ("inputs", ["x"], "field 'inputs'"),
+        ("output", 7, "field 'output'"),
+    ],
+)
+def test_manifest_values_are_typed_and_bounded(linear: Path, field: str, value: object, message: str) -> None:
+    """Every field of a wrong type or out of bounds is a ModelError naming it, never a raw exception."""
+    path = manifest_path(linear)
+    body = json.loads(path.read_text())
+    body["conflict_rule"] = "plan" if field in ("candidates.lookahead", "candidates.defer") else "greedy"
+    path.write_text(json.dumps(_with(body, field, value)))
+    with pytest.raises(ModelError) as err:
+        OnnxPolicy(linear)
+    assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_manifest_bounds_are_inclusive(linear: Path) -> None:
+    """The bounds themselves load and decide (k 1024, bundles of 3, a ready gap of 240 minutes); one more is refused."""
+    path = manifest_path(linear)
+    body = json.loads(path.read_text())
+    limits = {"k": 1024, "max_bundle_size": 3, "max_ready_gap": 240}
+    path.write_text(json.dumps({**body, "candidates": limits}))
+    policy = OnnxPolicy(linear)
+    assert policy.manifest.candidates == CandidateConfig(**limits)
+    decision = policy.decide(_mid_day_snapshots(count=1)[0])
+    assert decision.candidates is not None and decision.candidates.n_agents > 0
+    for key, value in limits.items():
+        path.write_text(json.dumps({**body, "candidates": {**limits, key: value + 1}}))
+        with pytest.raises(ModelError, match=f"'candidates.{key}' is {value + 1}, more than the limit of {value}"):
+            load_manifest(linear)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "not valid JSON (RecursionError"),
+        (b'{"format": "dispatch-model", "k": ' + b"9" * 5000 + b"}", "not valid JSON"),
+    ],
+)
+def test_unparsable_manifest_is_a_model_error(linear: Path, text: bytes, message: str) -> None:
+    manifest_path(linear).write_bytes(text)
+    with pytest.raises(ModelError, match=message.replace("(", r"\(")):
+        load_manifest(linear)
+
+
+def test_model_path_must_be_a_regular_file_under_the_cap(
+    linear: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device, a FIFO or a folder is refused at once (not read until memory runs out), naming the path."""
+    import os
+
+    import dispatch.model
+
+    fifo = tmp_path / "pipe.onnx"
+    os.mkfifo(fifo)
+    folder = tmp_path / "folder.onnx"
+    folder.mkdir()
+    for path in (Path("/dev/zero"), fifo, folder):
+        with pytest.raises(ModelError, match="not a regular file") as err:
+            OnnxPolicy(path)
+        assert str(path) in str(err.value)
+    with pytest.raises(ModelError, match="cannot read model"):
+        OnnxPolicy(tmp_path / "missing.onnx")
+    with pytest.raises(ModelError, match=r"cannot read model \(embedded null byte\)"):
+        OnnxPolicy(tmp_path / "nul\0.onnx")
+    monkeypatch.setattr(dispatch.model, "MAX_MODEL_BYTES", linear.stat().st_size - 1)
+    with pytest.raises(ModelError, match=f"{linear}: model is {linear.stat().st_size} bytes, over the limit"):
+        OnnxPolicy(linear)
+
+
+def test_a_model_that_cannot_run_is_refused_at_load(tmp_path: Path) -> None:
+    """The manifest is fine but the graph's output is the wrong shape: refused when loaded, not at every decision."""
+    from tests.test_cli_evaluate import short_output_model
+
+    with pytest.raises(ModelError, match="shape"):
+        OnnxPolicy(short_output_model(tmp_path))

@@ -183,3 +183,78 @@ def test_reloaded_model_is_freed(model_dir: Path, snapshots: list[Snapshot], tmp
         while first() is not None and time.time() < deadline:
             time.sleep(0.05)  # the old model retires once its queue has drained
         assert first() is None, "the retired model is still referenced"
+
+
+def _bad_manifest(src: Path, dst: Path, **fields: object) -> Path:
+    """A copy of ``src`` whose manifest has ``fields`` set (``candidates_k`` sets candidates.k)."""
+    import json
+
+    path = _copy_model(src, dst)
+    body = json.loads(manifest_path(path).read_text())
+    for key, value in fields.items():
+        if key == "candidates_k":
+            body["candidates"]["k"] = value
+        else:
+            body[key] = value
+    manifest_path(path).write_text(json.dumps(body))
+    return path
+
+
+def test_reload_of_a_model_that_cannot_serve_is_atomic(model_dir: Path, snapshots: list[Snapshot], tmp_path: Path):
+    """Whatever is wrong with the new model, Reload answers FAILED_PRECONDITION naming it and changes nothing:
+    the old model keeps deciding, and ListModels / GetModelInfo keep answering."""
+    import os
+
+    from tests.test_cli_evaluate import short_output_model
+
+    path = _copy_model(model_dir / "lin.onnx", tmp_path / "m.onnx")
+    deep = _copy_model(model_dir / "lin2.onnx", tmp_path / "deep.onnx")
+    manifest_path(deep).write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    fifo = tmp_path / "pipe.onnx"
+    os.mkfifo(fifo)
+    cases = [
+        # Checked first: on code without these fixes they swap the slot, or escape as UNKNOWN.
+        (_bad_manifest(model_dir / "lin2.onnx", tmp_path / "huge_k.onnx", candidates_k=2**70), "'candidates.k'"),
+        (short_output_model(tmp_path), "shape"),
+        (_bad_manifest(model_dir / "lin2.onnx", tmp_path / "feats.onnx", agent_features=5), "'agent_features'"),
+        (deep, "RecursionError"),
+        (_bad_manifest(model_dir / "lin2.onnx", tmp_path / "name.onnx", name={"a": 1}), "'name'"),
+        (Path("/dev/zero"), "not a regular file"),
+        (fifo, "not a regular file"),
+    ]
+    cfg = ServerConfig(models=[("m", path)], port=0, metrics_port=None)
+    with ThreadedServer(cfg) as srv, DispatchClient(srv.target, timeout=20.0) as client:
+        for bad, needle in cases:
+            with pytest.raises(grpc.RpcError) as err:
+                client.reload("m", str(bad))
+            details = err.value.details() or ""
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, (bad, err.value.code(), details)
+            assert needle in details and str(bad.with_suffix("")) in details and "old model kept" in details, details
+            assert [(m.slot, m.version, m.path) for m in client.list_models()] == [("m", "1", str(path))]
+            assert client.model_info("m").version == "1"
+            r = client.decide(snapshots[0])
+            assert (r.model_version, r.fallback) == ("1", False), bad
+        # And a good model still reloads afterwards.
+        assert client.reload("m", str(model_dir / "lin2.onnx")).model.version == "2"
+
+
+def test_unexpected_failure_while_loading_is_a_refusal(
+    model_dir: Path, snapshots: list[Snapshot], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A failure nobody foresaw while building the new model still leaves the old one serving."""
+    import service.registry
+
+    path = _copy_model(model_dir / "lin.onnx", tmp_path / "m.onnx")
+    cfg = ServerConfig(models=[("m", path)], port=0, metrics_port=None)
+    with ThreadedServer(cfg) as srv, DispatchClient(srv.target) as client:
+
+        def broken(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("out of file handles")
+
+        monkeypatch.setattr(service.registry, "OnnxPolicy", broken)
+        with pytest.raises(grpc.RpcError) as err:
+            client.reload("m", str(model_dir / "lin2.onnx"))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "RuntimeError: out of file handles" in (err.value.details() or "")
+        assert [m.version for m in client.list_models()] == ["1"]
+        assert client.decide(snapshots[0]).fallback is False

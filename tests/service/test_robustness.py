@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
+from dispatch.candidates import CandidateConfig
 from dispatch.features import AGENT_FEATURES
 from dispatch.model import INPUTS, OUTPUT, ModelManifest, manifest_path, sha256_bytes
 from dispatch.snapshot import Snapshot
@@ -18,7 +19,7 @@ from service.server import ServerConfig, ThreadedServer
 
 
 def write_failing_model(path: Path) -> Path:
-    """A model that loads and passes its manifest check but fails in every ONNX Runtime run."""
+    """A model that loads, passes its manifest check and scores one courier, but fails on any larger snapshot."""
     from onnx import TensorProto, helper, numpy_helper
 
     from dispatch.features import CANDIDATE_FEATURES
@@ -30,10 +31,23 @@ def write_failing_model(path: Path) -> Path:
         helper.make_tensor_value_info(INPUTS[2], TensorProto.BOOL, ["b", "n", "k"]),
     ]
     out = helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, None)
-    # Gathering feature 100 of 8 is out of bounds: ONNX Runtime raises at run time, not at load time.
-    idx = numpy_helper.from_array(np.array([100], dtype=np.int64), "idx")
-    node = helper.make_node("Gather", ["agent", "idx"], [OUTPUT], axis=2)
-    graph = helper.make_graph([node], "failing", inputs, [out], [idx])
+    # Scores (b, n, k + 1) from the candidate features, then reshaped to the fixed shape (1, 1, k + 1): right
+    # for the one courier the loader's probe scores, an ONNX Runtime error at run time for any more couriers.
+    k = CandidateConfig().k
+    consts = [
+        numpy_helper.from_array(np.array([3], dtype=np.int64), "feat_axis"),
+        numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "pair_axes"),
+        numpy_helper.from_array(np.array([1, 1, k + 1], dtype=np.int64), "fixed"),
+    ]
+    nodes = [
+        helper.make_node("ReduceSum", ["cand", "feat_axis"], ["pair"], keepdims=0),
+        helper.make_node("ReduceSum", ["cand", "pair_axes"], ["wait"], keepdims=1),
+        helper.make_node("Reshape", ["wait", "fixed_wait"], ["wait3"]),
+        helper.make_node("Concat", ["pair", "wait3"], ["scores"], axis=2),
+        helper.make_node("Reshape", ["scores", "fixed"], [OUTPUT]),
+    ]
+    consts.append(numpy_helper.from_array(np.array([0, 0, 1], dtype=np.int64), "fixed_wait"))
+    graph = helper.make_graph(nodes, "failing", inputs, [out], consts)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     data = model.SerializeToString()
