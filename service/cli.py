@@ -24,6 +24,11 @@ TOKEN_ENV = "DISPATCH_TOKEN"
 # More worker processes than this is a typo, not a deployment: each one loads every model.
 MAX_WORKERS = 64
 MAX_MESSAGE_MB = 2047
+# Every request waits up to this long for company in a batch: a longer hold is a typo (seconds for ms).
+MAX_QUEUE_DELAY_MS = 1000
+# --watch polls (stats every model file) this often: faster only burns a core, slower than a day never reloads.
+MIN_WATCH_S = 0.1
+MAX_WATCH_S = 86400
 
 
 def _model_spec(text: str) -> tuple[str, Path]:
@@ -76,6 +81,15 @@ def _bounded(
         return value
 
     return parse
+
+
+def _watch_interval(text: str) -> float:
+    """``--watch``: 0 (off) or a polling interval of MIN_WATCH_S to MAX_WATCH_S seconds."""
+    note = f"(0: off; else at least {MIN_WATCH_S:g})"
+    value = float(_bounded(float, 0, MAX_WATCH_S, note=note)(text))
+    if 0 < value < MIN_WATCH_S:
+        raise argparse.ArgumentTypeError(f"must be 0 (off) or {MIN_WATCH_S:g}-{MAX_WATCH_S}, got {text}")
+    return value
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL")  # the names logging accepts
@@ -161,9 +175,10 @@ def register(sub: Any) -> None:
     s.add_argument("--max-batch", type=_bounded(int, 1), default=32, help="snapshots per ONNX Runtime run (default 32)")
     s.add_argument(
         "--max-queue-delay-ms",
-        type=_bounded(float, 0),
+        type=_bounded(float, 0, MAX_QUEUE_DELAY_MS),
         default=0.0,
-        help="hold a batch open this long for more snapshots (default 0: batch what waits while the model runs)",
+        help="hold a batch open this long for more snapshots (default 0: batch what waits while the model runs; "
+        f"at most {MAX_QUEUE_DELAY_MS})",
     )
     s.add_argument(
         "--max-queue",
@@ -176,6 +191,13 @@ def register(sub: Any) -> None:
     s.add_argument("--max-orders", type=_bounded(int, 1), default=10000, help="orders per request (default 10000)")
     s.add_argument(
         "--max-restaurants", type=_bounded(int, 1), default=10000, help="restaurants per request (default 10000)"
+    )
+    s.add_argument(
+        "--max-order-pairs",
+        type=_bounded(int, 1),
+        default=200_000,
+        help="same-restaurant order pairs per request, the sum over restaurants of n*(n-1)/2 for n orders "
+        "(default 200000: about a second of decision on one core in the worst case; see service/validation.py)",
     )
     s.add_argument(
         "--max-message-mb",
@@ -197,10 +219,11 @@ def register(sub: Any) -> None:
     s.add_argument("--shadow", metavar="NAME", help="slot that shadows the served model")
     s.add_argument(
         "--watch",
-        type=_bounded(float, 0, note="(0: off)"),
+        type=_watch_interval,
         default=0.0,
         metavar="SECONDS",
-        help="reload models whose files change, polling this often (default 0: off)",
+        help=f"reload models whose files change, polling this often (default 0: off; else {MIN_WATCH_S:g} to "
+        f"{MAX_WATCH_S} seconds)",
     )
     s.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS")
     s.add_argument("--tls-key", type=Path, help="server private key (PEM)")
@@ -301,14 +324,20 @@ def serve(args: argparse.Namespace) -> int:
         return Supervisor(args).run()
 
     import asyncio
+    import threading
 
     from service.server import serve as run
+    from service.worker import exit_despite_busy_threads
 
+    before = set(threading.enumerate())
     try:
-        return asyncio.run(run(server_config(args)))
+        code = asyncio.run(run(server_config(args)))
     except ValueError as exc:
         print(f"dispatch serve: {exc}", file=sys.stderr)
         return 2
+    # A decision of a call cancelled at the end of the grace period would otherwise keep the process alive.
+    exit_despite_busy_threads(code, before)
+    return code
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
@@ -331,7 +360,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         max_batch=args.max_batch,
         max_queue_delay_ms=args.max_queue_delay_ms,
         max_queue=args.max_queue,
-        limits=Limits(args.max_couriers, args.max_orders, args.max_restaurants),
+        limits=Limits(args.max_couriers, args.max_orders, args.max_restaurants, args.max_order_pairs),
         max_message_bytes=max(1, int(args.max_message_mb * 1024 * 1024)),
         fallback_margin_ms=args.fallback_margin_ms,
         ab=dict(args.ab),

@@ -26,6 +26,17 @@ class Limits:
     max_couriers: int = 2000
     max_orders: int = 10000
     max_restaurants: int = 10000
+    # Candidate generation pairs every two orders of one restaurant whose ready times are close, and the
+    # ``plan`` rule builds each restaurant's travel matrix among its orders: both grow with the square of
+    # a restaurant's orders, so 10000 orders at one restaurant take minutes and GBs. The bound checked is
+    # sum over restaurants of n_r * (n_r - 1) / 2, whatever the ready times (the plan's matrix ignores them).
+    # Measured (OnnxPolicy(inspo-s0.onnx, threads=1).decide, one restaurant, all orders ready together,
+    # best of 2, on a shared 2-core machine): 632 orders = 199,396 pairs take 0.66-0.87 s with 1 courier
+    # (the worst case: the plan's routes grow with orders per courier) and 0.23 s with 10; 707 orders =
+    # 249,571 pairs 0.84-1.13 s; 1000 orders = 499,500 pairs 1.73 s; 10000 orders over 10 restaurants =
+    # 5.0 M pairs 16 s. bench/serve.py's synthetic_snapshot(512, 2048) has 4,066 pairs (0.11 s) and
+    # synthetic_snapshot(2000, 10000) 19,852.
+    max_order_pairs: int = 200_000
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,21 @@ def _check_numbers(values: np.ndarray, field: _Field, name: str, *, whole: bool)
         raise ValidationError(f"{field.at(i, name)}: {v!r} {why}")
 
 
+def _check_pairs(o_rest: np.ndarray, rest_ids: Sequence[str], field: _Field, limit: int) -> None:
+    """Refuse a request whose orders make more than ``limit`` same-restaurant pairs (see Limits), in O(n)."""
+    if o_rest.size < 2:
+        return
+    counts = np.bincount(o_rest)
+    pairs = int((counts * (counts - 1) // 2).sum())
+    if pairs > limit:
+        r = int(np.argmax(counts))
+        raise ValidationError(
+            f"{field.name}.restaurant_id: orders share restaurants too much: {pairs} same-restaurant order pairs "
+            f"exceed the limit of {limit} (--max-order-pairs; restaurant {rest_ids[r]!r} alone has {counts[r]} "
+            "orders)"
+        )
+
+
 def _params(msg: pb.DecideRequest) -> ServiceParams:
     d = ServiceParams()
     if not msg.HasField("params"):
@@ -177,6 +203,7 @@ def to_snapshot(msg: pb.DecideRequest, limits: Limits = Limits()) -> Snapshot:
     if o_rest.size and o_rest.min() < 0:
         i = int(np.argmin(o_rest))
         raise ValidationError(f"{where.at(i, 'restaurant_id')}: unknown restaurant {o_cols[1][i]!r}")
+    _check_pairs(o_rest, rest_ids, where, limits.max_order_pairs)
     late = np.flatnonzero(o_num[:, 2] > time)
     if late.size:
         i = int(late[0])

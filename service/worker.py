@@ -9,9 +9,11 @@ spawned process's entry point, and must not pull grpc, numpy or onnxruntime in i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -23,6 +25,9 @@ log = logging.getLogger(__name__)
 
 # Beyond its grace period, how long an orphaned worker may take to drain before it exits outright.
 ORPHAN_MARGIN_S = 10.0
+# Once the server has stopped, how long threads it started may take to finish before the process exits
+# without them (see exit_despite_busy_threads).
+EXIT_WAIT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -56,11 +61,37 @@ def _watch_parent(parent: int, grace_s: float) -> None:
     os._exit(1)
 
 
+def exit_despite_busy_threads(code: int, before: set[threading.Thread], wait_s: float = EXIT_WAIT_S) -> None:
+    """Exit the process with ``code`` now if threads started since ``before`` are still busy after ``wait_s``.
+
+    Called once the server has stopped: gRPC has answered or cancelled every call by the end of the
+    grace period, so such a thread (a preparation, assembly or model run of a cancelled call) computes
+    for nobody. Its pools are not daemonic and Python joins them at exit, which would keep a stopped
+    server alive, using a core, for as long as that computation takes. Returns when nothing is busy.
+    """
+    end = time.monotonic() + wait_s
+    busy: list[str] = []
+    for t in threading.enumerate():
+        if t in before or t.daemon or t is threading.current_thread():
+            continue
+        t.join(max(0.0, end - time.monotonic()))
+        if t.is_alive():
+            busy.append(t.name)
+    if not busy:
+        return
+    log.warning("exiting with %d busy threads (%s): their calls were already cancelled", len(busy), ", ".join(busy))
+    # os._exit skips atexit (which would join those threads) and stream flushing: flush here.
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 def run_worker(spec: WorkerSpec) -> None:
     """Entry point of a spawned worker: serve until SIGTERM, exit with the server's exit code."""
     import asyncio
     import dataclasses
-    import sys
 
     from service.cli import server_config
     from service.server import serve, usable_cores
@@ -86,9 +117,11 @@ def run_worker(spec: WorkerSpec) -> None:
         worker=WorkerRole(spec.index, spec.admin_log),
     )
     threading.Thread(target=_watch_parent, args=(spec.parent, config.grace_s), name="parent-watch", daemon=True).start()
+    before = set(threading.enumerate())
     try:
         code = asyncio.run(serve(config, signals=(signal.SIGTERM,)))
     except ValueError as exc:  # a bad flag combination, refused as the single-process server refuses it
         print(f"dispatch serve: {exc}", file=sys.stderr)
         code = 2
+    exit_despite_busy_threads(code, before)
     sys.exit(code)

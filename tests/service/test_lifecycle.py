@@ -8,17 +8,22 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from dispatch.linear_model import write_linear_model
 from dispatch.model import ModelError
-from dispatch.snapshot import Snapshot
+from dispatch.snapshot import ServiceParams, Snapshot
 from service.client import DispatchClient
 from service.server import DISPATCH_SERVICE, ServerConfig, ThreadedServer
+from service.worker import exit_despite_busy_threads
 from tests.service.helpers import ROOT, promtool_check
 from tests.service.helpers import env as _env
 from tests.service.helpers import wait_for as _wait_for
@@ -233,3 +238,79 @@ def test_killed_server_leaves_no_preparation_processes(model_dir: Path, tmp_path
         proc.kill()
         proc.wait(30)
     assert _wait_for(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), 20.0), "orphaned workers"
+
+
+def _crowded(n_orders: int) -> Snapshot:
+    """One courier and ``n_orders`` at one restaurant: the ``plan`` rule's slowest shape (seconds of one core)."""
+    rng = np.random.default_rng(0)
+    return Snapshot(
+        time=100,
+        params=ServiceParams(),
+        restaurant_ids=("r0",),
+        restaurant_xy=rng.uniform(0, 5000, (1, 2)),
+        courier_ids=("c0",),
+        courier_xy=rng.uniform(0, 5000, (1, 2)),
+        courier_free_at=np.zeros(1, np.int64),
+        courier_on_time=np.zeros(1, np.int64),
+        courier_off_time=np.full(1, 600, np.int64),
+        order_ids=tuple(f"o{i}" for i in range(n_orders)),
+        order_restaurant=np.zeros(n_orders, np.int64),
+        order_xy=rng.uniform(0, 5000, (n_orders, 2)),
+        order_placement=np.full(n_orders, 90, np.int64),
+        order_ready=np.full(n_orders, 110, np.int64),
+    )
+
+
+def test_sigterm_exits_within_grace_while_a_decision_still_runs(tmp_path: Path, snapshots: list[Snapshot]):
+    """A decision still computing when the grace ends (its call already cancelled) must not keep the process alive."""
+    model = write_linear_model(tmp_path / "plan.onnx", conflict_rule="plan")
+    port_file, log_file = tmp_path / "ports", tmp_path / "serve.log"
+    grace = 0.5
+    with log_file.open("w") as log:
+        # 1800 orders at one restaurant for one courier: about 20 s of preparation (accepted: the pair limit is
+        # raised), far longer than the grace.
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dispatch_cli.main", "serve", "--model", str(model), "--port", "0",
+             "--metrics-port", "-1", "--threads", "1", "--cpu-threads", "1", "--grace", str(grace),
+             "--max-order-pairs", "10000000", "--port-file", str(port_file)],
+            env=_env(),
+            cwd=ROOT,
+            stderr=log,
+        )  # fmt: skip
+    try:
+        assert _wait_for(port_file.exists, 60.0), "server did not come up"
+        target = f"127.0.0.1:{port_file.read_text().split()[0]}"
+        with DispatchClient(target, timeout=30.0) as client, cf.ThreadPoolExecutor(1) as pool:
+            answered = client.decide(snapshots[0])
+            busy = pool.submit(client.decide, _crowded(1800))
+            time.sleep(1.5)  # validated (milliseconds) and deep in preparation
+            assert not busy.done()
+            start = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(grace + 6.0)  # the grace, a second for threads to finish, process start-up slack
+            except subprocess.TimeoutExpired:
+                waited = time.monotonic() - start
+                proc.kill()  # now, so that the busy call ends too
+                pytest.fail(f"still alive {waited:.1f} s after SIGTERM with --grace {grace}")
+            with pytest.raises(grpc.RpcError):
+                busy.result(timeout=10)  # cancelled by the shutdown, not left hanging
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    err = log_file.read_text()
+    assert proc.returncode == 0, err
+    assert answered.actions  # what was answered before stays answered
+    assert "server stopped" in err and "exiting with 1 busy threads (dispatch-prep" in err, err
+
+
+def test_exit_helper_returns_when_no_thread_is_busy():
+    """In-process callers (tests, embedding) must not be killed: with nothing busy the helper only returns."""
+    before = set(threading.enumerate())
+    with cf.ThreadPoolExecutor(2) as pool:
+        assert pool.submit(lambda: 1).result() == 1
+    done = threading.Thread(target=lambda: None)
+    done.start()
+    exit_despite_busy_threads(3, before, wait_s=5.0)  # returns: this process is still here to assert
+    assert not done.is_alive()

@@ -52,7 +52,14 @@ def busy_port() -> Iterator[int]:
         ("--cpu-threads", "-1", "must be >= 0"),
         ("--max-message-mb", "4096", "must be > 0 and <= 2047"),
         ("--grace", "nan", "finite number >= 0"),
-        ("--watch", "-1", "must be >= 0"),
+        ("--watch", "-1", "must be 0-86400 (0: off; else at least 0.1)"),
+        # A poll every nanosecond keeps a core busy while idle; one past a day never reloads.
+        ("--watch", "1e-9", "must be 0 (off) or 0.1-86400"),
+        ("--watch", "1e6", "must be 0-86400"),
+        # Every request would wait this long for a batch, hence hang until its deadline.
+        ("--max-queue-delay-ms", "1e12", "must be 0-1000"),
+        ("--max-queue-delay-ms", "inf", "finite number 0-1000"),
+        ("--max-order-pairs", "0", "must be >= 1"),
         ("--log-level", "bogus", "invalid choice"),
     ],
 )
@@ -70,6 +77,11 @@ def test_boundary_values_are_accepted():
          "--watch", "0", "--fallback-margin-ms", "0", "--max-message-mb", "2047", "--log-level", "debug"]
     )  # fmt: skip
     assert (args.port, args.metrics_port, args.max_batch, args.grace, args.log_level) == (65535, -1, 1, 0.0, "DEBUG")
+    upper = build_parser().parse_args(
+        ["serve", "--model", "m.onnx", "--watch", "86400", "--max-queue-delay-ms", "1000", "--max-order-pairs", "1"]
+    )
+    assert (upper.watch, upper.max_queue_delay_ms, upper.max_order_pairs) == (86400.0, 1000.0, 1)
+    assert build_parser().parse_args(["serve", "--model", "m.onnx", "--watch", "0.1"]).watch == 0.1
     for alias in ("warn", "fatal"):  # names the logging module accepts, as it did before the flag had choices
         assert (
             build_parser().parse_args(["serve", "--model", "m.onnx", "--log-level", alias]).log_level == alias.upper()

@@ -214,7 +214,7 @@ def test_killed_worker_is_restarted_with_the_current_models(served: Served, snap
 
 
 def test_sigterm_drains_in_flight_calls_of_every_worker(model_dir: Path, tmp_path: Path, snapshots: list[Snapshot]):
-    srv = Served(tmp_path, "--model", str(model_dir / "lin.onnx"), "--max-batch", "64", "--max-queue-delay-ms", "1500")
+    srv = Served(tmp_path, "--model", str(model_dir / "lin.onnx"), "--max-batch", "64", "--max-queue-delay-ms", "1000")
     workers = list(srv.worker_pids().values())
     clients = [srv.client() for _ in range(4)]
     try:
