@@ -85,6 +85,65 @@ def _restaurant_as_text(t: pa.Table) -> pa.Table:
     return t.set_column(i, "restaurant", pc.cast(t.column("restaurant"), pa.string()))
 
 
+def _where(test: Callable[[pa.Table], np.ndarray]) -> Callable[[pa.Table], int]:
+    """The first row where ``test`` holds (AssertionError if the fixture has none)."""
+
+    def row(t: pa.Table) -> int:
+        rows = np.flatnonzero(test(t))
+        assert rows.size, "no such row in the fixture"
+        return int(rows[0])
+
+    return row
+
+
+def _col(t: pa.Table, name: str) -> np.ndarray:
+    return np.asarray(t.column(name).to_numpy(zero_copy_only=False))
+
+
+def _carried(t: pa.Table) -> np.ndarray:
+    return ~t.column("courier_id").is_null().to_numpy(zero_copy_only=False)
+
+
+def _same_epoch_as_previous(t: pa.Table, column: str) -> np.ndarray:
+    """Rows of the previous row's epoch where both rows set ``column`` (a number >= 0, or any id)."""
+    e, v = _col(t, "epoch"), _col(t, column)
+    set_ = v >= 0 if v.dtype.kind in "iu" else np.ones(v.size, dtype=bool)
+    out = np.zeros(t.num_rows, dtype=bool)
+    out[1:] = (e[1:] == e[:-1]) & set_[1:] & set_[:-1]
+    return out
+
+
+def _copy_previous(column: str) -> Change:
+    """Give the first row that shares its epoch with the previous row, both setting ``column``, the previous row's
+    value (one value twice in an epoch)."""
+
+    def change(t: pa.Table) -> pa.Table:
+        row = _where(lambda t: _same_epoch_as_previous(t, column))(t)
+        return _set(column, row, t.column(column)[row - 1].as_py())(t)
+
+    return change
+
+
+def _relative(column: str, row: Callable[[pa.Table], int], to: str, delta: int) -> Change:
+    """Set ``column`` of a row to ``delta`` minutes after (or before) the same row's ``to``."""
+    return lambda t: _set(column, row, t.column(to)[row(t)].as_py() + delta)(t)
+
+
+def _all(column: str, value: Any) -> Change:
+    return lambda t: t.set_column(
+        t.column_names.index(column), column, pa.array([value] * t.num_rows, type=t.schema.field(column).type)
+    )
+
+
+def _plus(column: str, row: int, delta: int) -> Change:
+    return _set(column, row, lambda v: v + delta)
+
+
+_placed_later = _where(lambda t: _col(t, "placement") > 0)
+_delivered = _where(lambda t: _col(t, "delivered"))
+_carried_before_ready = _where(lambda t: _carried(t) & (_col(t, "assigned_at") < _col(t, "ready")))
+
+
 CASES: dict[str, tuple[str, Change, str]] = {
     # table, change, what the message says after the file's path
     "restaurant out of range": (
@@ -162,6 +221,160 @@ CASES: dict[str, tuple[str, Change, str]] = {
         _end_shift(7, -1),
         r"column 'off_time' row 7: \d+ is not after on_time \d+$",
     ),
+    # The service's rules for the same parameters (service/validation.py), and the instance reader's for pay.
+    "zero target click-to-door": (
+        "episodes",
+        _set("target_ctd", 0, 0),
+        r"column 'target_ctd' row 0: 0 is not positive \(the service requires > 0\)$",
+    ),
+    "maximum below the target": (
+        "episodes",
+        _set("max_ctd", 0, 1),
+        r"column 'max_ctd' row 0: 1 is below target_ctd 40$",
+    ),
+    "negative pay": ("episodes", _set("pay_per_order", 0, -1.0), r"column 'pay_per_order' row 0: -1\.0 is negative$"),
+    "wrong epoch count": (
+        "episodes",
+        _plus("epochs", 0, 1),
+        r"column 'epochs' row 0: (\d+) epochs, but the epochs table has (?!\1)\d+ rows$",
+    ),
+    # Minutes of the day are never negative; an order is never ready before it is placed.
+    "negative free_at": ("couriers", _set("free_at", 5, -100), r"column 'free_at' row 5: -100 is negative"),
+    "negative epoch time": ("epochs", _set("time", 0, -1), r"column 'time' row 0: -1 is negative"),
+    "ready before placement": (
+        "orders",
+        _relative("ready", _placed_later, "placement", -1),
+        r"column 'ready' row \d+: (\d+) is before placement (\d+)$",
+    ),
+    "outcome ready before placement": (
+        "outcomes",
+        _relative("ready", _placed_later, "placement", -1),
+        r"column 'ready' row \d+: \d+ is before placement \d+$",
+    ),
+    # A day's epochs: numbered 0, 1, ..., one dispatch interval apart, done on the last only, counts that match.
+    "time reversed": (
+        "epochs",
+        lambda t: t.set_column(2, "time", pa.array(t.column("time").to_pylist()[::-1], type=pa.int32())),
+        r"column 'time' row 1: \d+ after \d+: not 2 minutes later \(args\.sim\.dispatch_interval\)$",
+    ),
+    "time repeated": (
+        "epochs",
+        lambda t: _set("time", 3, t.column("time")[2].as_py())(t),
+        r"column 'time' row 3: (\d+) after \1: not 2 minutes later",
+    ),
+    "epoch skipped": (
+        "epochs",
+        lambda t: _plus("epoch", t.num_rows - 1, 1)(t),
+        r"column 'epoch' row (\d+): \d+ at row \1 \(a day's epochs are numbered 0, 1, 2, \.\.\.\)$",
+    ),
+    "done on every epoch": ("epochs", _all("done", True), r"column 'done' row 0: true before the day's last epoch$"),
+    "done on no epoch": ("epochs", _all("done", False), r"column 'done' row \d+: false on the day's last epoch$"),
+    "courier count": (
+        "epochs",
+        _plus("n_couriers", 3, 1),
+        r"column 'n_couriers' row 3: (\d+), but the couriers table has (?!\1)\d+ rows for epoch 3$",
+    ),
+    "agent count": (
+        "epochs",
+        _plus("n_agents", 3, 1),
+        r"column 'n_agents' row 3: \d+, but the couriers table has \d+ agent rows for epoch 3$",
+    ),
+    "order count": (
+        "epochs",
+        _plus("n_orders", 3, -1),
+        r"column 'n_orders' row 3: \d+, but the orders table has \d+ rows for epoch 3$",
+    ),
+    "order of no epoch": (
+        "orders",
+        lambda t: pa.concat_tables([t, _set("epoch", 0, 10**6)(t.slice(t.num_rows - 1))]),
+        r"column 'epoch' row \d+: 1000000 is not an epoch of the day",
+    ),
+    # Bundles: each order once, numbered in order within the epoch.
+    "order twice in a bundle": (
+        "bundles",
+        _set("orders", 5, lambda m: [m[0], m[0]]),
+        r"column 'orders' row 5: order index (\d+) listed twice in one bundle$",
+    ),
+    "bundle misnumbered": ("bundles", _set("bundle", 1, 7), r"column 'bundle' row 1: 7 where \d+ was due"),
+    # Ids: never empty; unique over the day (restaurants, shifts, outcomes) or within an epoch (couriers, orders).
+    "empty courier id": ("couriers", _set("courier_id", 3, ""), r"column 'courier_id' row 3: empty id$"),
+    "empty outcome courier": (
+        "outcomes",
+        _set("courier_id", _delivered, ""),
+        r"column 'courier_id' row \d+: empty id$",
+    ),
+    "duplicate restaurant": (
+        "restaurants",
+        lambda t: _set("restaurant_id", 2, t.column("restaurant_id")[0].as_py())(t),
+        r"column 'restaurant_id' row 2: duplicate id '[^']+' \(also row 0, the same day\)$",
+    ),
+    "duplicate shift": (
+        "shifts",
+        lambda t: _set("courier_id", 4, t.column("courier_id")[1].as_py())(t),
+        r"column 'courier_id' row 4: duplicate id '[^']+' \(also row 1, the same day\)$",
+    ),
+    "duplicate courier in an epoch": (
+        "couriers",
+        lambda t: _set("courier_id", 1, t.column("courier_id")[0].as_py())(t),
+        r"column 'courier_id' row 1: duplicate id '[^']+' \(also row 0, the same epoch\)$",
+    ),
+    "duplicate order in an epoch": (
+        "orders",
+        _copy_previous("order_id"),
+        r"column 'order_id' row \d+: duplicate id '[^']+' \(also row \d+, the same epoch\)$",
+    ),
+    # Agents: numbered 0..n-1 within the epoch, each once; a choice order ranks each agent once.
+    "agent out of range": (
+        "couriers",
+        _set("agent", _agent_row, 50),
+        r"column 'agent' row \d+: 50 out of range \(0\.\.\d+",
+    ),
+    "agent twice in an epoch": (
+        "couriers",
+        _copy_previous("agent"),
+        r"column 'agent' row \d+: agent \d+ twice in one epoch$",
+    ),
+    "rank twice in an epoch": (
+        "couriers",
+        _copy_previous("rank"),
+        r"column 'rank' row \d+: rank \d+ twice in one epoch",
+    ),
+    # Outcomes: the simulator's timing rules, and the day's couriers and maximum click-to-door.
+    "negative dropoff": (
+        "outcomes",
+        _set("dropoff", _delivered, -5),
+        r"column 'dropoff' row \d+: -5 is before pickup \d+$",
+    ),
+    "dropoff before pickup": (
+        "outcomes",
+        _relative("dropoff", _delivered, "pickup", -1),
+        r"column 'dropoff' row \d+: (\d+) is before pickup (\d+)$",
+    ),
+    "pickup before ready": (
+        "outcomes",
+        _relative("pickup", _carried_before_ready, "ready", -1),
+        r"column 'pickup' row \d+: \d+ is before ready \d+$",
+    ),
+    "assigned before placement": (
+        "outcomes",
+        _relative("assigned_at", _where(lambda t: _carried(t) & (_col(t, "placement") > 0)), "placement", -1),
+        r"column 'assigned_at' row \d+: \d+ is before placement \d+$",
+    ),
+    "times of an order never carried": (
+        "outcomes",
+        _set("courier_id", _delivered, None),
+        r"column 'assigned_at' row \d+: \d+ for an order never carried \(courier_id null\): expected -1$",
+    ),
+    "courier not on a shift": (
+        "outcomes",
+        _set("courier_id", _delivered, "nobody"),
+        r"column 'courier_id' row \d+: 'nobody' is not a courier of the day's shifts$",
+    ),
+    "delivered flag wrong": (
+        "outcomes",
+        _set("delivered", _delivered, False),
+        r"column 'delivered' row \d+: False for an order dropped off \d+ minutes after placement",
+    ),
 }
 
 
@@ -188,6 +401,29 @@ def test_bad_value_is_refused_naming_file_and_column(dataset: Path, tmp_path: Pa
     table, change, message = CASES[case]
     folder = _copy(dataset, tmp_path)
     _assert_refused(folder, _rewrite(folder, table, change), message)
+
+
+def test_order_shown_before_its_placement_is_refused(dataset: Path, tmp_path: Path) -> None:
+    folder = _copy(dataset, tmp_path)
+    # Every epoch the same minutes earlier, one dispatch interval apart still: the first shows orders not yet placed.
+    _rewrite(folder, "epochs", lambda t: t.set_column(2, "time", pc.subtract(t.column("time"), t.column("time")[0])))
+    message = r"column 'placement' row 0: \d+ is after its epoch's time 0 \(shown before it was placed\)$"
+    _assert_refused(folder, folder / "orders" / "part-000000.parquet", message)
+
+
+def _assigned_after_expiry(t: pa.Table) -> pa.Table:
+    """A carried order assigned, picked up and dropped off after it had expired (placement + max_ctd 90)."""
+    row = _delivered(t)
+    late = t.column("placement")[row].as_py() + 91
+    t = _set("assigned_at", row, late)(t)
+    return _set("dropoff", row, late + 200)(_set("pickup", row, late + 100)(t))
+
+
+def test_order_assigned_after_it_expired_is_refused(dataset: Path, tmp_path: Path) -> None:
+    folder = _copy(dataset, tmp_path)
+    path = _rewrite(folder, "outcomes", _assigned_after_expiry)
+    message = r"column 'assigned_at' row \d+: (\d+) is after placement \d+ \+ max_ctd 90 \(the order had expired\)$"
+    _assert_refused(folder, path, message)
 
 
 def _foreign_order(folder: Path) -> tuple[int, int]:

@@ -30,6 +30,27 @@ NAN_ALLOWED = frozenset(("episodes", m) for m in EPISODE_METRICS)
 BY_EPOCH = ("epochs", "couriers", "orders", "bundles")
 # A behaviour log-probability may round a little above log(1) = 0, never more.
 LOGP_SLACK = 1e-6
+# Minutes of the day: never negative, as the instance reader and the service read them (off_time, after on_time,
+# follows; the outcome times, where -1 means never, are checked with the rest of an outcome).
+MINUTES = {
+    "epochs": ("time",),
+    "couriers": ("free_at", "on_time"),
+    "orders": ("placement", "ready"),
+    "outcomes": ("placement", "ready"),
+    "shifts": ("on_time",),
+}
+# An outcome's minutes of assignment, pickup and drop-off: -1 for an order never carried.
+OUTCOME_TIMES = ("assigned_at", "pickup", "dropoff")
+# Ids that name one entity: never empty, and unique over the day, or within each epoch's snapshot, as the
+# instance reader and the service require (None: an id that refers to another table's, any number of times).
+IDS: dict[tuple[str, str], str | None] = {
+    ("restaurants", "restaurant_id"): "day",
+    ("shifts", "courier_id"): "day",
+    ("outcomes", "order_id"): "day",
+    ("outcomes", "courier_id"): None,
+    ("couriers", "courier_id"): "epoch",
+    ("orders", "order_id"): "epoch",
+}
 
 
 class LogError(ValueError):
@@ -164,6 +185,16 @@ def _require(path: Path, column: str, ok: np.ndarray, rows: np.ndarray | None, w
     raise LogError(f"{path}: column {column!r} row {row}: {what(j)}")
 
 
+def _require_first(path: Path, checks: list[tuple[str, np.ndarray, Callable[[int], str]]]) -> None:
+    """:func:`_require` over several (column, ok, what) checks of one table's rows: LogError names the first row
+    any of them fails, and the first check that fails it."""
+    failed = [(int(np.argmin(ok)), i) for i, (_, ok, _) in enumerate(checks) if not ok.all()]
+    if failed:
+        row, i = min(failed)
+        column, _, what = checks[i]
+        raise LogError(f"{path}: column {column!r} row {row}: {what(row)}")
+
+
 def _ints(data: pa.Table, name: str) -> np.ndarray:
     return np.asarray(data.column(name).to_numpy(), dtype=np.int64)
 
@@ -201,20 +232,30 @@ def _check_part(path: Path, table: str, data: pa.Table) -> None:
     if table == "episodes":
         if data.num_rows != 1:
             raise LogError(f"{path}: holds {data.num_rows} rows, expected exactly one (one part file per day)")
-        speed = float(data.column("meters_per_minute")[0].as_py())
-        if speed <= 0:
-            raise LogError(f"{path}: column 'meters_per_minute' row 0: speed {speed} is not positive")
-        for name in ("pickup_service", "dropoff_service", "target_ctd", "max_ctd", "epochs"):
-            v = _ints(data, name)
-            _require(path, name, v >= 0, None, lambda j, v=v: f"{v[j]} is negative")
-    if table in BY_EPOCH:
+        _check_params(path, data)
+    for name in MINUTES.get(table, ()):
+        v = _ints(data, name)
+        _require(path, name, v >= 0, None, lambda j, v=v: f"{v[j]} is negative (minutes of the day)")
+    for (of, name), within in IDS.items():
+        if of == table:
+            _check_ids(path, data, name, within)
+    if table == "epochs":
+        _check_epoch_rows(path, data)
+    elif table in BY_EPOCH:
         e = _ints(data, "epoch")
-        step = np.diff(e)
-        ok = step > 0 if table == "epochs" else step >= 0
-        order = "increasing" if table == "epochs" else "sorted"
         _require(
-            path, "epoch", ok, np.arange(1, e.size), lambda j: f"{e[j + 1]} after {e[j]}: rows not {order} by epoch"
+            path,
+            "epoch",
+            np.diff(e) >= 0,
+            np.arange(1, e.size),
+            lambda j: f"{e[j + 1]} after {e[j]}: rows not sorted by epoch",
         )
+    if table in ("orders", "outcomes"):
+        placed, ready = _ints(data, "placement"), _ints(data, "ready")
+        # As the instance reader and the service: an order is ready no sooner than it is placed.
+        _require(path, "ready", ready >= placed, None, lambda j: f"{ready[j]} is before placement {placed[j]}")
+    if table == "outcomes":
+        _check_outcome_times(path, data)
     if table in ("couriers", "shifts"):
         on, off = _ints(data, "on_time"), _ints(data, "off_time")
         # As the instance reader: a shift ends after it starts.
@@ -222,8 +263,114 @@ def _check_part(path: Path, table: str, data: pa.Table) -> None:
     if table == "couriers":
         _check_couriers(path, data)
     if table == "bundles":
-        _, _, lengths = _lists(data, "orders")
+        values, parents, lengths = _lists(data, "orders")
         _require(path, "orders", lengths > 0, None, lambda j: "an empty bundle")
+        # A bundle is a set of orders in drop-off sequence: each order once (dispatch.routes).
+        span = int(values.max(initial=0)) - int(values.min(initial=0)) + 1
+        twice = _repeats(parents * span + (values - values.min(initial=0)))
+        _require(path, "orders", ~twice, parents, lambda j: f"order index {values[j]} listed twice in one bundle")
+        e, bundle = _ints(data, "epoch"), _ints(data, "bundle")
+        first = np.searchsorted(e, e, "left")
+        at = np.arange(e.size) - first
+        _require(
+            path,
+            "bundle",
+            bundle == at,
+            None,
+            lambda j: f"{bundle[j]} where {at[j]} was due (an epoch's bundles are numbered 0, 1, 2, ... in order)",
+        )
+
+
+def _check_params(path: Path, data: pa.Table) -> None:
+    """A day's service parameters obey the service's rules for them (service/validation.py), the pay the
+    instance reader's; a day the service would refuse to decide is no day to learn from or replay."""
+    speed = float(data.column("meters_per_minute")[0].as_py())
+    if speed <= 0:
+        raise LogError(f"{path}: column 'meters_per_minute' row 0: speed {speed} is not positive")
+    for name in ("pickup_service", "dropoff_service", "epochs"):
+        v = int(data.column(name)[0].as_py())
+        if v < 0:
+            raise LogError(f"{path}: column {name!r} row 0: {v} is negative")
+    target, limit = (int(data.column(c)[0].as_py()) for c in ("target_ctd", "max_ctd"))
+    if target <= 0:
+        raise LogError(f"{path}: column 'target_ctd' row 0: {target} is not positive (the service requires > 0)")
+    if limit < target:
+        raise LogError(f"{path}: column 'max_ctd' row 0: {limit} is below target_ctd {target}")
+    for name in ("pay_per_order", "guaranteed_pay_per_hour"):
+        pay = float(data.column(name)[0].as_py())
+        if pay < 0:
+            raise LogError(f"{path}: column {name!r} row 0: {pay} is negative")
+
+
+def _repeats(keys: np.ndarray) -> np.ndarray:
+    """True at each position whose key an earlier position already holds."""
+    order = np.argsort(keys, kind="stable")  # stable: of equal keys the first position sorts first
+    ranked = keys[order]
+    twice = np.zeros(keys.size, dtype=bool)
+    twice[order[1:]] = ranked[1:] == ranked[:-1]
+    return twice
+
+
+def _check_ids(path: Path, data: pa.Table, column: str, within: str | None) -> None:
+    """No id of ``column`` is empty, and each is unique ``within`` the day or each epoch (None: not unique)."""
+    col = data.column(column).combine_chunks()
+    empty = pc.equal(pc.binary_length(col), 0).fill_null(False).to_numpy(zero_copy_only=False)
+    _require(path, column, ~empty, None, lambda j: "empty id")
+    if within is None:
+        return
+    codes = np.asarray(pc.dictionary_encode(col).indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+    keys = codes if within == "day" else _ints(data, "epoch") * (int(codes.max(initial=0)) + 1) + codes
+    twice = _repeats(keys)
+    _require(
+        path,
+        column,
+        ~twice,
+        None,
+        lambda j: f"duplicate id {col[j].as_py()!r} (also row {int(np.argmax(keys == keys[j]))}, the same {within})",
+    )
+
+
+def _check_epoch_rows(path: Path, data: pa.Table) -> None:
+    """The epochs of a day are numbered 0, 1, 2, ... and only the last one is ``done`` (the writer records the
+    engine's steps until it is done; training ends each day at its last epoch)."""
+    e = _ints(data, "epoch")
+    at = np.arange(e.size)
+    _require(path, "epoch", e == at, None, lambda j: f"{e[j]} at row {j} (a day's epochs are numbered 0, 1, 2, ...)")
+    done = data.column("done").to_numpy(zero_copy_only=False).astype(bool)
+    last = at == e.size - 1
+    _require(
+        path,
+        "done",
+        done == last,
+        None,
+        lambda j: "false on the day's last epoch" if last[j] else "true before the day's last epoch",
+    )
+
+
+def _check_outcome_times(path: Path, data: pa.Table) -> None:
+    """An outcome's times follow the simulator's rules: -1 throughout for an order never carried; for one carried,
+    assigned no sooner than placed, picked up no sooner than assigned or ready, dropped off no sooner than picked up.
+    """
+    carried = ~data.column("courier_id").is_null().to_numpy(zero_copy_only=False)
+    placed, ready = _ints(data, "placement"), _ints(data, "ready")
+    times = [_ints(data, c) for c in OUTCOME_TIMES]
+    assigned, pickup, dropoff = times
+
+    def never(v: np.ndarray) -> Callable[[int], str]:
+        return lambda j: f"{v[j]} for an order never carried (courier_id null): expected -1"
+
+    def before(v: np.ndarray, bound: np.ndarray, of: str) -> Callable[[int], str]:
+        return lambda j: f"{v[j]} is before {of} {bound[j]}"
+
+    checks = [(name, carried | (v == -1), never(v)) for name, v in zip(OUTCOME_TIMES, times, strict=True)]
+    for name, v, bound, of in (
+        ("assigned_at", assigned, placed, "placement"),
+        ("pickup", pickup, assigned, "assigned_at"),
+        ("pickup", pickup, ready, "ready"),
+        ("dropoff", dropoff, pickup, "pickup"),
+    ):
+        checks.append((name, ~carried | (v >= bound), before(v, bound, of)))
+    _require_first(path, checks)
 
 
 def _check_couriers(path: Path, data: pa.Table) -> None:
@@ -251,6 +398,17 @@ def _check_couriers(path: Path, data: pa.Table) -> None:
     chosen = values[starts[rows[picked]] + a[picked]]
     _require(path, "action", chosen >= 0, rows[picked], lambda j: "chooses an empty candidate slot")
     agents_in_epoch = _per_epoch(ea, ea)
+    ag = agent[rows]
+    _require(
+        path,
+        "agent",
+        ag < agents_in_epoch,
+        rows,
+        lambda j: f"{ag[j]} out of range (0..{agents_in_epoch[j] - 1}: the epoch's agents)",
+    )
+    # In range and each once: the epoch's agents are numbered 0..n-1, the rows of its candidate matrix.
+    twice = _repeats(ea * (int(ag.max(initial=0)) + 1) + ag)
+    _require(path, "agent", ~twice, rows, lambda j: f"agent {ag[j]} twice in one epoch")
     r = rank[rows]
     _require(
         path,
@@ -259,6 +417,10 @@ def _check_couriers(path: Path, data: pa.Table) -> None:
         rows,
         lambda j: f"{r[j]} out of range (-1..{agents_in_epoch[j] - 1})",
     )
+    ranked = rows[r >= 0]
+    rr, er = rank[ranked], e[ranked]
+    twice = _repeats(er * (int(rr.max(initial=0)) + 1) + rr)
+    _require(path, "rank", ~twice, ranked, lambda j: f"rank {rr[j]} twice in one epoch (a choice order is a sequence)")
     logp = np.asarray(data.column("behaviour_logp").to_numpy(), dtype=np.float64)[rows]
     _require(path, "behaviour_logp", logp <= LOGP_SLACK, rows, lambda j: f"{logp[j]} is above 0 (a log-probability)")
 
@@ -294,6 +456,13 @@ class LogDataset:
                 if verify and sha256_file(path) != info["sha256"]:
                     raise LogError(f"{path}: content does not match the manifest hash (truncated or modified)")
                 del table
+
+    @property
+    def dispatch_interval(self) -> int | None:
+        """Minutes between decision epochs the logs were made with (``args.sim.dispatch_interval``; None if
+        unrecorded)."""
+        value = self.manifest.get("args", {}).get("sim", {}).get("dispatch_interval")
+        return None if value is None else int(value)
 
     @property
     def k(self) -> int:
@@ -464,14 +633,17 @@ class LoggedDay:
 
 
 def _check_day(ds: LogDataset, episode: int, parts: dict[str, pa.Table]) -> None:
-    """The indices between one day's tables (restaurants of orders, orders of bundles, bundles of candidates),
-    and each bundle's orders of one restaurant."""
+    """One day's tables against each other: the epochs and their counts, the indices between the tables
+    (restaurants of orders, orders of bundles, bundles of candidates), each bundle's orders of one restaurant,
+    and the outcomes against the shifts and the service parameters."""
+    _check_epochs(ds, episode, parts)  # first: the other checks count each epoch's rows of the other tables
     n = parts["restaurants"].num_rows
     for table in ("orders", "outcomes"):
         r = _ints(parts[table], "restaurant")
         path = ds.path(table, episode)
         _require(path, "restaurant", (r >= 0) & (r < n), None, lambda j, r=r: f"index {r[j]} out of range (0..{n - 1})")
     _check_bundles(ds.path("bundles", episode), parts["orders"], parts["bundles"])
+    _check_outcomes(ds, episode, parts)
     bundle_epochs = _ints(parts["bundles"], "epoch")
     values, parents, lengths = _lists(parts["couriers"], "candidates")
     bundles = _per_epoch(bundle_epochs, _ints(parts["couriers"], "epoch")[parents])
@@ -494,6 +666,97 @@ def _check_day(ds: LogDataset, episode: int, parts: dict[str, pa.Table]) -> None
             rows,
             lambda j: f"{n_slots[j]} slots, more than the manifest's args.candidates.k = {k}",
         )
+
+
+def _check_epochs(ds: LogDataset, episode: int, parts: dict[str, pa.Table]) -> None:
+    """The epochs table against the day's others: as many epochs as the day counted, each ``dispatch_interval``
+    minutes after the one before, each with the couriers, agents and orders its counts say, no order shown
+    before it is placed, and no row of another table in an epoch the day does not have."""
+    epochs, path = parts["epochs"], ds.path("epochs", episode)
+    n = epochs.num_rows
+    counted = int(parts["episodes"].column("epochs")[0].as_py())
+    if counted != n:
+        raise LogError(
+            f"{ds.path('episodes', episode)}: column 'epochs' row 0: {counted} epochs, but the epochs table "
+            f"has {n} rows"
+        )
+    time = _ints(epochs, "time")
+    step = np.diff(time)
+    interval = ds.dispatch_interval
+    # The engine advances by exactly the interval; replay and the training view take each row for one step.
+    ok = step == interval if interval is not None else step > 0
+    due = f"{interval} minutes later (args.sim.dispatch_interval)" if interval is not None else "later"
+    _require(path, "time", ok, np.arange(1, n), lambda j: f"{time[j + 1]} after {time[j]}: not {due}")
+    for table in BY_EPOCH[1:]:
+        e = _ints(parts[table], "epoch")
+        _require(
+            ds.path(table, episode),
+            "epoch",
+            (e >= 0) & (e < n),
+            None,
+            lambda j, e=e: f"{e[j]} is not an epoch of the day ({f'0..{n - 1}' if n else 'it has none'})",
+        )
+    couriers = parts["couriers"]
+    agents = _ints(couriers, "epoch")[_ints(couriers, "agent") >= 0]
+    for column, table, rows, what in (
+        ("n_couriers", "couriers", _ints(couriers, "epoch"), "rows"),
+        ("n_agents", "couriers", agents, "agent rows"),
+        ("n_orders", "orders", _ints(parts["orders"], "epoch"), "rows"),
+    ):
+        have = np.bincount(rows, minlength=n)
+        said = _ints(epochs, column)
+        _require(
+            path,
+            column,
+            said == have,
+            None,
+            lambda j, said=said, have=have, table=table, what=what: (
+                f"{said[j]}, but the {table} table has {have[j]} {what} for epoch {j}"
+            ),
+        )
+    orders = parts["orders"]
+    placed, shown = _ints(orders, "placement"), time[_ints(orders, "epoch")]
+    # As the service: a snapshot holds only orders placed by its time.
+    _require(
+        ds.path("orders", episode),
+        "placement",
+        placed <= shown,
+        None,
+        lambda j: f"{placed[j]} is after its epoch's time {shown[j]} (shown before it was placed)",
+    )
+
+
+def _check_outcomes(ds: LogDataset, episode: int, parts: dict[str, pa.Table]) -> None:
+    """Each outcome against the day: carried by a courier of the shifts table, assigned before it expired, and
+    ``delivered`` exactly when carried within the maximum click-to-door."""
+    out, path = parts["outcomes"], ds.path("outcomes", episode)
+    courier = out.column("courier_id")
+    carried = ~courier.is_null().to_numpy(zero_copy_only=False)
+    known = pc.is_in(courier, value_set=parts["shifts"].column("courier_id").combine_chunks())
+    ok = ~carried | known.to_numpy(zero_copy_only=False)
+    _require(path, "courier_id", ok, None, lambda j: f"{courier[j].as_py()!r} is not a courier of the day's shifts")
+    limit = int(parts["episodes"].column("max_ctd")[0].as_py())
+    placed, assigned, dropoff = (_ints(out, c) for c in ("placement", "assigned_at", "dropoff"))
+    _require(
+        path,
+        "assigned_at",
+        ~carried | (assigned <= placed + limit),
+        None,
+        lambda j: f"{assigned[j]} is after placement {placed[j]} + max_ctd {limit} (the order had expired)",
+    )
+    delivered = out.column("delivered").to_numpy(zero_copy_only=False).astype(bool)
+    expected = carried & (dropoff - placed <= limit)
+    _require(
+        path,
+        "delivered",
+        delivered == expected,
+        None,
+        lambda j: (
+            f"{bool(delivered[j])} for an order "
+            + (f"dropped off {dropoff[j] - placed[j]} minutes after placement" if carried[j] else "never carried")
+            + f" (delivered: carried within max_ctd {limit})"
+        ),
+    )
 
 
 def _check_bundles(path: Path, orders: pa.Table, bundles: pa.Table) -> None:

@@ -22,6 +22,17 @@ files. Every part carries key/value metadata ``dispatch_logs.schema_version`` an
 
 ``restaurants``, ``outcomes``, ``shifts`` and the parameters in ``episodes`` rebuild the day's
 instance; ``epochs``, ``couriers``, ``orders`` and ``bundles`` rebuild every decision.
+
+What the writer guarantees, and ``LogDataset`` checks of every day before any reader uses it: service
+parameters the service accepts (speed > 0, service minutes >= 0, 0 < target <= maximum click-to-door) and
+pay >= 0; minutes of the day >= 0; ids non-empty and unique (per day; per epoch in ``couriers`` and
+``orders``); ``epochs`` numbered 0..n-1 with n the day's ``epochs``, one dispatch interval apart, ``done``
+on the last only, and counts that match the rows of ``couriers`` and ``orders``; agents numbered
+0..n_agents-1 within an epoch and ranked at most once; bundles numbered in order, each listing open orders
+of one restaurant once; orders ready no sooner than placed and shown no sooner; outcomes of -1 throughout
+for an order never carried, otherwise carried by a courier of ``shifts``, assigned between placement and
+expiry, picked up no sooner than assigned and ready, dropped off no sooner than picked up, and
+``delivered`` exactly when dropped off within the maximum click-to-door.
 """
 
 from __future__ import annotations
