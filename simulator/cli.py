@@ -268,7 +268,7 @@ def logs_generate(args: argparse.Namespace) -> int:
         if getattr(args, flag) < 1:
             print(f"dispatch logs generate: --{flag} must be at least 1, got {getattr(args, flag)}", file=sys.stderr)
             return 2
-    if problem := _common_problem(args):
+    if problem := _common_problem(args, own="manifest.json"):
         print(f"dispatch logs generate: {problem}", file=sys.stderr)
         return 2
     from dispatch.model import MAX_K
@@ -328,16 +328,16 @@ def logs_card(args: argparse.Namespace) -> int:
     return 0
 
 
-def _common_problem(args: argparse.Namespace) -> str | None:
+def _common_problem(args: argparse.Namespace, own: str | None = None) -> str | None:
     """What is wrong with ``--jobs``, or why ``--json`` or ``--out`` (where the command has them) cannot be
-    written: checked before any work."""
-    from simulator.writable import file_problem, folder_problem
+    written: checked before any work. ``own`` is the command's marker file in --out (see writable.foreign_output)."""
+    from simulator.writable import file_problem, folder_problem, foreign_output
 
     if args.jobs < 0:
         return f"--jobs must be >= 0 (0: usable cores), got {args.jobs}"
     if getattr(args, "json", None) and (problem := file_problem(args.json)):
         return f"--json {args.json}: {problem}"
-    if getattr(args, "out", None) and (problem := folder_problem(args.out)):
+    if getattr(args, "out", None) and (problem := folder_problem(args.out) or foreign_output(args.out, own)):
         return f"--out {args.out}: {problem}"
     return None
 

@@ -149,6 +149,7 @@ def ab(args: argparse.Namespace) -> int:
     from simulator.instance import InstanceError
     from simulator.policies import PolicySpecError, resolve
     from simulator.sources import expand
+    from simulator.writable import foreign_output
 
     problem = _first_problem(
         (1 <= args.seeds <= MAX_SEEDS, f"--seeds must be 1 to {MAX_SEEDS}, got {args.seeds}"),
@@ -157,6 +158,7 @@ def ab(args: argparse.Namespace) -> int:
         (0 < args.alpha < 1, f"--alpha must be between 0 and 1 (exclusive), got {args.alpha}"),
         (100 <= args.bootstrap <= MAX_BOOTSTRAP, f"--bootstrap must be 100 to {MAX_BOOTSTRAP}, got {args.bootstrap}"),
         (args.jobs >= 0, f"--jobs must be >= 0 (0: usable cores), got {args.jobs}"),
+        ((foreign := foreign_output(args.out, own="ab.json")) is None, f"--out {args.out}: {foreign}"),
     )
     if problem:
         print(f"dispatch ab: {problem}", file=sys.stderr)
@@ -206,6 +208,7 @@ def replay(args: argparse.Namespace) -> int:
     from simulator.replay.run import ReplayConfig, ReplayError, run_replay
     from simulator.replay.shadow import ShadowConfig
     from simulator.sources import expand
+    from simulator.writable import foreign_output
 
     if (args.logs is None) == (not args.instance):
         print("dispatch replay: give a log folder or --instance (one of the two)", file=sys.stderr)
@@ -217,6 +220,7 @@ def replay(args: argparse.Namespace) -> int:
         (1 <= args.samples <= MAX_SAMPLES, f"--samples must be 1 to {MAX_SAMPLES}, got {args.samples}"),
         (0 <= args.truth <= MAX_SAMPLES, f"--truth must be 0 (off) to {MAX_SAMPLES}, got {args.truth}"),
         (args.interval >= 1, f"--interval must be >= 1, got {args.interval}"),
+        ((foreign := foreign_output(args.out, own="replay.json")) is None, f"--out {args.out}: {foreign}"),
     )
     if problem:
         print(f"dispatch replay: {problem}", file=sys.stderr)

@@ -51,3 +51,25 @@ def file_problem(path: Path) -> str | None:
     parent = path.absolute().parent
     problem = folder_problem(parent)
     return f"{parent} is a file, not a folder" if problem == "exists and is not a folder" else problem
+
+
+# The file each command keeps at the top of its --out folder, and what it marks the folder as.
+OUTPUT_MARKERS = {
+    "ab.json": "an A/B run (dispatch ab)",
+    "replay.json": "a replay (dispatch replay)",
+    "manifest.json": "a log dataset (dispatch logs generate)",
+    "config.json": "a training run (dispatch train)",
+}
+
+
+def foreign_output(path: Path, own: str | None) -> str | None:
+    """Why the folder ``path`` belongs to another command's output, or None.
+
+    ``own`` is the marker file of the command asking (None: it has none, as ``simulate``), so a command
+    may resume in its own folder but never writes its files among another's (one report replacing
+    another's, or solution folders inside a dataset that training then reads around).
+    """
+    for marker, what in OUTPUT_MARKERS.items():
+        if marker != own and (path / marker).is_file():
+            return f"holds {what} ({marker}); give a folder of its own"
+    return None

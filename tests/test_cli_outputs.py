@@ -171,3 +171,35 @@ def test_negative_jobs_are_refused(command: list[str], tmp_path: Path) -> None:
     no_traceback(proc)
     assert "--jobs must be >= 0 (0: usable cores), got -1" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+COMMANDS_WITH_OUT = {
+    # command line before --out, and the marker file the command itself keeps in its folder (None: none)
+    "simulate": (["simulate", "--instance", SMALL, "--policy", "nearest", "--jobs", "1"], None),
+    "logs": (["logs", "generate", "--instances", SMALL, "--jobs", "1"], "manifest.json"),
+    "train": (["train", "--algo", "bc", "--data", "xor:ab_ba", "--steps", "1"], "config.json"),
+    "ab": (["ab", "--a", "nearest", "--b", "nearest", "--instances", SMALL, "--jobs", "1"], "ab.json"),
+    "replay": (["replay", "--instance", SMALL, "--policy", "nearest", "--mode", "resim"], "replay.json"),
+}
+
+
+@pytest.mark.parametrize(
+    ("command", "marker"),
+    [
+        (command, marker)
+        for command, (_, own) in sorted(COMMANDS_WITH_OUT.items())
+        for marker in ("ab.json", "replay.json", "manifest.json", "config.json")
+        if marker != own  # resuming in its own folder is each command's own feature, tested with it
+    ],
+)
+def test_no_command_writes_into_another_commands_output(command: str, marker: str, tmp_path: Path) -> None:
+    # A replay used to replace an A/B's report.md in a shared --out; ab, replay and simulate wrote into datasets.
+    argv, _ = COMMANDS_WITH_OUT[command]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / marker).write_text('{"theirs": true}')
+    proc = dispatch(*argv, "--out", str(out), "--no-progress")
+    assert proc.returncode == 2, proc.stderr
+    no_traceback(proc)
+    assert f"--out {out}: holds " in proc.stderr and f"({marker})" in proc.stderr, proc.stderr
+    assert [p.name for p in out.iterdir()] == [marker] and (out / marker).read_text() == '{"theirs": true}'

@@ -146,7 +146,7 @@ def register(subparsers: Any) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Handler of ``dispatch train``."""
-    from simulator.writable import folder_problem
+    from simulator.writable import folder_problem, foreign_output
     from training.harness import TrainConfig, train
 
     for dest in POSITIVE_FLAGS:
@@ -154,7 +154,7 @@ def run_train(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             print(f"dispatch train: {_flag(dest)} must be at least 1, got {value}", file=sys.stderr)
             return 2
-    if problem := folder_problem(Path(args.out)):
+    if problem := folder_problem(Path(args.out)) or foreign_output(Path(args.out), own="config.json"):
         print(f"dispatch train: --out {args.out}: {problem}", file=sys.stderr)
         return 2
     problem = _check_data(args.data)
