@@ -1,4 +1,4 @@
-"""Helpers of the service tests that run real server processes: environment, polling, promtool."""
+"""Helpers of the service tests: environment, polling and promtool for real server processes, crowded snapshots."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from dispatch.snapshot import ServiceParams, Snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,3 +42,25 @@ def promtool_check(text: bytes) -> None:
         pytest.skip("promtool not installed (Debian package 'prometheus'); `apt-get install prometheus` to run it")
     check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=60)
     assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+
+
+def one_restaurant(n_orders: int, n_couriers: int) -> Snapshot:
+    """Every order at one restaurant, all ready together: the most same-restaurant pairs a request can
+    have, and with one courier the ``plan`` rule's slowest shape (seconds of one core for a thousand)."""
+    rng = np.random.default_rng(0)
+    return Snapshot(
+        time=100,
+        params=ServiceParams(),
+        restaurant_ids=("r0",),
+        restaurant_xy=rng.uniform(0, 5000, (1, 2)),
+        courier_ids=tuple(f"c{i}" for i in range(n_couriers)),
+        courier_xy=rng.uniform(0, 5000, (n_couriers, 2)),
+        courier_free_at=np.zeros(n_couriers, np.int64),
+        courier_on_time=np.zeros(n_couriers, np.int64),
+        courier_off_time=np.full(n_couriers, 600, np.int64),
+        order_ids=tuple(f"o{i}" for i in range(n_orders)),
+        order_restaurant=np.zeros(n_orders, np.int64),
+        order_xy=rng.uniform(0, 5000, (n_orders, 2)),
+        order_placement=np.full(n_orders, 90, np.int64),
+        order_ready=np.full(n_orders, 110, np.int64),
+    )

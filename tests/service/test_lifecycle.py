@@ -14,17 +14,16 @@ import urllib.request
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dispatch.linear_model import write_linear_model
 from dispatch.model import ModelError
-from dispatch.snapshot import ServiceParams, Snapshot
+from dispatch.snapshot import Snapshot
 from service.client import DispatchClient
 from service.server import DISPATCH_SERVICE, ServerConfig, ThreadedServer
 from service.worker import exit_despite_busy_threads
-from tests.service.helpers import ROOT, promtool_check
+from tests.service.helpers import ROOT, one_restaurant, promtool_check
 from tests.service.helpers import env as _env
 from tests.service.helpers import wait_for as _wait_for
 
@@ -240,27 +239,6 @@ def test_killed_server_leaves_no_preparation_processes(model_dir: Path, tmp_path
     assert _wait_for(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), 20.0), "orphaned workers"
 
 
-def _crowded(n_orders: int) -> Snapshot:
-    """One courier and ``n_orders`` at one restaurant: the ``plan`` rule's slowest shape (seconds of one core)."""
-    rng = np.random.default_rng(0)
-    return Snapshot(
-        time=100,
-        params=ServiceParams(),
-        restaurant_ids=("r0",),
-        restaurant_xy=rng.uniform(0, 5000, (1, 2)),
-        courier_ids=("c0",),
-        courier_xy=rng.uniform(0, 5000, (1, 2)),
-        courier_free_at=np.zeros(1, np.int64),
-        courier_on_time=np.zeros(1, np.int64),
-        courier_off_time=np.full(1, 600, np.int64),
-        order_ids=tuple(f"o{i}" for i in range(n_orders)),
-        order_restaurant=np.zeros(n_orders, np.int64),
-        order_xy=rng.uniform(0, 5000, (n_orders, 2)),
-        order_placement=np.full(n_orders, 90, np.int64),
-        order_ready=np.full(n_orders, 110, np.int64),
-    )
-
-
 def test_sigterm_exits_within_grace_while_a_decision_still_runs(tmp_path: Path, snapshots: list[Snapshot]):
     """A decision still computing when the grace ends (its call already cancelled) must not keep the process alive."""
     model = write_linear_model(tmp_path / "plan.onnx", conflict_rule="plan")
@@ -282,7 +260,7 @@ def test_sigterm_exits_within_grace_while_a_decision_still_runs(tmp_path: Path, 
         target = f"127.0.0.1:{port_file.read_text().split()[0]}"
         with DispatchClient(target, timeout=30.0) as client, cf.ThreadPoolExecutor(1) as pool:
             answered = client.decide(snapshots[0])
-            busy = pool.submit(client.decide, _crowded(1800))
+            busy = pool.submit(client.decide, one_restaurant(1800, 1))
             time.sleep(1.5)  # validated (milliseconds) and deep in preparation
             assert not busy.done()
             start = time.monotonic()

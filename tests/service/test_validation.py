@@ -7,15 +7,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 
 from bench.serve import synthetic_snapshot
-from dispatch.snapshot import ServiceParams, Snapshot
+from dispatch.snapshot import Snapshot
 from service.client import DispatchClient, snapshot_to_request
 from service.gen.dispatch.v1 import dispatch_pb2 as pb
 from service.server import ServerConfig, ThreadedServer
 from service.validation import Limits, ValidationError, to_snapshot
+from tests.service.helpers import one_restaurant
 
 Mutation = Callable[[pb.DecideRequest], None]
 
@@ -208,30 +208,9 @@ def test_oversized_message_is_refused(small_server: ThreadedServer, snapshots: l
         assert client.decide(req).request_id == "small"
 
 
-def _one_restaurant(n_orders: int, n_couriers: int = 10) -> Snapshot:
-    """The review's request: every order at one restaurant, all ready together (the most pairs there are)."""
-    rng = np.random.default_rng(0)
-    return Snapshot(
-        time=100,
-        params=ServiceParams(),
-        restaurant_ids=("r0",),
-        restaurant_xy=rng.uniform(0, 5000, (1, 2)),
-        courier_ids=tuple(f"c{i}" for i in range(n_couriers)),
-        courier_xy=rng.uniform(0, 5000, (n_couriers, 2)),
-        courier_free_at=np.zeros(n_couriers, np.int64),
-        courier_on_time=np.zeros(n_couriers, np.int64),
-        courier_off_time=np.full(n_couriers, 600, np.int64),
-        order_ids=tuple(f"o{i}" for i in range(n_orders)),
-        order_restaurant=np.zeros(n_orders, np.int64),
-        order_xy=rng.uniform(0, 5000, (n_orders, 2)),
-        order_placement=np.full(n_orders, 90, np.int64),
-        order_ready=np.full(n_orders, 110, np.int64),
-    )
-
-
 def test_orders_crowding_one_restaurant_are_refused_at_once(server: ThreadedServer):
     # Within the count limits, yet 49,995,000 same-restaurant pairs: minutes of CPU and GBs once accepted.
-    req = snapshot_to_request(_one_restaurant(10_000), deadline_hint_ms=1000, columnar=True)
+    req = snapshot_to_request(one_restaurant(10_000, 10), deadline_hint_ms=1000, columnar=True)
     with DispatchClient(server.target, timeout=20.0) as client:
         start = time.perf_counter()
         code, details = _code(client, req)
@@ -240,15 +219,15 @@ def test_orders_crowding_one_restaurant_are_refused_at_once(server: ThreadedServ
         assert details.startswith("order_table.restaurant_id: "), details
         assert "49995000 same-restaurant order pairs exceed the limit of 200000 (--max-order-pairs" in details
         assert "'r0' alone has 10000 orders" in details
-        assert client.decide(_one_restaurant(20)).actions  # and the server keeps serving
+        assert client.decide(one_restaurant(20, 10)).actions  # and the server keeps serving
 
 
 def test_order_pair_limit_boundary():
     limits = Limits(max_order_pairs=45)  # 10 orders at one restaurant make 45 pairs
-    assert to_snapshot(snapshot_to_request(_one_restaurant(10)), limits).n_orders == 10
+    assert to_snapshot(snapshot_to_request(one_restaurant(10, 10)), limits).n_orders == 10
     with pytest.raises(ValidationError, match=r"^orders\.restaurant_id: .*46 .*limit of 45"):
         # 46 pairs: 10 orders at one restaurant and 2 at another.
-        snap = _one_restaurant(12)
+        snap = one_restaurant(12, 10)
         req = snapshot_to_request(snap)
         extra = req.restaurants.add()
         extra.CopyFrom(req.restaurants[0])
