@@ -70,6 +70,8 @@ def parse_settings(algo: str, items: list[str]) -> dict[str, Any]:
 
 def _check_data(spec: str) -> str | None:
     """Why ``--data`` names neither a folder nor a known GAME:DATASET, or None when it is usable."""
+    if not spec.strip():  # Path("") is the current folder: an empty flag must not train on whatever is here
+        return "--data is empty; give a log dataset folder or GAME:DATASET"
     if Path(spec).is_dir():
         return None
     if Path(spec).exists():
@@ -90,8 +92,9 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "train",
         help="train BC, InSPO or an offline MARL baseline on a dataset",
-        description="Train an offline multi-agent policy. Writes config.json, eval.csv, tb/, checkpoint.pt "
-        "and final.json under --out; --resume continues bit-identically from the last checkpoint.",
+        description="Train an offline multi-agent policy. Writes under --out: config.json and checkpoint.pt, then "
+        "for a game eval.csv, tb/ and final.json, for dispatch logs train.csv and stats.json; --resume continues "
+        "bit-identically from the last checkpoint.",
     )
     p.add_argument("--algo", choices=ALGOS, default="inspo", help="algorithm (default: inspo)")
     p.add_argument(

@@ -119,6 +119,8 @@ def test_numeric_flags_are_checked_up_front(
         ("nosuchdir", "--data nosuchdir: no such folder (and not a GAME:DATASET spec"),
         ("nogame:ab", "--data nogame:ab: no such folder (and not a GAME:DATASET spec"),
         ("xor:nosuch", "--data xor:nosuch: xor has no dataset 'nosuch'"),
+        ("", "--data is empty"),  # it used to mean the current folder
+        ("  ", "--data is empty"),
     ],
 )
 def test_unknown_data_is_named_and_no_out_folder_is_made(
