@@ -31,6 +31,25 @@ class ServiceParams:
     pay_per_order: float = 10.0
     guaranteed_pay_per_hour: float = 15.0
 
+    def problem(self) -> tuple[str, str] | None:
+        """The first field that breaks the rules every decision relies on, as (field, what it must be), or None.
+
+        One rule set for the service's requests and the logged days (what the service would refuse to decide
+        is no day to learn from or replay); each caller names the field in its own terms.
+        """
+        if not (np.isfinite(self.meters_per_minute) and self.meters_per_minute > 0):
+            return "meters_per_minute", "must be finite and > 0"
+        for name in ("pickup_service", "dropoff_service"):
+            if getattr(self, name) < 0:
+                return name, "must be >= 0"
+        if self.target_ctd <= 0:
+            return "target_ctd", "must be > 0"
+        if self.max_ctd < self.target_ctd:
+            return "max_ctd", f"must be >= target ({self.target_ctd})"
+        if self.pay_per_order < 0 or self.guaranteed_pay_per_hour < 0:
+            return ("pay_per_order" if self.pay_per_order < 0 else "guaranteed_pay_per_hour"), "must be >= 0"
+        return None
+
     @property
     def half_pickup(self) -> int:
         """Minutes of pickup service before (and after) the pickup instant."""

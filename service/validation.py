@@ -136,6 +136,16 @@ def _check_pairs(o_rest: np.ndarray, rest_ids: Sequence[str], field: _Field, lim
         )
 
 
+# The request's name of each ServiceParams field (pay is not part of a request).
+PARAM_FIELDS = {
+    "meters_per_minute": "meters_per_minute",
+    "pickup_service": "pickup_service_minutes",
+    "dropoff_service": "dropoff_service_minutes",
+    "target_ctd": "target_click_to_door_minutes",
+    "max_ctd": "max_click_to_door_minutes",
+}
+
+
 def _params(msg: pb.DecideRequest) -> ServiceParams:
     d = ServiceParams()
     if not msg.HasField("params"):
@@ -146,17 +156,11 @@ def _params(msg: pb.DecideRequest) -> ServiceParams:
     drop = p.dropoff_service_minutes if p.HasField("dropoff_service_minutes") else d.dropoff_service
     target = p.target_click_to_door_minutes if p.HasField("target_click_to_door_minutes") else d.target_ctd
     limit = p.max_click_to_door_minutes if p.HasField("max_click_to_door_minutes") else d.max_ctd
-    if not (np.isfinite(mpm) and mpm > 0):
-        raise ValidationError(f"params.meters_per_minute: {mpm!r} must be finite and > 0")
-    if pick < 0:
-        raise ValidationError(f"params.pickup_service_minutes: {pick} must be >= 0")
-    if drop < 0:
-        raise ValidationError(f"params.dropoff_service_minutes: {drop} must be >= 0")
-    if target <= 0:
-        raise ValidationError(f"params.target_click_to_door_minutes: {target} must be > 0")
-    if limit < target:
-        raise ValidationError(f"params.max_click_to_door_minutes: {limit} must be >= target ({target})")
-    return ServiceParams(float(mpm), int(pick), int(drop), int(target), int(limit))
+    params = ServiceParams(float(mpm), int(pick), int(drop), int(target), int(limit))
+    if broken := params.problem():
+        name, rule = broken
+        raise ValidationError(f"params.{PARAM_FIELDS[name]}: {getattr(params, name)!r} {rule}")
+    return params
 
 
 def to_snapshot(msg: pb.DecideRequest, limits: Limits = Limits()) -> Snapshot:

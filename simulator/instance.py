@@ -193,6 +193,10 @@ def load(name_or_path: str | Path) -> Instance:
         if vals[i] != int(vals[i]):
             raise InstanceError(f"{pf}: line {pl}: field {PARAM_COLUMNS[i]!r}: not a whole number of minutes")
     params = ServiceParams(vals[0], int(vals[1]), int(vals[2]), int(vals[3]), int(vals[4]), vals[5], vals[6])
+    if broken := params.problem():  # the rules the service decides by (a zero target, a maximum below it)
+        name, rule = broken
+        column = PARAM_COLUMNS[list(ServiceParams.__dataclass_fields__).index(name)]
+        raise InstanceError(f"{pf}: line {pl}: field {column!r}: {getattr(params, name)!r} {rule}")
 
     rf = folder / "restaurants.txt"
     rrows = _read_table(rf, RESTAURANT_COLUMNS)

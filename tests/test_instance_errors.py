@@ -202,6 +202,18 @@ def test_off_time_not_after_on_time(folder: Path, delta: int) -> None:
     assert_names(load_error(folder), folder, "couriers.txt", 3, "off_time")
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "rule"),
+    [("target click-to-door", "0", "must be > 0"), ("maximum click-to-door", "30", "must be >= target")],
+)
+def test_parameters_the_service_would_refuse(folder: Path, field: str, value: str, rule: str) -> None:
+    # The same rules as a request's and a logged day's parameters (ServiceParams.problem).
+    edit(folder, "instance_parameters.txt", 2, field, value)
+    msg = load_error(folder)
+    assert_names(msg, folder, "instance_parameters.txt", 2, field)
+    assert rule in msg, msg
+
+
 def test_zero_speed(folder: Path) -> None:
     edit(folder, "instance_parameters.txt", 2, "meters_per_minute", "0")
     assert_names(load_error(folder), folder, "instance_parameters.txt", 2, "meters_per_minute")

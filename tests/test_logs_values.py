@@ -188,7 +188,7 @@ CASES: dict[str, tuple[str, Change, str]] = {
     "zero speed": (
         "episodes",
         _set("meters_per_minute", 0, 0.0),
-        r"column 'meters_per_minute' row 0: speed 0.0 is not positive",
+        r"column 'meters_per_minute' row 0: 0.0 must be finite and > 0",
     ),
     "rank out of range": ("couriers", _set("rank", _agent_row, 999), r"column 'rank' row \d+: 999 out of range"),
     "positive log-probability": (
@@ -225,14 +225,14 @@ CASES: dict[str, tuple[str, Change, str]] = {
     "zero target click-to-door": (
         "episodes",
         _set("target_ctd", 0, 0),
-        r"column 'target_ctd' row 0: 0 is not positive \(the service requires > 0\)$",
+        r"column 'target_ctd' row 0: 0 must be > 0$",
     ),
     "maximum below the target": (
         "episodes",
         _set("max_ctd", 0, 1),
-        r"column 'max_ctd' row 0: 1 is below target_ctd 40$",
+        r"column 'max_ctd' row 0: 1 must be >= target \(40\)$",
     ),
-    "negative pay": ("episodes", _set("pay_per_order", 0, -1.0), r"column 'pay_per_order' row 0: -1\.0 is negative$"),
+    "negative pay": ("episodes", _set("pay_per_order", 0, -1.0), r"column 'pay_per_order' row 0: -1\.0 must be >= 0$"),
     "wrong epoch count": (
         "episodes",
         _plus("epochs", 0, 1),
@@ -488,12 +488,12 @@ def test_cli_replay_and_train_refuse_a_zero_speed_with_one_line(
     out = tmp_path / "r"
     assert main(["replay", str(folder), "--policy", "nearest", "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"dispatch replay: {path}: column 'meters_per_minute' row 0: speed 0.0 is not positive"
+    assert err == f"dispatch replay: {path}: column 'meters_per_minute' row 0: 0.0 must be finite and > 0"
     run = tmp_path / "run"
     argv = ["train", "--algo", "bc", "--data", str(folder), "--steps", "1", "--out", str(run), "--no-progress"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith(f"{path}: column 'meters_per_minute' row 0: speed 0.0 is not positive"), err
+    assert err.endswith(f"{path}: column 'meters_per_minute' row 0: 0.0 must be finite and > 0"), err
 
 
 def test_bad_last_day_is_refused_before_any_day_is_encoded(dataset: Path, tmp_path: Path) -> None:

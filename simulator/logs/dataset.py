@@ -282,24 +282,15 @@ def _check_part(path: Path, table: str, data: pa.Table) -> None:
 
 
 def _check_params(path: Path, data: pa.Table) -> None:
-    """A day's service parameters obey the service's rules for them (service/validation.py), the pay the
-    instance reader's; a day the service would refuse to decide is no day to learn from or replay."""
-    speed = float(data.column("meters_per_minute")[0].as_py())
-    if speed <= 0:
-        raise LogError(f"{path}: column 'meters_per_minute' row 0: speed {speed} is not positive")
-    for name in ("pickup_service", "dropoff_service", "epochs"):
-        v = int(data.column(name)[0].as_py())
-        if v < 0:
-            raise LogError(f"{path}: column {name!r} row 0: {v} is negative")
-    target, limit = (int(data.column(c)[0].as_py()) for c in ("target_ctd", "max_ctd"))
-    if target <= 0:
-        raise LogError(f"{path}: column 'target_ctd' row 0: {target} is not positive (the service requires > 0)")
-    if limit < target:
-        raise LogError(f"{path}: column 'max_ctd' row 0: {limit} is below target_ctd {target}")
-    for name in ("pay_per_order", "guaranteed_pay_per_hour"):
-        pay = float(data.column(name)[0].as_py())
-        if pay < 0:
-            raise LogError(f"{path}: column {name!r} row 0: {pay} is negative")
+    """A day's service parameters obey the rules the service decides by (ServiceParams.problem): a day the
+    service would refuse to decide is no day to learn from or replay."""
+    epochs = int(data.column("epochs")[0].as_py())
+    if epochs < 0:
+        raise LogError(f"{path}: column 'epochs' row 0: {epochs} is negative")
+    params = ServiceParams(**{f: data.column(f)[0].as_py() for f in ServiceParams.__dataclass_fields__})
+    if broken := params.problem():
+        name, rule = broken  # the log's columns carry the ServiceParams names
+        raise LogError(f"{path}: column {name!r} row 0: {getattr(params, name)!r} {rule}")
 
 
 def _repeats(keys: np.ndarray) -> np.ndarray:
