@@ -188,9 +188,8 @@ def _candidates(path: Path, body: dict[str, Any], rule: str) -> CandidateConfig:
     return cands
 
 
-def load_manifest(onnx_path: str | Path, onnx_bytes: bytes | None = None) -> ModelManifest:
-    """Read and check the manifest of a model; ModelError names the file and the field at fault."""
-    path = manifest_path(onnx_path)
+def read_manifest_body(path: Path) -> dict[str, Any]:
+    """The JSON object of the model manifest at ``path``, its format checked; ModelError naming the path otherwise."""
     if not path.is_file():
         raise ModelError(f"{path}: manifest missing (every model ships NAME.onnx with NAME.json)")
     data = _read_capped(path, MAX_MANIFEST_BYTES, "manifest")
@@ -202,6 +201,13 @@ def load_manifest(onnx_path: str | Path, onnx_bytes: bytes | None = None) -> Mod
         raise ModelError(f"{path}: not valid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
     if not isinstance(body, dict) or body.get("format") != MODEL_FORMAT:
         raise ModelError(f"{path}: field 'format' is not {MODEL_FORMAT!r}")
+    return body
+
+
+def load_manifest(onnx_path: str | Path, onnx_bytes: bytes | None = None) -> ModelManifest:
+    """Read and check the manifest of a model; ModelError names the file and the field at fault."""
+    path = manifest_path(onnx_path)
+    body = read_manifest_body(path)
     version = body.get("manifest_version", 0)  # absent in manifests older than the field
     if isinstance(version, bool) or not isinstance(version, int):
         raise ModelError(f"{path}: field 'manifest_version' {version!r} is not an integer")

@@ -61,12 +61,12 @@ def test_export_replaces_an_earlier_export_and_never_another_file(
     shutil.copy(run / "config.json", tmp_path / "config.json")
     (tmp_path / "manifest.json").write_text('{"format": "dispatch-logs"}')
     (tmp_path / "data.parquet").write_bytes(b"PAR1 not ours")
-    (tmp_path / "big.json").write_text('{"format": "dispatch-model", "pad": "' + "x" * (2 << 20) + '"}')
+    (tmp_path / "torn.json").write_text('{"format": "dispatch-model", "name": ')  # not one a runtime reads
     cases = {
         "config.onnx": "config.json exists and is not part of an exported model",
         "manifest.onnx": "manifest.json exists and is not part of an exported model",
         "data.parquet": "data.parquet exists and is not part of an exported model",
-        "big.onnx": "big.json exists and is not part of an exported model",
+        "torn.onnx": "torn.json exists and is not part of an exported model",
     }
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     for out, message in cases.items():

@@ -108,16 +108,13 @@ def read_metrics(path: Path) -> dict[str, float]:
 
 def _is_model_manifest(path: Path) -> bool:
     """Whether ``path`` is a model manifest that an export wrote (so a new export may replace it)."""
-    import json
-
-    from dispatch.model import MODEL_FORMAT
+    from dispatch.model import ModelError, read_manifest_body
 
     try:
-        with path.open("rb") as f:
-            body = json.loads(f.read(1 << 20))  # a manifest is a few kB; a larger file is not one
-    except (OSError, ValueError, RecursionError):
+        read_manifest_body(path)
+    except ModelError:
         return False
-    return isinstance(body, dict) and body.get("format") == MODEL_FORMAT
+    return True
 
 
 def check_model_target(out: Path) -> str | None:
