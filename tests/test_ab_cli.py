@@ -23,30 +23,22 @@ def _run(capsys: pytest.CaptureFixture[str], args: list[str]) -> tuple[int, str]
 
 
 @pytest.mark.parametrize(
-    ("flag", "value"),
-    [("--noise", "nan"), ("--noise", "inf"), ("--noise", "-1"), ("--alpha", "nan"), ("--jobs", "-1")],
-)
-def test_ab_rejects_nan_inf_and_negative_flags(
-    flag: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = tmp_path / "ab"
-    rc, err = _run(capsys, [*AB, flag, value, "--out", str(out)])
-    assert rc == 2 and err.startswith(f"dispatch ab: {flag} must be") and err.count("\n") == 1
-    assert not out.exists()
-
-
-@pytest.mark.parametrize(
     ("flag", "value", "message"),
     [
+        ("--noise", "nan", "--noise must be"),
+        ("--noise", "inf", "--noise must be"),
+        ("--noise", "-1", "--noise must be"),
+        ("--alpha", "nan", "--alpha must be"),
+        ("--jobs", "-1", "--jobs must be"),
+        # Work sizes past their bound used to run out of memory after simulating (a 7 TiB bootstrap) or hang.
         ("--seeds", "1001", "--seeds must be 1 to 1000, got 1001"),
         ("--seeds", "100000000000", "--seeds must be 1 to 1000"),
         ("--bootstrap", "1000000000000", "--bootstrap must be 100 to 100000"),
     ],
 )
-def test_ab_refuses_work_sizes_past_their_bound(
+def test_ab_refuses_bad_flags_before_any_work(
     flag: str, value: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # These used to run out of memory after simulating (a 7 TiB bootstrap) or hang while building the days.
     out = tmp_path / "ab"
     rc, err = _run(capsys, [*AB, flag, value, "--out", str(out)])
     assert rc == 2 and err.startswith(f"dispatch ab: {message}") and err.count("\n") == 1
