@@ -197,7 +197,9 @@ def register(sub: Any) -> None:
         type=_bounded(int, 1),
         default=200_000,
         help="same-restaurant order pairs per request, the sum over restaurants of n*(n-1)/2 for n orders "
-        "(default 200000: about a second of decision on one core in the worst case; see service/validation.py)",
+        "(default 200000: about a second of decision on one core in the worst case; see service/validation.py); "
+        "for a model that bundles three orders (max_bundle_size 3, not the plan rule), the triples "
+        "n*(n-1)*(n-2)/6 too",
     )
     s.add_argument(
         "--max-message-mb",

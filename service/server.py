@@ -44,7 +44,7 @@ from service.gen.dispatch.v1 import dispatch_pb2 as pb
 from service.gen.dispatch.v1 import dispatch_pb2_grpc as pb_grpc
 from service.metrics import Metrics
 from service.registry import LoadedModel, Registry, RegistryConfig, UnknownModel, VersionMismatch
-from service.validation import Limits, ValidationError, to_snapshot
+from service.validation import Limits, ValidationError, check_triples, orders_field, to_snapshot
 from service.worker import WorkerRole
 
 log = logging.getLogger(__name__)
@@ -268,6 +268,9 @@ class DecisionService:
         """Validate (once) and build the candidates and features for ``model``."""
         if snapshot is None:
             snapshot = to_snapshot(request, self.limits)
+        # Per model, not once: a hot swap between tries may bring a model that bundles three orders.
+        cfg = model.manifest.candidates
+        check_triples(snapshot, orders_field(request), cfg.max_bundle_size, model.rule, self.limits.max_order_pairs)
         if self.procs is not None:
             return snapshot, self.procs.submit(prepare, snapshot, model.manifest.candidates, model.rule).result()
         return snapshot, prepare(snapshot, model.manifest.candidates, model.rule)
@@ -327,9 +330,9 @@ class DecisionService:
             if (shadow.manifest.candidates, shadow.rule == PLAN_RULE) == primary_config:
                 prepared = primary  # same candidate rule: reuse the served request's encoding
             else:
-                prepared = await loop.run_in_executor(
-                    self.cpu, prepare, primary.snapshot, shadow.manifest.candidates, shadow.rule
-                )
+                cfg = shadow.manifest.candidates
+                check_triples(primary.snapshot, "orders", cfg.max_bundle_size, shadow.rule, self.limits.max_order_pairs)
+                prepared = await loop.run_in_executor(self.cpu, prepare, primary.snapshot, cfg, shadow.rule)
             if prepared.encoded is None:
                 ids: dict[str, tuple[str, ...]] = {}
             else:

@@ -10,6 +10,7 @@ from operator import attrgetter
 
 import numpy as np
 
+from dispatch.assemble import PLAN_RULE
 from dispatch.kernels import plain_columns
 from dispatch.snapshot import MAX_MINUTES, ServiceParams, Snapshot
 from service.gen.dispatch.v1 import dispatch_pb2 as pb
@@ -37,6 +38,12 @@ class Limits:
     # 5.0 M pairs 16 s. bench/serve.py's synthetic_snapshot(512, 2048) has 4,066 pairs (0.11 s) and
     # synthetic_snapshot(2000, 10000) 19,852.
     max_order_pairs: int = 200_000
+    # A model whose candidate rule bundles three orders (``max_bundle_size`` 3, any rule but ``plan``,
+    # whose bundles are the plan's routes) also enumerates every same-restaurant triple: n(n-1)(n-2)/6,
+    # a Python loop per triple. The same bound applies to them (checked per model, see check_triples).
+    # Measured (dispatch.candidates.generate, k 16, one restaurant, all orders ready together, one core):
+    # 107 orders = 198,485 triples take 2.7 s; 250 orders (31,125 pairs, within the pair bound) = 2.6 M
+    # triples took 34 s before this bound.
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,31 @@ def _check_pairs(o_rest: np.ndarray, rest_ids: Sequence[str], field: _Field, lim
             f"{field.name}.restaurant_id: orders share restaurants too much: {pairs} same-restaurant order pairs "
             f"exceed the limit of {limit} (--max-order-pairs; restaurant {rest_ids[r]!r} alone has {counts[r]} "
             "orders)"
+        )
+
+
+def orders_field(msg: pb.DecideRequest) -> str:
+    """How errors name the request's orders: ``order_table`` when sent as a table, else ``orders``."""
+    return "order_table" if msg.HasField("order_table") else "orders"
+
+
+def check_triples(snapshot: Snapshot, field: str, max_bundle_size: int, rule: str, limit: int) -> None:
+    """Refuse, for a model that enumerates bundles of three, a snapshot with more than ``limit`` same-restaurant
+    order triples (the sum over restaurants of n(n-1)(n-2)/6, whatever the ready times), in O(n).
+
+    Models with bundles of at most two, and the ``plan`` rule (its bundles are the plan's routes, whose cost
+    the pair bound already covers), are not concerned.
+    """
+    if max_bundle_size < 3 or rule == PLAN_RULE or snapshot.n_orders < 3:
+        return
+    counts = np.bincount(snapshot.order_restaurant)
+    triples = int((counts * (counts - 1) * (counts - 2) // 6).sum())
+    if triples > limit:
+        r = int(np.argmax(counts))
+        raise ValidationError(
+            f"{field}.restaurant_id: orders share restaurants too much for a model that bundles three orders: "
+            f"{triples} same-restaurant order triples exceed the limit of {limit} (--max-order-pairs; restaurant "
+            f"{snapshot.restaurant_ids[r]!r} alone has {counts[r]} orders)"
         )
 
 
