@@ -9,7 +9,8 @@ JOBS ?= 2
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	# pip itself is pinned too (the version the suite last passed with), for the same reason as constraints.txt.
+	$(BIN)/pip install -q "pip==26.3"
 	# torch is pinned exactly: 2.13.0 is a CPU build on disk here; anything else downloads CUDA wheels.
 	$(BIN)/pip install -q "torch==2.13.0"
 	# constraints.txt holds every other package at the version the suite last passed with (pip freeze), so a
