@@ -1,9 +1,10 @@
 """Model admin changes shared by the worker processes of a ``--workers N`` server.
 
-A Reload reaches one worker (the kernel spreads connections, not calls). That worker applies it and,
-only when it succeeded, appends it to an append-only JSON-lines file in the supervisor's private
-folder; every other worker polls the file (every ``POLL_S``) and applies what it has not seen yet. A
-refused reload is never written, so every worker keeps its old model, as a single process does.
+A Reload reaches one worker (the kernel spreads connections, not calls). That worker loads the new
+model and, only when it loaded, appends the change to an append-only JSON-lines file in the
+supervisor's private folder, then swaps it in; every other worker polls the file (every ``POLL_S``)
+and applies what it has not seen yet. A refused reload is never written, and one that cannot be
+written (a full disk) is not applied, so every worker keeps its old model, as a single process does.
 
 Ordering: a worker holds an exclusive ``flock`` on the file from catching up with it, through its own
 reload, to the append, so admin changes are serialised across workers and every worker applies them
@@ -17,6 +18,7 @@ command-line ``--model`` path, so it serves what the others serve.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import logging
@@ -54,6 +56,10 @@ def _op(body: object) -> AdminOp:
         if isinstance(value, bool) or not isinstance(value, kind):
             raise TypeError(f"field {name!r} is not a {kind.__name__}: {value!r:.60}")
     return op
+
+
+class AdminLogError(RuntimeError):
+    """The admin log could not record a reload (a full disk, say): the reload is not applied anywhere."""
 
 
 class AdminLog:
@@ -129,14 +135,27 @@ class AdminLog:
             try:
                 await asyncio.get_running_loop().run_in_executor(None, fcntl.flock, fd, fcntl.LOCK_EX)
                 await self._apply_new()
-                model, previous = await self.registry.reload(slot, path)
-                op = AdminOp(model.slot, str(model.path), model.version, self.worker)
-                line = (json.dumps(asdict(op)) + "\n").encode()
-                written = os.write(fd, line)
-                if written != len(line):  # a full disk: the others would read a torn line
-                    raise OSError(f"admin log {self.path}: wrote {written} of {len(line)} bytes")
+                # Recorded before the swap: a change this worker cannot log is not applied either, so no
+                # worker serves a model the others will never load.
+                model, previous = await self.registry.reload(slot, path, before_swap=lambda m: self._record(fd, m))
                 # Nobody else appends while we hold the lock: everything up to here is applied (ours included).
                 self._offset = os.fstat(fd).st_size
                 return model, previous
             finally:
                 os.close(fd)  # releases the lock
+
+    def _record(self, fd: int, model: LoadedModel) -> None:
+        """Append the reload of ``model`` as one line; AdminLogError, with the file as it was, when it cannot."""
+        op = AdminOp(model.slot, str(model.path), model.version, self.worker)
+        line = (json.dumps(asdict(op)) + "\n").encode()
+        size = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, line)
+            if written != len(line):
+                raise OSError(f"wrote {written} of {len(line)} bytes")
+        except OSError as exc:
+            # A torn line would glue itself to the next worker's append and make the others skip that one.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            why = exc.strerror or str(exc)
+            raise AdminLogError(f"admin log {self.path}: cannot record the reload ({why}); not applied") from None

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import random
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,14 +221,26 @@ class Registry:
         self.metrics.model_info.labels(model.slot, model.name, model.version, model.policy.info.device).set(1)
         return old
 
-    async def reload(self, slot: str = "", path: str | Path | None = None) -> tuple[LoadedModel, str]:
-        """Load the slot again (optionally from a new path) and swap; the old model stays on any error."""
+    async def reload(
+        self, slot: str = "", path: str | Path | None = None, before_swap: Callable[[LoadedModel], None] | None = None
+    ) -> tuple[LoadedModel, str]:
+        """Load the slot again (optionally from a new path) and swap; the old model stays on any error.
+
+        ``before_swap`` runs on the loaded model just before the swap (the admin log records it there); when
+        it raises, the new model is discarded, the old one keeps serving, and the error propagates.
+        """
         slot = slot or self.default
         if slot not in self.paths:
             raise UnknownModel(f"model_name: no model slot {slot!r} (slots: {sorted(self.paths)})")
         async with self._locks[slot]:
             new_path = Path(path) if path else self.paths[slot]
             model = await self._load(slot, new_path, "reload")
+            if before_swap is not None:
+                try:
+                    before_swap(model)
+                except BaseException:
+                    await model.retire()
+                    raise
             self.paths[slot] = new_path
             old = self._install(model)
             self._refused.pop(slot, None)

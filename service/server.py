@@ -28,7 +28,7 @@ from dispatch.candidates import CandidateConfig
 from dispatch.model import ModelError
 from dispatch.snapshot import FloatArray, JointAction, Snapshot
 from dispatch.workers import spawn_pool
-from service.adminlog import AdminLog
+from service.adminlog import AdminLog, AdminLogError
 from service.auth import TokenAuth, server_credentials
 from service.batcher import BatcherClosed, ModelRunError, QueueFull
 from service.decision import (
@@ -461,6 +461,10 @@ class AdminServicer(pb_grpc.ModelAdminServiceServicer):
             raise
         except ModelError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"reload refused, old model kept: {exc}")
+            raise
+        except AdminLogError as exc:  # the model is fine; recording the change failed, and a retry may succeed
+            log.error("Reload of slot %r: %s", request.model_name, exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}, old model kept")
             raise
         except Exception:
             # Not the model (the registry turns every failure to load one into ModelError): the admin log, say.

@@ -1,13 +1,19 @@
-"""The shared admin log of a ``--workers N`` server: lines someone else wrote, and failures while applying."""
+"""The shared admin log of a ``--workers N`` server: lines someone else wrote, failures while applying or recording."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-from service.adminlog import AdminLog
+import pytest
+
+from service.adminlog import AdminLog, AdminLogError
+from service.metrics import Metrics
+from service.registry import Registry, RegistryConfig
 
 
 class _Registry:
@@ -64,3 +70,39 @@ def test_a_failed_change_does_not_drop_the_ones_after_it(tmp_path: Path) -> None
     registry = _Registry(fail={"a"})
     asyncio.run(AdminLog(path, registry, worker=2).catch_up())  # type: ignore[arg-type]
     assert registry.reloaded == [("b", "/m/b2.onnx")]
+
+
+@pytest.mark.parametrize("short", [False, True], ids=["disk-full", "torn-write"])
+def test_a_reload_the_log_cannot_record_is_not_applied(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch, short: bool
+) -> None:
+    """A worker that cannot append its reload keeps the old model (the others would never load the new one),
+    leaves the file as it was, and says so; once the disk has room, the same reload goes through."""
+    log_path = tmp_path / "admin.jsonl"
+    log_path.write_bytes(_line(**{**GOOD_A, "slot": "other"}))  # a line another worker wrote earlier
+
+    real_write = os.write
+
+    def full(fd: int, data: bytes) -> int:
+        if not short:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data[:10])  # part of the line reached the disk before it filled
+
+    async def scenario() -> None:
+        registry = Registry([("lin", model_dir / "lin.onnx")], RegistryConfig(threads=1), Metrics(None))
+        await registry.load_all()
+        admin = AdminLog(log_path, registry, worker=0)
+        before = log_path.read_bytes()
+        with monkeypatch.context() as m:
+            m.setattr("service.adminlog.os.write", full)
+            with pytest.raises(AdminLogError, match=r"cannot record the reload \(.*\); not applied"):
+                await admin.reload("lin", str(model_dir / "lin2.onnx"))
+        assert registry.get("lin").version == "1"  # the old model serves on
+        assert log_path.read_bytes() == before  # no torn line for the other workers to trip on
+        model, previous = await admin.reload("lin", str(model_dir / "lin2.onnx"))
+        assert (model.version, previous, registry.get("lin").version) == ("2", "1", "2")
+        last = json.loads(log_path.read_bytes().splitlines()[-1])
+        assert (last["slot"], last["path"]) == ("lin", str(model_dir / "lin2.onnx"))
+        await registry.close()
+
+    asyncio.run(scenario())
