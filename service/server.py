@@ -626,7 +626,10 @@ class DispatchServer:
         self.service.cpu.shutdown(wait=False)
         self.service.post.shutdown(wait=False)
         if self.service.procs is not None:
-            self.service.procs.shutdown(wait=True, cancel_futures=True)
+            # Not wait=True: a preparation still running in a worker (its call cancelled at the end of the grace)
+            # would hold this event loop, and the exit, until it finished. The worker exits once it is done,
+            # or with this process (dispatch.workers.spawn_pool).
+            self.service.procs.shutdown(wait=False, cancel_futures=True)
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
