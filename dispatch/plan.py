@@ -43,7 +43,7 @@ import numpy as np
 
 from dispatch import assemble, kernels
 from dispatch.candidates import CandidateConfig, CandidateSet, generate
-from dispatch.routes import sequence_bundles
+from dispatch.routes import route_times, sequence_rows
 from dispatch.snapshot import (
     Assignment,
     BoolArray,
@@ -111,8 +111,15 @@ def block_travel(xy: FloatArray, stops_start: IntArray, meters_per_minute: float
     return travel_minutes(xy[a, 0] - xy[b, 0], xy[a, 1] - xy[b, 1], meters_per_minute), legs_start
 
 
-def bundle_pool(snap: Snapshot, pool: IntArray, z: int, params: PlanParams) -> list[tuple[int, ...]]:
-    """Step 3: each restaurant's pooled orders bundled into routes (order indices in drop-off sequence).
+def trimmed(rows: IntArray) -> IntArray:
+    """``rows`` (groups padded with -1 at their ends) without the trailing columns that hold padding only."""
+    width = max(1, int((rows >= 0).sum(axis=1).max(initial=1)))
+    return rows[:, :width]
+
+
+def bundle_pool(snap: Snapshot, pool: IntArray, z: int, params: PlanParams) -> IntArray:
+    """Step 3: each restaurant's pooled orders bundled into routes, one row each (order indices in drop-off
+    sequence, padded with -1 at the end to the longest route).
 
     Restaurants come in the order of their first order in ``pool``, their orders in pool order; the
     insertion loops of every restaurant run in one compiled call (:func:`dispatch.kernels.bundle_pools`,
@@ -144,7 +151,7 @@ def bundle_pool(snap: Snapshot, pool: IntArray, z: int, params: PlanParams) -> l
     first_order = stops_start[:-1] - np.arange(uniq.size)  # index in ``grouped`` of each restaurant's first order
     # Padding (-1) reads a valid index (as stop 1) and is masked out again.
     members = np.where(routes > 0, grouped[first_order[route_pool][:, None] + np.maximum(routes, 1) - 1], -1)
-    return [tuple(int(o) for o in row if o >= 0) for row in members]
+    return trimmed(members)
 
 
 def hopeless(snap: Snapshot, pool: IntArray) -> BoolArray:
@@ -165,7 +172,7 @@ def hopeless(snap: Snapshot, pool: IntArray) -> BoolArray:
     travel = travel_matrix(snap.courier_xy[on_duty], snap.restaurant_xy[uniq], p.meters_per_minute)
     reach = (start[:, None] + travel).min(axis=0)
     pickup = np.maximum(snap.order_ready[pool], reach[inv] + p.half_pickup)
-    singles = sequence_bundles(snap, [(int(o),) for o in pool])
+    singles = sequence_rows(snap, pool[:, None])
     delivered = pickup + singles.dropoff_offset[:, 0]
     return np.asarray(delivered - snap.order_placement[pool] > p.max_ctd)
 
@@ -187,18 +194,22 @@ def make_plan(snapshot: Snapshot, params: PlanParams = PlanParams(), k: int = 0)
     if pool.size == 0:
         return None
     z = max(1, math.ceil(pool.size / couriers.size))
-    groups = bundle_pool(snap, pool, z, prm)
-    config = CandidateConfig(k=k)
-    bundles = sequence_bundles(snap, groups)
-    cands = generate(snap, config, agents=couriers, bundles=bundles)
+    rows = bundle_pool(snap, pool, z, prm)
     # A route that no courier can serve (the cost-driven bundling ignores the click-to-door limit and
-    # the couriers' off-times) would strand every order in it: serve its orders as singles instead.
-    stranded = (bundles.size > 1) & ~cands.times.feasible.any(axis=0)
+    # the couriers' off-times) would strand every order in it: serve its orders as singles instead, after
+    # the kept routes, route by route. Only the multi-order routes need the test.
+    stranded = (rows >= 0).sum(axis=1) > 1
     if stranded.any():
-        groups = [g for g, s in zip(groups, stranded, strict=True) if not s]
-        groups += [(o,) for b in np.flatnonzero(stranded) for o in bundles.members(int(b))]
-        bundles = sequence_bundles(snap, groups)
-        cands = generate(snap, config, agents=couriers, bundles=bundles)
+        routes = sequence_rows(snap, trimmed(rows[stranded]))
+        stranded[stranded] = ~route_times(snap, couriers, routes).feasible.any(axis=0)
+    if stranded.any():
+        loose = rows[stranded]
+        loose = loose[loose >= 0]
+        singles = np.full((loose.size, rows.shape[1]), -1, dtype=np.int64)
+        singles[:, 0] = loose
+        rows = trimmed(np.concatenate([rows[~stranded], singles]))
+    bundles = sequence_rows(snap, rows)
+    cands = generate(snap, CandidateConfig(k=k), agents=couriers, bundles=bundles)
     if cands.k == 0:
         return None
     available = snap.available()

@@ -148,6 +148,15 @@ def sequence_bundles(snapshot: Snapshot, groups: list[tuple[int, ...]], reorder:
     return _tabulate(snapshot, _matrix(groups, width), reorder)
 
 
+def sequence_rows(snapshot: Snapshot, orders: IntArray) -> Bundles:
+    """:func:`sequence_bundles` for groups already in a (B, S) matrix, each row padded with -1 at its end.
+
+    The matrix is used as given (callers trim columns that hold padding only), so no group goes through a
+    Python tuple: the plan's routes and pools arrive as arrays.
+    """
+    return _tabulate(snapshot, np.asarray(orders, dtype=np.int64), reorder=False)
+
+
 def _tabulate(snapshot: Snapshot, orders: IntArray, reorder: bool) -> Bundles:
     """:func:`sequence_bundles` on a (B, S) matrix of order indices padded with -1."""
     n, width = orders.shape
