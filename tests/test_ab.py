@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from dispatch.snapshot import Snapshot
 from simulator.ab import stats as ab_stats
 from simulator.ab.crn import NoiseConfig, perturb, policy_seed
 from simulator.ab.run import STATUS, ABConfig, ABError, run_ab
-from simulator.ab.stats import METRICS, bootstrap_ci, holm, paired, verdict
+from simulator.ab.stats import COMMON, METRICS, bootstrap_ci, common_ctd, holm, paired, verdict
 from simulator.instance import load
 from simulator.policies import resolve
 
@@ -82,6 +84,14 @@ def test_one_paired_day_gets_a_verdict_without_nan() -> None:
     assert "at least 2" in line, line
 
 
+def test_common_orders_click_to_door_ignores_orders_either_arm_dropped() -> None:
+    # A drops order 1 and B order 2: only orders 0 and 3 count, for both arms.
+    assert common_ctd([10, -1, 30, 40], [12, 20, -1, 44]) == (25.0, 28.0)
+    assert all(math.isnan(v) for v in common_ctd([10, -1], [-1, 20]))  # nothing delivered by both
+    with pytest.raises(ValueError, match="order_ctd: arm A lists 2 orders, arm B 3"):
+        common_ctd([10, 20], [10, 20, 30])
+
+
 @pytest.mark.parametrize("policy", ["reyes-soft", "nearest"])
 def test_policy_against_itself_is_identical_and_not_significant(policy: str, tmp_path: Path) -> None:
     config = ABConfig(policy, policy, SMALL, seeds=2)
@@ -114,6 +124,10 @@ def test_nearest_vs_reyes_detects_the_difference(tmp_path: Path) -> None:
     assert rows["undelivered_pct"]["diff"] < 0
     assert "B lower" in run.report["verdicts"]["ctd_mean"] and "B is better" in run.report["verdicts"]["ctd_mean"]
     assert set(rows) == set(METRICS)
+    # Every day has orders both deliver; each arm's mean over them comes from its own cells.
+    assert rows[COMMON]["n"] == len(TWENTY)
+    cells = sorted((tmp_path / "ab" / "cells").rglob("*.json"))
+    assert cells and all(isinstance(json.loads(c.read_text())["order_ctd"], list) for c in cells)
 
 
 def test_onnx_model_in_process(tmp_path: Path) -> None:

@@ -10,12 +10,12 @@ import numpy as np
 
 from simulator.ab.files import fmt as _fmt
 from simulator.ab.files import write_json, write_text
-from simulator.ab.stats import METRICS, Paired, analyse, verdict
+from simulator.ab.stats import COMMON, METRICS, Paired, analyse, common_ctd, verdict
 
 if TYPE_CHECKING:
     from simulator.ab.run import ABConfig, Cell
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2  # 2: the ctd_common_mean metric
 
 
 def _pairs(results: dict[Cell, dict[str, Any]]) -> list[tuple[str, int, dict[str, Any], dict[str, Any]]]:
@@ -24,6 +24,20 @@ def _pairs(results: dict[Cell, dict[str, Any]]) -> list[tuple[str, int, dict[str
     for c, r in results.items():
         by_day.setdefault((c.instance, c.seed), {})[c.arm] = r
     return [(i, s, arms["a"], arms["b"]) for (i, s), arms in by_day.items()]
+
+
+def _delivered(result: dict[str, Any]) -> np.ndarray:
+    """Click-to-door of the orders a cell delivered."""
+    ctd = np.asarray(result["order_ctd"], dtype=np.float64)
+    return ctd[ctd >= 0]
+
+
+def _values(ra: dict[str, Any], rb: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """Every metric of METRICS for arm A and arm B of one day (the common-orders one computed from both)."""
+    va = {m: float(ra["metrics"][m]) for m in METRICS if m != COMMON}
+    vb = {m: float(rb["metrics"][m]) for m in METRICS if m != COMMON}
+    va[COMMON], vb[COMMON] = common_ctd(ra["order_ctd"], rb["order_ctd"])
+    return va, vb
 
 
 def _plots(out: Path, pairs: list[tuple[str, int, dict[str, Any], dict[str, Any]]], label_a: str, label_b: str) -> None:
@@ -51,8 +65,8 @@ def _plots(out: Path, pairs: list[tuple[str, int, dict[str, Any], dict[str, Any]
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    ca = np.concatenate([np.asarray(a["ctd"], dtype=np.float64) for _, _, a, _ in pairs])
-    cb = np.concatenate([np.asarray(b["ctd"], dtype=np.float64) for _, _, _, b in pairs])
+    ca = np.concatenate([_delivered(a) for _, _, a, _ in pairs])
+    cb = np.concatenate([_delivered(b) for _, _, _, b in pairs])
     hi = max(float(ca.max(initial=0)), float(cb.max(initial=0)), 1.0)
     bins = [float(x) for x in np.arange(0, hi + 3, 2)]
     ax.hist(ca, bins=bins, histtype="step", lw=1.5, label=f"A {label_a}", density=True)
@@ -147,10 +161,11 @@ def _markdown(config: ABConfig, rows: list[Paired], pairs: list[Any], identical:
 def write_report(out: Path, config: ABConfig, results: dict[Cell, dict[str, Any]]) -> dict[str, Any]:
     """Write report.md, report.json and the plots for a complete A/B; returns the JSON payload."""
     pairs = _pairs(results)
-    a = {m: np.array([p[2]["metrics"][m] for p in pairs], dtype=np.float64) for m in METRICS}
-    b = {m: np.array([p[3]["metrics"][m] for p in pairs], dtype=np.float64) for m in METRICS}
+    values = [_values(ra, rb) for _, _, ra, rb in pairs]
+    a = {m: np.array([va[m] for va, _ in values], dtype=np.float64) for m in METRICS}
+    b = {m: np.array([vb[m] for _, vb in values], dtype=np.float64) for m in METRICS}
     rows = analyse(a, b, config.alpha, config.n_boot)
-    identical = all(p[2]["metrics"] == p[3]["metrics"] and p[2]["ctd"] == p[3]["ctd"] for p in pairs)
+    identical = all(p[2]["metrics"] == p[3]["metrics"] and p[2]["order_ctd"] == p[3]["order_ctd"] for p in pairs)
     payload = {
         "format": "dispatch-ab-report",
         "version": REPORT_VERSION,
@@ -164,11 +179,11 @@ def write_report(out: Path, config: ABConfig, results: dict[Cell, dict[str, Any]
             {
                 "instance": inst,
                 "seed": seed,
-                "a": {m: ra["metrics"][m] for m in METRICS},
-                "b": {m: rb["metrics"][m] for m in METRICS},
+                "a": va,
+                "b": vb,
                 "seconds": [ra["seconds"], rb["seconds"]],
             }
-            for inst, seed, ra, rb in pairs
+            for (inst, seed, ra, rb), (va, vb) in zip(pairs, values, strict=True)
         ],
     }
     _plots(out, pairs, config.a, config.b)

@@ -130,7 +130,9 @@ def run_cell(
         "cell": asdict(cell),
         "instance_name": inst.name,
         "metrics": res.metrics,
-        "ctd": ctd_all[delivered].astype(int).tolist(),
+        # Every order's click-to-door, -1 where undelivered: both arms of a day share the instance, so the
+        # report can compare them on the orders both deliver (free of the survivorship of dropped orders).
+        "order_ctd": np.where(delivered, ctd_all, -1).astype(int).tolist(),
         "hour_ctd_sum": np.bincount(hour, weights=ctd_all[delivered], minlength=HOURS).tolist(),
         "hour_count": np.bincount(hour, minlength=HOURS).tolist(),
         "epochs": res.epochs,
@@ -143,7 +145,9 @@ def run_cell(
 def load_cell(cell: Cell, out: Path) -> dict[str, Any] | None:
     """The cached result of a cell, or None when absent or unreadable (it is then rerun)."""
     payload = read_json(cell.path(out))
-    return payload if payload is not None and payload.get("cell") == asdict(cell) else None
+    # A cell cached by an older version (no per-order click-to-door) is rerun, as an unreadable one is.
+    fresh = payload is not None and payload.get("cell") == asdict(cell) and isinstance(payload.get("order_ctd"), list)
+    return payload if fresh else None
 
 
 def _prepare(out: Path, config: ABConfig) -> None:

@@ -15,9 +15,14 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+COMMON = "ctd_common_mean"
+
 # metric: (title, unit, True if lower is better)
 METRICS: dict[str, tuple[str, str, bool]] = {
     "ctd_mean": ("mean click-to-door", "min", True),
+    # Over the orders both arms deliver that day: an arm that drops its slowest orders looks faster on
+    # ctd_mean (survivorship); here it cannot.
+    COMMON: ("mean click-to-door on orders both deliver", "min", True),
     "ctd_p90": ("p90 click-to-door", "min", True),
     "undelivered_pct": ("undelivered", "pp", True),
     "overage_mean": ("mean overage", "min", True),
@@ -100,6 +105,18 @@ def paired(metric: str, a: np.ndarray, b: np.ndarray, level: float = 0.95, n_boo
     else:
         t_lo = t_hi = p = dz = nan
     return Paired(metric, n, float(a.mean()), float(b.mean()), mean, sd, t_lo, t_hi, boot[0], boot[1], dz, p)
+
+
+def common_ctd(order_ctd_a: list[int], order_ctd_b: list[int]) -> tuple[float, float]:
+    """Mean click-to-door of arm A and of arm B over the orders both delivered (-1: undelivered); NaN, NaN
+    when they delivered none in common. ValueError when the two days do not list the same orders."""
+    a, b = np.asarray(order_ctd_a, dtype=np.float64), np.asarray(order_ctd_b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"order_ctd: arm A lists {a.size} orders, arm B {b.size}; not the same day")
+    both = (a >= 0) & (b >= 0)
+    if not both.any():
+        return math.nan, math.nan
+    return float(a[both].mean()), float(b[both].mean())
 
 
 def holm(p: list[float]) -> list[float]:
