@@ -92,6 +92,16 @@ def test_common_orders_click_to_door_ignores_orders_either_arm_dropped() -> None
         common_ctd([10, 20], [10, 20, 30])
 
 
+def test_a_metric_undefined_on_a_day_is_nan_not_an_error() -> None:
+    """Cells store NaN (an arm delivered nothing) as JSON null; the report drops that day for those metrics."""
+    from simulator.ab.report import _values
+
+    a = {"metrics": {m: None for m in METRICS if m != COMMON}, "order_ctd": [-1, -1]}
+    b = {"metrics": {m: 1.0 for m in METRICS if m != COMMON}, "order_ctd": [30, 40]}
+    va, vb = _values(a, b)
+    assert all(math.isnan(v) for v in va.values()) and math.isnan(vb[COMMON]) and vb["ctd_mean"] == 1.0
+
+
 @pytest.mark.parametrize("policy", ["reyes-soft", "nearest"])
 def test_policy_against_itself_is_identical_and_not_significant(policy: str, tmp_path: Path) -> None:
     config = ABConfig(policy, policy, SMALL, seeds=2)
@@ -217,3 +227,26 @@ def test_interrupt_leaves_a_status_and_no_report(tmp_path: Path) -> None:
         run_ab(config, out, jobs=1, progress=False, resolver=lambda spec: _Interrupted(counter, after=600))
     assert "interrupted" in (out / STATUS).read_text() and not (out / "report.md").exists()
     assert run_ab(config, out, jobs=1, progress=False).complete
+
+
+def test_a_folder_of_the_previous_format_is_resumed_in_this_one(tmp_path: Path) -> None:
+    """Version 1 cells (delivered click-to-door only, no per-order list) are rerun, and ab.json says version 2
+    afterwards, so an older checkout refuses the folder instead of misreading the new cells."""
+    out = tmp_path / "ab"
+    config = ABConfig("nearest", "reyes", SMALL[:1])
+    run_ab(config, out, jobs=1, progress=False)
+    manifest = out / "ab.json"
+    old = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**old, "version": 1}))
+    for cell in (out / "cells").rglob("*.json"):
+        payload = json.loads(cell.read_text())
+        order_ctd = payload.pop("order_ctd")
+        cell.write_text(json.dumps({**payload, "ctd": [c for c in order_ctd if c >= 0]}))
+    (out / "report.md").unlink()
+    run = run_ab(config, out, jobs=1, progress=False)
+    assert run.complete and run.report is not None and run.report["version"] == 2
+    assert json.loads(manifest.read_text())["version"] == 2
+    assert all("order_ctd" in json.loads(c.read_text()) for c in (out / "cells").rglob("*.json"))
+    manifest.write_text(json.dumps({**old, "version": "2"}))
+    with pytest.raises(ABError, match=r"ab\.json: field 'version' is '2', not an integer"):
+        run_ab(config, out, jobs=1, progress=False)

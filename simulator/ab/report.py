@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from simulator.ab.files import fmt as _fmt
 from simulator.ab.files import write_json, write_text
-from simulator.ab.stats import COMMON, METRICS, Paired, analyse, common_ctd, verdict
+from simulator.ab.stats import COMMON, DAY_METRICS, METRICS, Paired, analyse, common_ctd, verdict
 
 if TYPE_CHECKING:
     from simulator.ab.run import ABConfig, Cell
@@ -32,10 +33,15 @@ def _delivered(result: dict[str, Any]) -> np.ndarray:
     return ctd[ctd >= 0]
 
 
+def _number(v: float | None) -> float:
+    return math.nan if v is None else float(v)
+
+
 def _values(ra: dict[str, Any], rb: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
     """Every metric of METRICS for arm A and arm B of one day (the common-orders one computed from both)."""
-    va = {m: float(ra["metrics"][m]) for m in METRICS if m != COMMON}
-    vb = {m: float(rb["metrics"][m]) for m in METRICS if m != COMMON}
+    # A metric undefined on a day (NaN: no order delivered) comes back from the cell's JSON as null.
+    va = {m: _number(ra["metrics"][m]) for m in DAY_METRICS}
+    vb = {m: _number(rb["metrics"][m]) for m in DAY_METRICS}
     va[COMMON], vb[COMMON] = common_ctd(ra["order_ctd"], rb["order_ctd"])
     return va, vb
 

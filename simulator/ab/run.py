@@ -29,7 +29,7 @@ from simulator.engine import SimConfig
 from simulator.resume import differences
 
 FORMAT = "dispatch-ab"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: cells hold order_ctd (every order's click-to-door) instead of ctd
 MANIFEST = "ab.json"
 STATUS = "STATUS.md"
 ARMS = ("a", "b")
@@ -165,14 +165,20 @@ def _prepare(out: Path, config: ABConfig) -> None:
             raise ABError(f"{man_path}: not valid JSON; remove the folder or choose another --out") from None
         if man.get("format") != FORMAT:
             raise ABError(f"{man_path}: not an A/B folder")
-        if man.get("version", 0) > FORMAT_VERSION:
-            raise ABError(f"{man_path}: written by a newer version ({man.get('version')}); upgrade to resume it")
+        version = man.get("version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ABError(f"{man_path}: field 'version' is {version!r}, not an integer; not an A/B folder")
+        if version > FORMAT_VERSION:
+            raise ABError(f"{man_path}: written by a newer version ({version}); upgrade to resume it")
         if man.get("args") != args:
             raise ABError(
                 f"{out}: holds an A/B with other arguments ({differences(man.get('args'), args)}); use a new --out "
                 "or the same arguments to resume"
             )
-        return
+        if version == FORMAT_VERSION:
+            return
+        # Resumed from an older version: its cells are rerun in this format, so an older checkout must now
+        # refuse the folder instead of misreading them.
     try:
         write_json(man_path, {"format": FORMAT, "version": FORMAT_VERSION, "args": args})
     except OSError as exc:  # a read-only folder

@@ -9,7 +9,7 @@ import numpy as np
 
 from simulator.ab.files import fmt as _fmt
 from simulator.ab.files import write_json, write_text
-from simulator.ab.stats import METRICS
+from simulator.ab.stats import DAY_METRICS
 from simulator.replay import resim, shadow
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def _plots(out: Path, results: dict[str, list[dict[str, Any]]]) -> list[str]:
             ax.axvline(0, color="black", lw=0.8)
             ax.set_yticks(y, [x["name"] for x in days], fontsize=7)
             ax.invert_yaxis()
-            ax.set_xlabel(f"policy − logged {METRICS[m][0]} ({METRICS[m][1]})")
+            ax.set_xlabel(f"policy − logged {DAY_METRICS[m][0]} ({DAY_METRICS[m][1]})")
         fig.tight_layout()
         fig.savefig(out / "resim.png", dpi=110)
         plt.close(fig)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from dispatch.policy import Policy
-from simulator.ab.stats import METRICS, paired
+from simulator.ab.stats import DAY_METRICS, paired
 from simulator.engine import SimConfig
 from simulator.replay.days import ReplayDay
 from simulator.run import run_episode
@@ -30,7 +30,7 @@ def resim_day(day: ReplayDay, policy: Policy, resolver: Callable[[str], Policy])
 def summarise(days: list[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
     """Mean logged vs policy metrics and the paired difference (policy − logged) with intervals."""
     out = {}
-    for m in METRICS:
+    for m in DAY_METRICS:
         a = np.array([d["logged"][m] for d in days], dtype=np.float64)
         b = np.array([d["policy"][m] for d in days], dtype=np.float64)
         out[m] = paired(m, a, b, seed=seed).to_dict()
