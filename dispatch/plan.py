@@ -312,7 +312,9 @@ def candidates_for(snapshot: Snapshot, config: CandidateConfig, rule: str) -> tu
         return generate(snapshot, config), None
     plan = make_plan(snapshot, PlanParams(), k=config.k)
     if plan is None:
-        return generate(snapshot, config, agents=np.zeros(0, dtype=np.int64)), None
+        # No agents, so no bundles either: the model's own bundle rule (triples, say) is never enumerated here.
+        nothing = np.zeros(0, dtype=np.int64)
+        return generate(snapshot, config, agents=nothing, bundles=sequence_rows(snapshot, nothing[:, None])), None
     return plan.cands, plan
 
 

@@ -12,14 +12,17 @@ import pytest
 
 from bench.serve import synthetic_snapshot
 from dispatch import assemble, kernels
+from dispatch.candidates import CandidateConfig
 from dispatch.linear_model import write_linear_model
 from dispatch.onnx_policy import OnnxPolicy
 from dispatch.plan import (
+    PLAN_RULE,
     Plan,
     PlanParams,
     blended_scores,
     block_travel,
     bundle_pool,
+    candidates_for,
     execute,
     make_plan,
     plan_scores,
@@ -249,3 +252,17 @@ def test_batched_bundling_refuses_inconsistent_layouts() -> None:
     for message, (lg, ls, rd, st, br, z) in bad.items():
         with pytest.raises(ValueError, match=message):
             kernels.bundle_pools(lg, ls, rd, st, br, z, 0, 0, 0.5)
+
+
+def test_an_epoch_with_nothing_to_plan_enumerates_no_bundles() -> None:
+    """With every courier busy past the plan's horizon there are no agents: a model whose own bundle rule takes
+    three orders must not have every same-restaurant triple built anyway (288,100 of them here, seconds of work)."""
+    snap = synthetic_snapshot(10, 120, 0)
+    snap = replace(
+        snap,
+        order_restaurant=np.zeros(snap.n_orders, dtype=np.int64),
+        order_ready=np.full(snap.n_orders, snap.time),
+        courier_free_at=np.full(snap.n_couriers, snap.time + 200),
+    )
+    cands, plan = candidates_for(snap, CandidateConfig(k=16, max_bundle_size=3), PLAN_RULE)
+    assert plan is None and cands.n_agents == 0 and cands.bundles.n == 0
