@@ -148,14 +148,16 @@ class AdminLog:
         """Append the reload of ``model`` as one line; AdminLogError, with the file as it was, when it cannot."""
         op = AdminOp(model.slot, str(model.path), model.version, self.worker)
         line = (json.dumps(asdict(op)) + "\n").encode()
-        size = os.fstat(fd).st_size
+        size = -1
         try:
+            size = os.fstat(fd).st_size
             written = os.write(fd, line)
             if written != len(line):
                 raise OSError(f"wrote {written} of {len(line)} bytes")
         except OSError as exc:
             # A torn line would glue itself to the next worker's append and make the others skip that one.
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, size)
+            if size >= 0:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
             why = exc.strerror or str(exc)
             raise AdminLogError(f"admin log {self.path}: cannot record the reload ({why}); not applied") from None

@@ -16,7 +16,7 @@ from dispatch.model import ModelError, manifest_path
 from dispatch.onnx_policy import OnnxPolicy
 from service.batcher import MicroBatcher
 from service.gen.dispatch.v1 import dispatch_pb2 as pb
-from service.metrics import Metrics
+from service.metrics import Metrics, multiprocess
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,9 @@ class Registry:
     async def load_all(self) -> None:
         """Load every slot; ModelError (naming the file) when one cannot be served."""
         for slot, path in self.paths.items():
-            self._install(await self._load(slot, path, "load"))
+            model = await self._load(slot, path, "load")
+            self._install(model)
+            self._count(model, "load", "ok")
 
     async def _load(self, slot: str, path: Path, event: str) -> LoadedModel:
         loop = asyncio.get_running_loop()
@@ -187,11 +189,16 @@ class Registry:
             on_depth=depth.set,
         )
         model.batcher.start()
-        self.metrics.model_events.labels(slot, model.name, model.version, event, "ok").inc()
-        log.info(
-            "%s slot %r: %s version %s on %s %s", event, slot, model.name, model.version, model.policy.info.device, path
-        )
         return model
+
+    def _count(self, model: LoadedModel, event: str, result: str) -> None:
+        """Count and log a load or reload of ``model`` that ended in ``result`` (ok: it now serves)."""
+        self.metrics.model_events.labels(model.slot, model.name, model.version, event, result).inc()
+        if result == "ok":
+            device = model.policy.info.device
+            log.info(
+                "%s slot %r: %s version %s on %s %s", event, model.slot, model.name, model.version, device, model.path
+            )
 
     def _build(self, slot: str, path: Path) -> LoadedModel:
         """Load a model completely, ready to be swapped in; ModelError (the slot untouched) when it cannot serve."""
@@ -239,10 +246,18 @@ class Registry:
                 try:
                     before_swap(model)
                 except BaseException:
+                    self._count(model, "reload", "error")
+                    serving = self._slots.get(slot)
+                    if serving is None or (serving.name, serving.version) != (model.name, model.version):
+                        # Series the refused model's batcher created: nothing of that version serves.
+                        self.metrics.drop(self.metrics.queue_depth, model.name, model.version)
+                        if not multiprocess():  # a histogram's series cannot be zeroed, and there cannot be removed
+                            self.metrics.batch_size.remove(model.name, model.version)
                     await model.retire()
                     raise
             self.paths[slot] = new_path
             old = self._install(model)
+            self._count(model, "reload", "ok")
             self._refused.pop(slot, None)
         if old is None:
             return model, ""

@@ -158,7 +158,8 @@ def check_triples(snapshot: Snapshot, field: str, max_bundle_size: int, rule: st
     if max_bundle_size < 3 or rule == PLAN_RULE or snapshot.n_orders < 3:
         return
     counts = np.bincount(snapshot.order_restaurant)
-    triples = int((counts * (counts - 1) * (counts - 2) // 6).sum())
+    # Python integers: n(n-1)(n-2) leaves int64 past about two million orders at one restaurant.
+    triples = sum(math.comb(int(n), 3) for n in counts[counts >= 3])
     if triples > limit:
         r = int(np.argmax(counts))
         raise ValidationError(

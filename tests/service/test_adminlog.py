@@ -89,8 +89,14 @@ def test_a_reload_the_log_cannot_record_is_not_applied(
         return real_write(fd, data[:10])  # part of the line reached the disk before it filled
 
     async def scenario() -> None:
-        registry = Registry([("lin", model_dir / "lin.onnx")], RegistryConfig(threads=1), Metrics(None))
+        metrics = Metrics(None)
+        registry = Registry([("lin", model_dir / "lin.onnx")], RegistryConfig(threads=1), metrics)
         await registry.load_all()
+
+        def events(result: str) -> float | None:
+            labels = {"slot": "lin", "model": "linear", "version": "2", "event": "reload", "result": result}
+            return metrics.registry.get_sample_value("dispatch_model_events_total", labels)
+
         admin = AdminLog(log_path, registry, worker=0)
         before = log_path.read_bytes()
         with monkeypatch.context() as m:
@@ -99,8 +105,11 @@ def test_a_reload_the_log_cannot_record_is_not_applied(
                 await admin.reload("lin", str(model_dir / "lin2.onnx"))
         assert registry.get("lin").version == "1"  # the old model serves on
         assert log_path.read_bytes() == before  # no torn line for the other workers to trip on
+        assert events("error") == 1 and events("ok") is None  # counted as the refusal it was
+        assert metrics.registry.get_sample_value("dispatch_queue_depth", {"model": "linear", "version": "2"}) is None
         model, previous = await admin.reload("lin", str(model_dir / "lin2.onnx"))
         assert (model.version, previous, registry.get("lin").version) == ("2", "1", "2")
+        assert events("ok") == 1
         last = json.loads(log_path.read_bytes().splitlines()[-1])
         assert (last["slot"], last["path"]) == ("lin", str(model_dir / "lin2.onnx"))
         await registry.close()
