@@ -22,10 +22,10 @@ Each epoch at time t (``shared/reference/mdrp-results.md``):
    ``w × N_s / (last drop-off − time d is free) − θ × (pickup − ready)``.
 6. Commitment. The published heuristic may send a courier towards a restaurant before committing a
    bundle; our engine never diverts a courier, so the second stage becomes: commit a pair only if its
-   courier is idle now and postponing one epoch would delay the pickup past the bundle's ready time
-   or past the courier's off-time (or any order has been ready for more than ``force_after``
-   minutes). Other pairs (busy couriers, early bundles) only reserve for this epoch; their orders
-   return to the pool.
+   courier is idle now and postponing ``interval`` minutes (the commitment horizon, 2) would delay the
+   pickup past the bundle's ready time or past the courier's off-time (or any order has been ready for
+   more than ``force_after`` minutes). Other pairs (busy couriers, early bundles) only reserve for this
+   epoch; their orders return to the pool.
 
 The ``plan`` conflict rule runs the same plan for an exported model, over each courier's best K of
 the plan's bundles (the model's candidate count), and in step 5 ranks the pairs of one priority group by
@@ -76,6 +76,8 @@ class PlanParams:
     throughput_weight: float = 5.0
     force_after: int = 20
     max_ready_gap: int = 40
+    # Commitment horizon in minutes (step 6), not the caller's cadence, which the service cannot know: 2 was
+    # tuned with decisions every 2 minutes and stayed best with decisions every minute (1 and 3 were no better).
     interval: int = 2
     expiry_margin: int = 20
 
@@ -241,7 +243,7 @@ def make_plan(snapshot: Snapshot, params: PlanParams = PlanParams(), k: int = 0)
         prm.throughput_weight * bundles.size[None, :] / busy_for
         - prm.theta * np.maximum(times.pickup - bundles.ready[None, :], 0) / 10.0
     )
-    # Commitment (step 6), per pair: postponing one epoch would make the pickup late, an order has waited
+    # Commitment (step 6), per pair: postponing by the horizon would make the pickup late, an order has waited
     # too long, or the courier's shift ends before the next epoch's pickup.
     arrival = t + times.travel_to_restaurant + p.half_pickup
     late_if_postponed = arrival + prm.interval > bundles.ready[None, :]

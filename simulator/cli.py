@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from simulator.epochs import DEFAULT_INTERVAL
 from simulator.seeds import seed_arg
 
 
@@ -43,7 +44,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--out", type=Path, help="write the three MDRP solution files per instance and policy here")
     p.add_argument("--jobs", type=int, default=0, help="worker processes (default: usable cores)")
-    p.add_argument("--interval", type=int, default=2, help="minutes between decision epochs (default 2)")
+    p.add_argument(
+        "--interval",
+        type=int,
+        default=DEFAULT_INTERVAL,
+        help=f"minutes between decision epochs (default {DEFAULT_INTERVAL})",
+    )
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of stochastic policies (default 0)")
     p.add_argument("--json", type=Path, help="also write every run's metrics to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -109,7 +115,12 @@ def register(sub: Any) -> None:
     )
     g.add_argument("--days", type=int, default=1, help="days logged per instance (default 1)")
     g.add_argument("--seed", type=seed_arg, default=0, help="dataset seed (default 0)")
-    g.add_argument("--interval", type=int, default=2, help="minutes between decision epochs (default 2)")
+    g.add_argument(
+        "--interval",
+        type=int,
+        default=DEFAULT_INTERVAL,
+        help=f"minutes between decision epochs (default {DEFAULT_INTERVAL})",
+    )
     g.add_argument("--k", type=int, default=16, help="candidates per courier (default 16)")
     g.add_argument(
         "--cover",

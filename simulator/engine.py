@@ -18,6 +18,7 @@ import numpy as np
 
 from dispatch.routes import route_times, sequence_bundles
 from dispatch.snapshot import InfeasibleActionError, IntArray, JointAction, Snapshot
+from simulator.epochs import DEFAULT_INTERVAL
 from simulator.instance import Instance
 
 
@@ -25,7 +26,7 @@ from simulator.instance import Instance
 class SimConfig:
     """Engine settings."""
 
-    dispatch_interval: int = 2
+    dispatch_interval: int = DEFAULT_INTERVAL
     # Couriers starting within this many minutes are shown (not yet available) so planners see them.
     courier_lookahead: int = 10
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from simulator.batch import Task, run_many
+from simulator.engine import SimConfig
+from simulator.epochs import DEFAULT_INTERVAL
 from simulator.heuristics import NAMES
 from simulator.instance import list_instances, load
 from simulator.metrics import floor_ctd
@@ -52,6 +54,30 @@ CLASSES: tuple[tuple[str, Callable[[str], str]], ...] = (
 )
 
 
+SIM_KEY = "_sim"  # in a metrics cache: the engine settings its metrics were measured under
+
+
+def sim_stamp(config: SimConfig) -> dict[str, int]:
+    """The engine settings a cached metric depends on, as stored under SIM_KEY."""
+    return {"dispatch_interval": config.dispatch_interval, "courier_lookahead": config.courier_lookahead}
+
+
+def load_cache(path: Path, config: SimConfig) -> dict[str, dict[str, dict[str, float]]]:
+    """A metrics cache measured under ``config``, stamped with it; empty (said on stderr) if made under others.
+
+    Metrics of another decision cadence are other metrics: mixing them would compare policies run under
+    different rules, so a cache without the stamp (older than it) or with another one starts over.
+    """
+    if not path.is_file():
+        return {SIM_KEY: sim_stamp(config)}  # type: ignore[dict-item]
+    data: dict[str, dict[str, dict[str, float]]] = json.loads(path.read_text())
+    found = data.get(SIM_KEY)
+    if found != sim_stamp(config):
+        print(f"{path}: measured under engine settings {found}, not {sim_stamp(config)}; not reused", file=sys.stderr)
+        return {SIM_KEY: sim_stamp(config)}  # type: ignore[dict-item]
+    return data
+
+
 def save_cache(path: Path, data: dict[str, dict[str, dict[str, float]]]) -> None:
     """Write a per-policy, per-instance metrics cache atomically."""
     tmp = path.with_name(path.name + ".tmp")
@@ -60,16 +86,16 @@ def save_cache(path: Path, data: dict[str, dict[str, dict[str, float]]]) -> None
 
 
 def collect(
-    policies: list[str], instances: list[str], cache: Path, jobs: int | None
+    policies: list[str], instances: list[str], cache: Path, jobs: int | None, config: SimConfig
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Per-policy, per-instance metrics; runs only what the cache lacks and saves after each policy."""
-    data: dict[str, dict[str, dict[str, float]]] = json.loads(cache.read_text()) if cache.is_file() else {}
+    """Per-policy, per-instance metrics under ``config``; runs only what the cache lacks, saving after each policy."""
+    data = load_cache(cache, config)
     for pol in policies:
         have = data.setdefault(pol, {})
         todo = [i for i in instances if i not in have]
         if todo:
             print(f"{pol}: {len(todo)} instance(s) to run", file=sys.stderr)
-            for r in run_many([Task(i, pol) for i in todo], jobs=jobs):
+            for r in run_many([Task(i, pol, config=config) for i in todo], jobs=jobs):
                 have[r.instance_name] = {k: r.metrics[k] for k in KEEP}
             save_cache(cache, data)
     return data
@@ -85,6 +111,12 @@ def floors(instances: list[str]) -> dict[str, tuple[float, float, int]]:
     return out
 
 
+def cadence(config: SimConfig) -> str:
+    """'every minute' or 'every N minutes', for a report's opening line."""
+    n = config.dispatch_interval
+    return "every minute" if n == 1 else f"every {n} minutes"
+
+
 def charged_ctd(metrics: dict[str, float], max_ctd: int) -> float:
     """Mean click-to-door over all orders, an undelivered one counted at the maximum click-to-door.
 
@@ -97,13 +129,15 @@ def charged_ctd(metrics: dict[str, float], max_ctd: int) -> float:
     return metrics["ctd_mean"] * (1.0 - lost) + max_ctd * lost
 
 
-def render(data: dict[str, dict[str, dict[str, float]]], policies: list[str], instances: list[str]) -> str:
+def render(
+    data: dict[str, dict[str, dict[str, float]]], policies: list[str], instances: list[str], config: SimConfig
+) -> str:
     """The Markdown report."""
     fl = floors(instances)
     lines = [
         "# Heuristic dispatchers on the 240 public MDRP instances",
         "",
-        "Produced by `make results` (`python -m simulator.results`). Decision epochs every 2 minutes. "
+        f"Produced by `make results` (`python -m simulator.results`). Decision epochs {cadence(config)}. "
         "Every figure is the mean across instances of each instance's own value (the published convention). "
         "`reyes` parameters were tuned on instance seeds 0–5 only.",
         "",
@@ -154,15 +188,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--instances", default="*", help="glob over public instance names (default all)")
     ap.add_argument("--jobs", type=int, default=0, help="worker processes (default: usable cores)")
     ap.add_argument("--fresh", action="store_true", help="ignore the cache and rerun everything")
+    ap.add_argument(
+        "--interval",
+        type=int,
+        default=DEFAULT_INTERVAL,
+        help=f"minutes between decision epochs (default {DEFAULT_INTERVAL})",
+    )
     args = ap.parse_args(argv)
+    if args.interval < 1:
+        ap.error("--interval must be at least 1")
     policies = [p for p in args.policies.split(",") if p]
     instances = list_instances(args.instances)
     cache = args.cache or args.out.with_suffix(".json")
     if args.fresh and cache.exists():
         cache.unlink()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    data = collect(policies, instances, cache, args.jobs or None)
-    text = render(data, policies, instances)
+    config = SimConfig(dispatch_interval=args.interval)
+    data = collect(policies, instances, cache, args.jobs or None, config)
+    text = render(data, policies, instances, config)
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(text + "\n")
     os.replace(tmp, args.out)

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from simulator.epochs import DEFAULT_INTERVAL
+from simulator.results import SIM_KEY
 from training.dispatch import results
 
 
@@ -47,6 +49,12 @@ def test_one_command_logs_trains_exports_and_reports(tmp_path: Path) -> None:
     # Two seeds of each algorithm plus every heuristic, each on the evaluated instance.
     models = ["bc-s0", "bc-s1", "inspo-s0", "inspo-s1"]
     digests = cache.pop(results.MODEL_KEY)
+    # Stamped with the engine settings of the logs and the evaluations (the default cadence).
+    assert cache.pop(SIM_KEY) == {"dispatch_interval": DEFAULT_INTERVAL, "courier_lookahead": 10}
+    assert (
+        json.loads((tmp_path / "work" / "logs" / "manifest.json").read_text())["args"]["sim"]["dispatch_interval"]
+        == DEFAULT_INTERVAL
+    )
     assert sorted(cache) == sorted([*models, *results.HEURISTICS])
     assert all(list(v) == ["6o50t75s1p100"] for v in cache.values())
     assert sorted(digests) == models and all(len(d["onnx_sha256"]) == 64 for d in digests.values())
@@ -71,6 +79,20 @@ def test_one_command_logs_trains_exports_and_reports(tmp_path: Path) -> None:
     assert again["bc-s0"]["6o50t75s1p100"]["ctd_mean"] == cache["bc-s0"]["6o50t75s1p100"]["ctd_mean"] > 0
     assert again["bc-s1"]["6o50t75s1p100"]["ctd_mean"] == -2.0
     assert again[results.MODEL_KEY]["bc-s0"]["decision_code_sha256"] == results.decision_code_digest()
+    # Metrics of another decision cadence are not reused either: neither this report's own cache (here
+    # made to look like a two-minute run) nor heuristic rows from `make results` measured that way.
+    other = {**again, SIM_KEY: {"dispatch_interval": 2, "courier_lookahead": 10}}
+    other["bc-s1"]["6o50t75s1p100"]["ctd_mean"] = -3.0
+    out.with_suffix(".json").write_text(json.dumps(other))
+    heuristic_cache = tmp_path / "none.json"
+    heuristic_cache.write_text(
+        json.dumps({**other, "reyes": {"6o50t75s1p100": {**other["reyes"]["6o50t75s1p100"], "ctd_mean": -4.0}}})
+    )
+    assert results.main(argv) == 0
+    fresh = json.loads(out.with_suffix(".json").read_text())
+    assert fresh[SIM_KEY]["dispatch_interval"] == DEFAULT_INTERVAL
+    assert fresh["bc-s1"]["6o50t75s1p100"]["ctd_mean"] == cache["bc-s1"]["6o50t75s1p100"]["ctd_mean"] > 0
+    assert fresh["reyes"]["6o50t75s1p100"]["ctd_mean"] == cache["reyes"]["6o50t75s1p100"]["ctd_mean"] > 0
     # Another protocol in the same work folder is refused rather than mixed with the old models.
     with pytest.raises(SystemExit) as exc:
         results.main([*argv, "--steps", "7"])

@@ -255,12 +255,12 @@ CASES: dict[str, tuple[str, Change, str]] = {
     "time reversed": (
         "epochs",
         lambda t: t.set_column(2, "time", pa.array(t.column("time").to_pylist()[::-1], type=pa.int32())),
-        r"column 'time' row 1: \d+ after \d+: not 2 minutes later \(args\.sim\.dispatch_interval\)$",
+        r"column 'time' row 1: \d+ after \d+: not 1 minute later \(args\.sim\.dispatch_interval\)$",
     ),
     "time repeated": (
         "epochs",
         lambda t: _set("time", 3, t.column("time")[2].as_py())(t),
-        r"column 'time' row 3: (\d+) after \1: not 2 minutes later",
+        r"column 'time' row 3: (\d+) after \1: not 1 minute later",
     ),
     "epoch skipped": (
         "epochs",

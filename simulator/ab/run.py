@@ -26,6 +26,7 @@ from simulator.ab.crn import NoiseConfig, entity_key, perturb, policy_seed
 from simulator.ab.files import out_problem, read_json, write_json, write_text
 from simulator.batch import worker_pool
 from simulator.engine import SimConfig
+from simulator.epochs import DEFAULT_INTERVAL
 from simulator.resume import differences
 
 FORMAT = "dispatch-ab"
@@ -49,7 +50,7 @@ class ABConfig:
     instances: tuple[str, ...]
     seeds: int = 1
     noise: NoiseConfig = field(default_factory=NoiseConfig)
-    interval: int = 2
+    interval: int = DEFAULT_INTERVAL
     alpha: float = 0.05
     n_boot: int = 2000
 

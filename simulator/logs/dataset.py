@@ -676,7 +676,8 @@ def _check_epochs(ds: LogDataset, episode: int, parts: dict[str, pa.Table]) -> N
     interval = ds.dispatch_interval
     # The engine advances by exactly the interval; replay and the training view take each row for one step.
     ok = step == interval if interval is not None else step > 0
-    due = f"{interval} minutes later (args.sim.dispatch_interval)" if interval is not None else "later"
+    unit = "minute" if interval == 1 else "minutes"
+    due = f"{interval} {unit} later (args.sim.dispatch_interval)" if interval is not None else "later"
     _require(path, "time", ok, np.arange(1, n), lambda j: f"{time[j + 1]} after {time[j]}: not {due}")
     for table in BY_EPOCH[1:]:
         e = _ints(parts[table], "epoch")

@@ -30,9 +30,11 @@ from scipy import stats
 
 from dispatch.assemble import MASS_THRESHOLD, PLAN_RULE
 from dispatch.model import manifest_path, sha256_bytes
+from simulator.engine import SimConfig
+from simulator.epochs import DEFAULT_INTERVAL
 from simulator.instance import list_instances
 from simulator.report import markdown_table, mean_metrics
-from simulator.results import KEEP, PUBLISHED, charged_ctd, floors, save_cache
+from simulator.results import KEEP, PUBLISHED, cadence, charged_ctd, floors, load_cache, save_cache
 from training.dispatch.export import (
     DEFAULT_DEFER,
     DEFAULT_LOOKAHEAD,
@@ -60,6 +62,12 @@ class Protocol:
     rule: str = DEFAULT_RULE
     train_instances: tuple[str, ...] = TRAIN_INSTANCES
     instances: str = "*"
+    # Minutes between decision epochs, for the logs and every evaluation alike.
+    interval: int = DEFAULT_INTERVAL
+
+    def sim(self) -> SimConfig:
+        """The engine settings of the logs and of every evaluation."""
+        return SimConfig(dispatch_interval=self.interval)
 
 
 def decision_code_digest() -> str:
@@ -87,7 +95,9 @@ def build_models(work: Path, proto: Protocol, jobs: int, progress: bool) -> dict
 
     logs = work / "logs"
     # Resumes by itself: days already logged (and checksummed) are not simulated again.
-    generate(logs, "mixed", _instances(proto.train_instances), days=1, seed=0, jobs=jobs, progress=progress)
+    generate(
+        logs, "mixed", _instances(proto.train_instances), days=1, seed=0, sim=proto.sim(), jobs=jobs, progress=progress
+    )
     models: dict[str, Path] = {}
     for algo in ALGOS:
         for seed in range(proto.seeds):
@@ -124,8 +134,9 @@ def evaluate(
     cache: Path,
     jobs: int,
     progress: bool,
+    config: SimConfig,
 ) -> None:
-    """Simulate ``spec`` (a heuristic or an .onnx path) on the instances ``data[name]`` lacks, then save."""
+    """Simulate ``spec`` (a heuristic or an .onnx path) under ``config`` where ``data[name]`` lacks it, then save."""
     from simulator.batch import Task, run_many
 
     have = data.setdefault(name, {})
@@ -133,7 +144,7 @@ def evaluate(
     if not todo:
         return
     print(f"evaluate {name}: {len(todo)} instance(s)", file=sys.stderr)
-    for r in run_many([Task(i, spec) for i in todo], jobs=jobs, progress=progress):
+    for r in run_many([Task(i, spec, config=config) for i in todo], jobs=jobs, progress=progress):
         have[r.instance_name] = {k: r.metrics[k] for k in KEEP}
     save_cache(cache, data)
 
@@ -249,7 +260,8 @@ def render(data: dict[str, dict[str, dict[str, float]]], groups: dict[str, list[
         f"`mixed` recipe, one logged day on each of the {len(_instances(proto.train_instances))} instances "
         f"{', '.join(f'`{p}`' for p in proto.train_instances)}. "
         f"Each learned policy: {proto.seeds} training seeds × {proto.steps} steps (batch {proto.batch_size}), "
-        f"exported to ONNX, {_decoding(proto.rule)}. Its row is the mean over its seeds of each "
+        f"exported to ONNX, {_decoding(proto.rule)}. Decision epochs {cadence(proto.sim())}, in the logs and in "
+        "every evaluation. Its row is the mean over its seeds of each "
         "instance's metric. Figures are means across instances (the published convention).",
         "",
         PUBLISHED,
@@ -308,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_bytes(stamp, wanted.encode())
     models = build_models(args.work, proto, jobs, not args.no_progress)
     cache = args.out.with_suffix(".json")
-    data: dict[str, dict[str, dict[str, float]]] = json.loads(cache.read_text()) if cache.is_file() else {}
+    data = load_cache(cache, proto.sim())
     # Metrics are kept per model: a model whose file, manifest (conflict rule), decoding threshold or
     # decision-path code changed since they were measured is evaluated again.
     code = decision_code_digest()
@@ -326,13 +338,13 @@ def main(argv: list[str] | None = None) -> int:
             data.pop(name, None)
     data[MODEL_KEY] = digests  # type: ignore[assignment]
     if args.heuristic_cache.is_file():
-        known = json.loads(args.heuristic_cache.read_text())
+        known = load_cache(args.heuristic_cache, proto.sim())  # rows of other engine settings are not taken
         for h in HEURISTICS:
             data[h] = {**data.get(h, {}), **known.get(h, {})}  # a fresh `make results` wins
     everything = list_instances(args.instances)
     policies = {name: str(path) for name, path in models.items()} | {h: h for h in HEURISTICS}
     for name, spec in policies.items():
-        evaluate(data, name, spec, everything, cache, jobs, not args.no_progress)
+        evaluate(data, name, spec, everything, cache, jobs, not args.no_progress, proto.sim())
     groups = {a: [f"{a}-s{s}" for s in range(proto.seeds)] for a in ALGOS} | {h: [h] for h in HEURISTICS}
     text = render(data, groups, proto)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,10 @@
+"""The decision cadence: minutes between decision epochs, shared by the engine and the CLIs (no heavy imports).
+
+One minute, the finest the integer-minute MDRP clock allows, was chosen on the training-seed instances 2-5
+(docs/dispatch-experiments.md §19): against two minutes it cut click-to-door by 0.3-0.4 min for `reyes` and
+the learned `plan` policies at the same lost orders, while it slowed `assignment`, which commits every free
+courier at once. The plan's commitment horizon (``dispatch.plan.PlanParams.interval``, 2 minutes) is a
+separate setting: the service cannot know how often its callers decide.
+"""
+
+DEFAULT_INTERVAL = 1
