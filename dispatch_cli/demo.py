@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
             return rc
     logs = args.out / "logs"
     step("3. generate a small offline log dataset (mixed recipe) and print its card")
+    # A few seconds of work, made afresh: logs an earlier demo left under other settings (another release's
+    # decision interval, say) are refused by `logs generate` rather than mixed, which would stop the demo.
+    shutil.rmtree(logs, ignore_errors=True)
     rc = dispatch(
         [
             "logs",
