@@ -12,14 +12,17 @@ import platform
 import subprocess
 import sys
 
+from simulator.epochs import DEFAULT_INTERVAL
+
 CHILD = """
 import json, resource, time, sys
 from simulator.instance import load
 from simulator.heuristics import make
+from simulator.engine import SimConfig
 from simulator.run import run_episode
 inst = load(sys.argv[1])
 t = time.perf_counter()
-r = run_episode(inst, make(sys.argv[2]))
+r = run_episode(inst, make(sys.argv[2]), config=SimConfig(dispatch_interval=int(sys.argv[3])))
 wall = time.perf_counter() - t
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"wall": wall, "rss_mb": rss, "epochs": r.epochs, "ctd": r.metrics["ctd_mean"],
@@ -33,15 +36,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--instance", default="7o100t100s1p100")
     ap.add_argument("--policies", default="nearest,reyes")
     ap.add_argument("--repeat", type=int, default=3, help="runs per policy; the best wall time is reported")
+    ap.add_argument(
+        "--interval",
+        type=int,
+        default=DEFAULT_INTERVAL,
+        help=f"minutes between decision epochs (default {DEFAULT_INTERVAL}; the tables before 2026-12-07 used 2)",
+    )
     args = ap.parse_args(argv)
-    print(f"instance {args.instance}; python {platform.python_version()}; {platform.processor() or platform.machine()}")
+    machine = platform.processor() or platform.machine()
+    print(
+        f"instance {args.instance}; decisions every {args.interval} min; python {platform.python_version()}; {machine}"
+    )
     print(f"| policy | wall s (best of {args.repeat}) | peak RSS MiB | epochs | CtD mean | undelivered % |")
     print("|---|---|---|---|---|---|")
     for pol in args.policies.split(","):
         runs = []
         for _ in range(args.repeat):
             # taskset pins the child to one core: the target is stated for one core.
-            cmd = [sys.executable, "-c", CHILD, args.instance, pol]
+            cmd = [sys.executable, "-c", CHILD, args.instance, pol, str(args.interval)]
             try:
                 out = subprocess.run(["taskset", "-c", "0", *cmd], capture_output=True, text=True, check=True)
             except FileNotFoundError:

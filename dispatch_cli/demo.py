@@ -25,6 +25,20 @@ def step(title: str) -> None:
     print(f"\n=== {title}", flush=True)
 
 
+def clear(folder: Path, marker: str) -> None:
+    """Remove ``folder`` if an earlier demo made it (it holds ``marker``) or it is empty; refuse anything else.
+
+    The demo remakes its logs, run and A/B on every run, but never deletes a folder it cannot recognise
+    (a user's own files under ``--out``).
+    """
+    if not folder.exists():
+        return
+    if folder.is_dir() and ((folder / marker).is_file() or not any(folder.iterdir())):
+        shutil.rmtree(folder)
+        return
+    raise SystemExit(f"demo: {folder} is not a folder an earlier demo made (no {marker}); move it or use another --out")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the demo pipeline; returns non-zero at the first failing step."""
     ap = argparse.ArgumentParser(prog="python -m dispatch_cli.demo", description=__doc__)
@@ -50,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     step("3. generate a small offline log dataset (mixed recipe) and print its card")
     # A few seconds of work, made afresh: logs an earlier demo left under other settings (another release's
     # decision interval, say) are refused by `logs generate` rather than mixed, which would stop the demo.
-    shutil.rmtree(logs, ignore_errors=True)
+    clear(logs, "manifest.json")
     rc = dispatch(
         [
             "logs",
@@ -75,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     model = args.out / "models" / "inspo-demo.onnx"
     step("4. train a small InSPO policy on the demo logs")
     # `dispatch train` never overwrites a run; the demo's own run is retrained on every demo.
-    shutil.rmtree(run, ignore_errors=True)
+    clear(run, "config.json")
     rc = dispatch(
         [
             "train",
@@ -110,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         return rc
     ab_out = args.out / "ab"
     # Arm B names this run's server port, so an A/B left by an earlier demo cannot be resumed: start over.
-    shutil.rmtree(ab_out, ignore_errors=True)
+    clear(ab_out, "ab.json")
     step(f"8. A/B in the simulator: the InSPO model served over gRPC against {args.ab_baseline}")
     from service.server import ServerConfig, ThreadedServer
 

@@ -146,7 +146,8 @@ def register(sub: Any) -> None:
         "--interval",
         type=int,
         default=DEFAULT_INTERVAL,
-        help=f"decision interval of instance days (default {DEFAULT_INTERVAL})",
+        help=f"minutes between decision epochs of instance days (default {DEFAULT_INTERVAL}); "
+        "log days replay at the interval their log records",
     )
     r.add_argument("--out", type=Path, required=True, help="report folder (created, or resumed)")
     r.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -68,13 +68,22 @@ def load_cache(path: Path, config: SimConfig) -> dict[str, dict[str, dict[str, f
     Metrics of another decision cadence are other metrics: mixing them would compare policies run under
     different rules, so a cache without the stamp (older than it) or with another one starts over.
     """
+    fresh: dict[str, dict[str, dict[str, float]]] = {SIM_KEY: sim_stamp(config)}  # type: ignore[dict-item]
     if not path.is_file():
-        return {SIM_KEY: sim_stamp(config)}  # type: ignore[dict-item]
-    data: dict[str, dict[str, dict[str, float]]] = json.loads(path.read_text())
+        return fresh
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        print(f"{path}: unreadable ({exc}); not reused", file=sys.stderr)
+        return fresh
+    if not isinstance(data, dict):
+        print(f"{path}: holds a JSON {type(data).__name__}, not a metrics object; not reused", file=sys.stderr)
+        return fresh
     found = data.get(SIM_KEY)
     if found != sim_stamp(config):
-        print(f"{path}: measured under engine settings {found}, not {sim_stamp(config)}; not reused", file=sys.stderr)
-        return {SIM_KEY: sim_stamp(config)}  # type: ignore[dict-item]
+        then = "no engine settings (older than the stamp)" if found is None else f"engine settings {found}"
+        print(f"{path}: measured under {then}, not {sim_stamp(config)}; not reused", file=sys.stderr)
+        return fresh
     return data
 
 

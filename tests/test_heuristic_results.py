@@ -40,3 +40,23 @@ def test_an_interval_below_one_minute_is_refused(capsys: pytest.CaptureFixture[s
         results.main(["--interval", "0", "--out", "/nonexistent/never-made.md"])
     assert exc.value.code == 2
     assert "--interval must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"{not json", "unreadable"),
+        (b"\xff\xfe", "unreadable"),
+        (b"[1, 2]", "holds a JSON list, not a metrics object"),
+        (b'{"nearest": {}}', "no engine settings (older than the stamp)"),
+    ],
+    ids=["corrupt", "not-utf8", "not-an-object", "unstamped"],
+)
+def test_a_cache_that_cannot_be_used_is_said_and_started_over(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, why: str
+) -> None:
+    cache = tmp_path / "results.json"
+    cache.write_bytes(content)
+    config = SimConfig()
+    assert results.load_cache(cache, config) == {results.SIM_KEY: results.sim_stamp(config)}
+    assert f"{cache}: " in (err := capsys.readouterr().err) and why in err and "not reused" in err

@@ -232,3 +232,22 @@ def test_recipes_replay_with_the_candidates_of_their_log(tmp_path: Path) -> None
     assert run.report["shadow"]["joint_agreement"] == 1.0  # type: ignore[index]
     other = _replay(log_days(logs), "nearest-noisy", ("shadow",), tmp_path / "k16")
     assert other.report["shadow"]["joint_agreement"] < 1.0  # type: ignore[index]
+
+
+@pytest.mark.parametrize("interval", [1, 2])
+def test_a_log_that_does_not_record_its_cadence_replays_at_the_one_it_was_logged_at(
+    tmp_path: Path, interval: int
+) -> None:
+    logs = tmp_path / "logs"
+    generate(
+        logs, "nearest-noisy", INSTANCES[:1], days=1, seed=4, sim=SimConfig(dispatch_interval=interval), progress=False
+    )
+    assert [d.interval for d in log_days(logs)] == [interval]
+    # The format lets a manifest leave the interval out; the epochs' times still say it.
+    man = json.loads((logs / "manifest.json").read_text())
+    del man["args"]["sim"]
+    (logs / "manifest.json").write_text(json.dumps(man))
+    days = log_days(logs)
+    assert [d.interval for d in days] == [interval]
+    run = _replay(days, "nearest-noisy", ("resim",), tmp_path / "r")
+    assert run.report["resim"]["metrics"]["ctd_mean"]["diff"] == pytest.approx(0.0, abs=1e-9)  # type: ignore[index]

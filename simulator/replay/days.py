@@ -12,9 +12,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from dispatch.policy import Policy
 from dispatch.snapshot import JointAction, Snapshot
 from simulator.engine import Engine, SimConfig
+from simulator.epochs import DEFAULT_INTERVAL
 from simulator.instance import Instance
 from simulator.logs.dataset import LogDataset, LoggedDay
 from simulator.logs.schema import EPISODE_METRICS
@@ -68,18 +71,30 @@ class ReplayDay:
         return {m: res.metrics[m] for m in EPISODE_METRICS}
 
 
+def epoch_spacing(day: LoggedDay) -> int | None:
+    """Minutes between a logged day's decision epochs (the smallest step; None for a day of one epoch)."""
+    steps = np.diff(np.asarray(day.tables["epochs"]["time"], dtype=np.int64))
+    steps = steps[steps > 0]
+    return int(steps.min()) if steps.size else None
+
+
 def log_days(folder: str | Path) -> list[ReplayDay]:
-    """Every day of a log dataset."""
+    """Every day of a log dataset, each replayed at the cadence it was logged at.
+
+    That is the manifest's ``args.sim.dispatch_interval``; a log that does not record it (the format allows
+    that) is read off its epochs' times instead, since a default has changed before (2 minutes, then 1).
+    """
     ds = LogDataset(folder)
-    interval = int(ds.manifest.get("args", {}).get("sim", {}).get("dispatch_interval", 2))
+    recorded = ds.dispatch_interval
     out = []
     for ep in ds.episodes:
         day = ds.day(ep)
+        interval = recorded if recorded is not None else epoch_spacing(day) or DEFAULT_INTERVAL
         out.append(ReplayDay(f"log-{ep:06d}", str(day.info["instance"]), int(day.info["seed"]), interval, day))
     return out
 
 
-def instance_days(specs: list[str], baseline: str, interval: int = 2, seed: int = 0) -> list[ReplayDay]:
+def instance_days(specs: list[str], baseline: str, interval: int = DEFAULT_INTERVAL, seed: int = 0) -> list[ReplayDay]:
     """MDRP instance days, their history played by ``baseline``."""
     import re
 
