@@ -12,7 +12,7 @@ import platform
 import subprocess
 import sys
 
-from simulator.epochs import DEFAULT_INTERVAL
+from simulator.epochs import add_interval_option
 
 CHILD = """
 import json, resource, time, sys
@@ -36,12 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--instance", default="7o100t100s1p100")
     ap.add_argument("--policies", default="nearest,reyes")
     ap.add_argument("--repeat", type=int, default=3, help="runs per policy; the best wall time is reported")
-    ap.add_argument(
-        "--interval",
-        type=int,
-        default=DEFAULT_INTERVAL,
-        help=f"minutes between decision epochs (default {DEFAULT_INTERVAL}; the tables before 2026-12-07 used 2)",
-    )
+    add_interval_option(ap, "the tables before 2026-12-07 used 2")
     args = ap.parse_args(argv)
     machine = platform.processor() or platform.machine()
     print(

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from simulator.epochs import DEFAULT_INTERVAL
+from simulator.epochs import add_interval_option
 from simulator.seeds import seed_arg
 
 
@@ -44,12 +44,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--out", type=Path, help="write the three MDRP solution files per instance and policy here")
     p.add_argument("--jobs", type=int, default=0, help="worker processes (default: usable cores)")
-    p.add_argument(
-        "--interval",
-        type=int,
-        default=DEFAULT_INTERVAL,
-        help=f"minutes between decision epochs (default {DEFAULT_INTERVAL})",
-    )
+    add_interval_option(p)
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of stochastic policies (default 0)")
     p.add_argument("--json", type=Path, help="also write every run's metrics to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -115,12 +110,7 @@ def register(sub: Any) -> None:
     )
     g.add_argument("--days", type=int, default=1, help="days logged per instance (default 1)")
     g.add_argument("--seed", type=seed_arg, default=0, help="dataset seed (default 0)")
-    g.add_argument(
-        "--interval",
-        type=int,
-        default=DEFAULT_INTERVAL,
-        help=f"minutes between decision epochs (default {DEFAULT_INTERVAL})",
-    )
+    add_interval_option(g)
     g.add_argument("--k", type=int, default=16, help="candidates per courier (default 16)")
     g.add_argument(
         "--cover",

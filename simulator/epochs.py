@@ -7,4 +7,19 @@ courier at once. The plan's commitment horizon (``dispatch.plan.PlanParams.inter
 separate setting: the service cannot know how often its callers decide.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 DEFAULT_INTERVAL = 1
+
+
+def add_interval_option(parser: Any, note: str = "") -> None:
+    """Add ``--interval`` (minutes between decision epochs, default DEFAULT_INTERVAL) to an argparse parser."""
+    extra = f"; {note}" if note else ""
+    parser.add_argument(
+        "--interval",
+        type=int,
+        default=DEFAULT_INTERVAL,
+        help=f"minutes between decision epochs (default {DEFAULT_INTERVAL}{extra})",
+    )

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from simulator.epochs import DEFAULT_INTERVAL
+from simulator.epochs import add_interval_option
 
 POLICY_HELP = (
     "a heuristic (nearest, reyes, ...), a behaviour recipe (reyes-soft, ...; add :greedy), "
@@ -83,12 +83,7 @@ def register(sub: Any) -> None:
         default=1.0,
         help="scale of the replicate perturbation (default 1: preparation σ=0.15, speed σ=0.05; 0: off)",
     )
-    p.add_argument(
-        "--interval",
-        type=int,
-        default=DEFAULT_INTERVAL,
-        help=f"minutes between decision epochs (default {DEFAULT_INTERVAL})",
-    )
+    add_interval_option(p)
     p.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate for Holm (default 0.05)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--out", type=Path, required=True, help="report folder (created, or resumed)")
@@ -142,13 +137,7 @@ def register(sub: Any) -> None:
         metavar="N",
         help="also measure the OPE estimand's ground truth in the simulator with N samples per state (default off)",
     )
-    r.add_argument(
-        "--interval",
-        type=int,
-        default=DEFAULT_INTERVAL,
-        help=f"minutes between decision epochs of instance days (default {DEFAULT_INTERVAL}); "
-        "log days replay at the interval their log records",
-    )
+    add_interval_option(r, "for instance days; log days replay at the interval their log records")
     r.add_argument("--out", type=Path, required=True, help="report folder (created, or resumed)")
     r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     r.set_defaults(handler=replay)

@@ -18,7 +18,7 @@ import numpy as np
 
 from simulator.batch import Task, run_many
 from simulator.engine import SimConfig
-from simulator.epochs import DEFAULT_INTERVAL
+from simulator.epochs import add_interval_option
 from simulator.heuristics import NAMES
 from simulator.instance import list_instances, load
 from simulator.metrics import floor_ctd
@@ -197,12 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--instances", default="*", help="glob over public instance names (default all)")
     ap.add_argument("--jobs", type=int, default=0, help="worker processes (default: usable cores)")
     ap.add_argument("--fresh", action="store_true", help="ignore the cache and rerun everything")
-    ap.add_argument(
-        "--interval",
-        type=int,
-        default=DEFAULT_INTERVAL,
-        help=f"minutes between decision epochs (default {DEFAULT_INTERVAL})",
-    )
+    add_interval_option(ap)
     args = ap.parse_args(argv)
     if args.interval < 1:
         ap.error("--interval must be at least 1")
