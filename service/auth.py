@@ -14,17 +14,24 @@ import grpc
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
+def check_pair(cert: Path, key: Path, protocol: ssl._SSLMethod = ssl.PROTOCOL_TLS_CLIENT) -> ssl.SSLContext:
+    """An ssl context holding ``cert`` and its ``key``; ValueError naming both flags when they are not a PEM
+    certificate and the key that matches it (gRPC itself says only that a handshake failed)."""
+    ctx = ssl.SSLContext(protocol)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"--tls-cert {cert} / --tls-key {key}: not a PEM certificate and its key ({exc})") from None
+    return ctx
+
+
 def server_credentials(cert: Path, key: Path, client_ca: Path | None = None) -> grpc.ServerCredentials:
     """TLS credentials; with ``client_ca`` clients must present a certificate it signed (mutual TLS).
 
     The files are checked with Python's ssl module first: gRPC reports a bad certificate or a key that does
     not match it only as a failure to add the port, which reads like a bind error. ValueError names the flag.
     """
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        ctx.load_cert_chain(cert, key)
-    except (ssl.SSLError, OSError) as exc:
-        raise ValueError(f"--tls-cert {cert} / --tls-key {key}: not a PEM certificate and its key ({exc})") from None
+    ctx = check_pair(cert, key, ssl.PROTOCOL_TLS_SERVER)
     if client_ca is not None:
         try:
             ctx.load_verify_locations(client_ca)

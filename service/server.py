@@ -49,6 +49,13 @@ from service.worker import WorkerRole
 
 log = logging.getLogger(__name__)
 
+
+def is_port_file(data: bytes) -> bool:
+    """Whether ``data`` is an empty file or what a server writes to ``--port-file`` (two port numbers)."""
+    parts = data.split()
+    return not parts or (len(parts) == 2 and all(p.isdigit() for p in parts))
+
+
 DISPATCH_SERVICE = pb.DESCRIPTOR.services_by_name["DispatchService"].full_name
 ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["ModelAdminService"].full_name
 
@@ -534,9 +541,10 @@ class DispatchServer:
             ("grpc.max_receive_message_length", c.max_message_bytes),
             ("grpc.max_send_message_length", c.max_message_bytes),
         ]
-        if c.worker is not None:
-            # Every worker binds the same port; the kernel spreads incoming connections over them.
-            options.append(("grpc.so_reuseport", 1))
+        # Every worker binds the same port; the kernel spreads incoming connections over them. gRPC sets
+        # SO_REUSEPORT by default on Linux, so a lone server turns it off: otherwise a second server started
+        # on a busy port binds silently and takes half of the first one's connections.
+        options.append(("grpc.so_reuseport", int(c.worker is not None)))
         server = self._server = grpc.aio.server(interceptors=interceptors, options=options)
         pb_grpc.add_DispatchServiceServicer_to_server(DispatchServicer(self.service), server)
         reload = self.admin_log.reload if self.admin_log else None
@@ -606,10 +614,25 @@ class DispatchServer:
         if self.config.port_file:
             tmp = self.config.port_file.with_suffix(".tmp")
             try:
-                tmp.write_text(f"{self.port} {self.metrics_port}\n")
+                tmp.write_text(self._port_text())
                 tmp.replace(self.config.port_file)
             except OSError as exc:
                 raise ValueError(f"--port-file {self.config.port_file}: cannot write: {exc.strerror or exc}") from None
+
+    def _port_text(self) -> str:
+        """What the port file holds: the gRPC port and the metrics port."""
+        return f"{self.port} {self.metrics_port}\n"
+
+    def _remove_port_file(self) -> None:
+        """Remove the port file of a lone server that stops, if it still holds this server's ports, so that a
+        script waiting for the next server's file does not read stale ports. A worker leaves it: the others
+        still serve on them."""
+        path = self.config.port_file
+        if path is None or self.config.worker is not None:
+            return
+        with contextlib.suppress(OSError):
+            if path.read_text() == self._port_text():
+                path.unlink()
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Graceful shutdown: NOT_SERVING, refuse new calls, let in-flight calls finish (up to the grace)."""
@@ -633,6 +656,7 @@ class DispatchServer:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+        self._remove_port_file()
         gc.unfreeze()  # the startup heap is ordinary garbage again (a process may outlive its server)
         self._stopped.set()
         log.info("server stopped")

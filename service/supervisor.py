@@ -22,6 +22,7 @@ It imports neither grpc nor the decision path (it is small, and it never has gRP
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import logging
 import multiprocessing
@@ -128,6 +129,14 @@ def _write_atomically(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def _remove_port_file(path: Path | None, line: str) -> None:
+    """Remove ``--port-file`` once the workers are stopped, if it still holds ``line`` (as a lone server does)."""
+    if path is not None:
+        with contextlib.suppress(OSError):
+            if path.read_text() == line:
+                path.unlink()
+
+
 class Supervisor:
     """Runs ``--workers`` server processes for the parsed ``dispatch serve`` flags; :meth:`run` until a signal."""
 
@@ -199,7 +208,11 @@ class Supervisor:
             try:
                 for w in self.workers:
                     self._spawn(w)
-                return self._supervise(f"{self.port} {metrics_port}\n")
+                line = f"{self.port} {metrics_port}\n"
+                try:
+                    return self._supervise(line)
+                finally:
+                    _remove_port_file(self.args.port_file, line)
             finally:
                 if http is not None:
                     http.shutdown()

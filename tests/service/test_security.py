@@ -160,3 +160,16 @@ def test_call_cli_with_mutual_tls_and_token_file(
         token.write_text("wrong\n")
         assert main([*call, "--token-file", str(token)]) == 1
         assert "UNAUTHENTICATED" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["key is a certificate", "key of another certificate"])
+def test_call_refuses_a_client_key_that_does_not_match_naming_the_flags(
+    pki: dict[str, Path], capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    from dispatch_cli.main import main
+
+    key = pki["client_cert"] if case == "key is a certificate" else pki["rogue_key"]
+    args = ["call", "--target", "127.0.0.1:1", "--tls-ca", str(pki["ca"]), "--tls-cert", str(pki["client_cert"])]
+    assert main([*args, "--tls-key", str(key)]) == 2
+    err = capsys.readouterr().err
+    assert f"--tls-cert {pki['client_cert']} / --tls-key {key}: not a PEM certificate and its key" in err

@@ -168,3 +168,50 @@ def test_tls_files_that_are_not_pem_are_named(model_dir: Path, tmp_path: Path, b
     out = _serve("--model", str(model_dir / "lin.onnx"), "--port", "0", "--metrics-port", "-1", *flags)
     _refused(out, f"cannot start: {needle}")
     assert "cannot bind" not in out.stderr
+
+
+def test_a_second_server_on_a_busy_port_is_refused(model_dir: Path):
+    """gRPC sets SO_REUSEPORT by default: a second lone server used to bind the same port and take half the calls."""
+    from service.server import ServerConfig, ThreadedServer
+
+    cfg = ServerConfig(models=[("first", model_dir / "lin.onnx")], port=0, metrics_port=None)
+    with ThreadedServer(cfg) as first:
+        try:
+            out = subprocess.run(
+                [*SERVE, "--model", str(model_dir / "lin.onnx"), "--port", str(first.port), "--metrics-port", "-1"],
+                env=env(), cwd=ROOT, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            pytest.fail("a second server started on the first one's port")
+    _refused(out, f"cannot start: --port {first.port} on 127.0.0.1: cannot bind")
+
+
+def test_a_port_file_that_is_not_one_is_never_replaced(tmp_path: Path):
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text('{"format": "dispatch-logs"}\n')
+    out = _serve("--model", "missing.onnx", "--port", "0", "--port-file", str(manifest))
+    _refused(out, f"cannot start: --port-file {manifest}: exists and is not a port file")
+    assert manifest.read_text() == '{"format": "dispatch-logs"}\n'
+
+
+def test_a_stopped_server_removes_its_port_file_and_a_stale_one_is_replaced(model_dir: Path, tmp_path: Path):
+    import time
+
+    port_file = tmp_path / "ports"
+    port_file.write_text("1 2\n")  # left by a server that did not stop cleanly
+    proc = subprocess.Popen(
+        [*SERVE, "--model", str(model_dir / "lin.onnx"), "--port", "0", "--metrics-port", "-1",
+         "--port-file", str(port_file)],
+        env=env(), cwd=ROOT, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while port_file.read_text() == "1 2\n" and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        port, metrics = port_file.read_text().split()
+        assert port != "1" and metrics == "0"
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert not port_file.exists()

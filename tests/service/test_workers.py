@@ -101,6 +101,7 @@ def served(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     srv = Served(tmp_path_factory.mktemp("served"), "--model", f"lin={lin}", "--model", f"rl={lin}")
     yield srv
     assert srv.stop() == 0, srv.log_text()
+    assert not (srv.log.parent / "ports").exists()  # a stopped supervisor leaves no stale ports behind
 
 
 def _decide_until_every_worker_answered(served: Served, snapshots: list[Snapshot], max_connections: int = 40) -> int:
