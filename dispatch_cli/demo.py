@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from dispatch_cli.main import main as dispatch
+from simulator.cli_paths import path_arg
 
 DEFAULT_INSTANCE = "0o100t100s1p100"
 
@@ -42,7 +43,7 @@ def clear(folder: Path, marker: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the demo pipeline; returns non-zero at the first failing step."""
     ap = argparse.ArgumentParser(prog="python -m dispatch_cli.demo", description=__doc__)
-    ap.add_argument("--out", type=Path, default=Path("demo-out"), help="where artefacts go (default demo-out/)")
+    ap.add_argument("--out", type=path_arg, default=Path("demo-out"), help="where artefacts go (default demo-out/)")
     ap.add_argument("--instance", default=DEFAULT_INSTANCE, help=f"MDRP day to use (default {DEFAULT_INSTANCE})")
     ap.add_argument("--log-instance", default="0o50t75s2p100", help="day the demo logs are generated on")
     ap.add_argument("--train-steps", type=int, default=400, help="InSPO gradient steps (default 400)")

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from simulator.cli_paths import path_arg
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -35,8 +37,8 @@ def _model_spec(text: str) -> tuple[str, Path]:
     """``NAME=PATH`` or ``PATH`` (slot named after the file stem)."""
     name, sep, path = text.partition("=")
     if not sep:
-        return Path(text).stem, Path(text)
-    if not name or not path:
+        return path_arg(text).stem, path_arg(text)
+    if not name or not path.strip():
         raise argparse.ArgumentTypeError(f"expected NAME=PATH or PATH, got {text!r}")
     return name, Path(path)
 
@@ -227,14 +229,14 @@ def register(sub: Any) -> None:
         help=f"reload models whose files change, polling this often (default 0: off; else {MIN_WATCH_S:g} to "
         f"{MAX_WATCH_S} seconds)",
     )
-    s.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS")
-    s.add_argument("--tls-key", type=Path, help="server private key (PEM)")
-    s.add_argument("--tls-client-ca", type=Path, help="CA of client certificates; enables mutual TLS")
-    s.add_argument("--token-file", type=Path, help=f"require this bearer token (default: ${TOKEN_ENV} when set)")
+    s.add_argument("--tls-cert", type=path_arg, help="server certificate (PEM); enables TLS")
+    s.add_argument("--tls-key", type=path_arg, help="server private key (PEM)")
+    s.add_argument("--tls-client-ca", type=path_arg, help="CA of client certificates; enables mutual TLS")
+    s.add_argument("--token-file", type=path_arg, help=f"require this bearer token (default: ${TOKEN_ENV} when set)")
     s.add_argument(
         "--grace", type=_bounded(float, 0), default=10.0, help="seconds in-flight calls get at shutdown (default 10)"
     )
-    s.add_argument("--port-file", type=Path, help="write 'GRPC_PORT METRICS_PORT' here once serving")
+    s.add_argument("--port-file", type=path_arg, help="write 'GRPC_PORT METRICS_PORT' here once serving")
     s.add_argument(
         "--workers",
         type=_workers,
@@ -270,10 +272,10 @@ def register(sub: Any) -> None:
     c.add_argument("--model", default="", help="model slot (default: the server's choice)")
     c.add_argument("--sticky-key", default="", help="A/B sticky key, e.g. a city id")
     c.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds (default 10)")
-    c.add_argument("--tls-ca", type=Path, help="CA to verify the server (enables TLS)")
-    c.add_argument("--tls-cert", type=Path, help="client certificate for mutual TLS")
-    c.add_argument("--tls-key", type=Path, help="client key for mutual TLS")
-    c.add_argument("--token-file", type=Path, help=f"bearer token file (default: ${TOKEN_ENV} when set)")
+    c.add_argument("--tls-ca", type=path_arg, help="CA to verify the server (enables TLS)")
+    c.add_argument("--tls-cert", type=path_arg, help="client certificate for mutual TLS")
+    c.add_argument("--tls-key", type=path_arg, help="client key for mutual TLS")
+    c.add_argument("--token-file", type=path_arg, help=f"bearer token file (default: ${TOKEN_ENV} when set)")
     c.set_defaults(handler=call)
 
 
@@ -293,13 +295,15 @@ def _token(path: Path | None) -> str | None:
 
 
 def _port_file_problem(path: Path) -> str | None:
-    """Why the server could not write ``path`` (through a temporary file beside it), or None."""
-    from simulator.writable import file_problem
+    """Why the server could not write ``path`` (through a temporary file beside it), or None; an existing file
+    is replaced only when it is an earlier port file (a server that did not stop cleanly leaves one)."""
+    from service.server import is_port_file
+    from simulator.writable import replace_problem
 
     folder = path.absolute().parent
     if not path.is_dir() and not folder.is_dir():
         return f"folder {folder} does not exist"  # the server writes the file, it makes no folders
-    return file_problem(path)
+    return replace_problem(path, is_port_file, "a port file")
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -402,8 +406,12 @@ def _call_problem(args: argparse.Namespace) -> str:
     gRPC's C core aborts the whole process on a client certificate without its key (or the reverse),
     and prints a C stack trace for an empty target, so these are refused here.
     """
+    from simulator.policies import port_problem
+
     if not args.target.strip():
         return "--target must be host:port, got an empty string"
+    if problem := port_problem(args.target):
+        return f"--target {args.target}: {problem}"
     if not (math.isfinite(args.timeout) and args.timeout > 0):
         return f"--timeout must be a finite number of seconds > 0, got {args.timeout}"
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -445,6 +453,10 @@ def call(args: argparse.Namespace) -> int:
             for flag, path in (("--tls-ca", args.tls_ca), ("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key))
         )
         token = _token(args.token_file)
+        if args.tls_cert is not None and args.tls_key is not None:
+            from service.auth import check_pair
+
+            check_pair(args.tls_cert, args.tls_key)
     except ValueError as exc:
         print(f"dispatch call: {exc}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ from simulator.engine import SimConfig
 
 @dataclass(frozen=True)
 class Task:
-    """One simulated day: an instance spec, a policy (heuristic name or .onnx path) with options, a seed."""
+    """One simulated day: an instance spec, a policy (heuristic name, else a model file) with options, a seed."""
 
     instance: str
     policy: str
@@ -45,18 +45,20 @@ def run_task(task: Task) -> TaskResult:
 
     from simulator import solution
     from simulator.fleet import fleet_time
-    from simulator.heuristics import make
+    from simulator.heuristics import NAMES, make
     from simulator.run import run_episode
     from simulator.sources import load_spec
 
     start = time.perf_counter()
     inst = load_spec(task.instance)
-    if task.policy.endswith(".onnx"):
+    # Any spec that is not a heuristic's name is a model file, whatever its name ends in (an exported model
+    # may have been renamed); a missing or unreadable one is a ModelError naming it.
+    if task.policy in NAMES:
+        policy: Policy = make(task.policy, **dict(task.options))
+    else:
         from dispatch.onnx_policy import OnnxPolicy
 
-        policy: Policy = OnnxPolicy(task.policy, threads=1, sample=bool(dict(task.options).get("sample", 0)))
-    else:
-        policy = make(task.policy, **dict(task.options))
+        policy = OnnxPolicy(task.policy, threads=1, sample=bool(dict(task.options).get("sample", 0)))
     result = run_episode(inst, policy, seed=task.seed, config=task.config)
     if task.out:
         solution.write(result.records, Path(task.out))

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from simulator.cli_paths import path_arg
 from simulator.epochs import add_interval_option
 from simulator.seeds import seed_arg
 
@@ -42,11 +43,11 @@ def register(sub: Any) -> None:
         metavar="NAME[,NAME]",
         help="heuristic(s): random, nearest, assignment, reyes (default: all four)",
     )
-    p.add_argument("--out", type=Path, help="write the three MDRP solution files per instance and policy here")
+    p.add_argument("--out", type=path_arg, help="write the three MDRP solution files per instance and policy here")
     p.add_argument("--jobs", type=int, default=0, help="worker processes (default: usable cores)")
     add_interval_option(p)
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of stochastic policies (default 0)")
-    p.add_argument("--json", type=Path, help="also write every run's metrics to this JSON file")
+    p.add_argument("--json", type=path_arg, help="also write every run's metrics to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(handler=simulate)
 
@@ -59,7 +60,7 @@ def register(sub: Any) -> None:
     c.add_argument(
         "--instance", required=True, metavar="NAME|PATH|synthetic:SEED", help="the instance the solution is for"
     )
-    c.add_argument("--solution", required=True, type=Path, help="folder holding the three solution files")
+    c.add_argument("--solution", required=True, type=path_arg, help="folder holding the three solution files")
     c.set_defaults(handler=check)
 
     ev = sub.add_parser(
@@ -70,7 +71,7 @@ def register(sub: Any) -> None:
         "are the held-out set: never train, tune or select models on them.",
     )
     ev.add_argument(
-        "--model", action="append", default=[], type=Path, metavar="MODEL.onnx", help="exported model (repeatable)"
+        "--model", action="append", default=[], type=path_arg, metavar="MODEL.onnx", help="exported model (repeatable)"
     )
     ev.add_argument("--instances", action="append", default=[], metavar="SPEC|GLOB", help="instances (repeatable)")
     ev.add_argument("--heuristics", default="nearest,assignment,reyes", help="heuristics to compare with ('' for none)")
@@ -83,7 +84,7 @@ def register(sub: Any) -> None:
         help="also print how the fleet's time was used: minutes driven to the restaurant and from assignment to "
         "pickup per bundle, work minutes per delivered order",
     )
-    ev.add_argument("--json", type=Path, help="also write every run's metrics to this JSON file")
+    ev.add_argument("--json", type=path_arg, help="also write every run's metrics to this JSON file")
     ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     ev.set_defaults(handler=evaluate)
 
@@ -108,7 +109,7 @@ def register(sub: Any) -> None:
         metavar="SPEC|GLOB",
         help="instances: names, globs ('seed0/*'), paths, synthetic:SEED or synthetic:A-B (repeatable)",
     )
-    g.add_argument("--days", type=int, default=1, help="days logged per instance (default 1)")
+    g.add_argument("--days", type=int, default=1, help="days logged per instance (default 1, at most 10000)")
     g.add_argument("--seed", type=seed_arg, default=0, help="dataset seed (default 0)")
     add_interval_option(g)
     g.add_argument("--k", type=int, default=16, help="candidates per courier (default 16)")
@@ -134,7 +135,7 @@ def register(sub: Any) -> None:
         help="override a reward weight (simulator.engine.RewardConfig: on_time, ctd_per_minute, "
         "overage_per_minute, undelivered, timing=assignment|accrued|placement); repeatable",
     )
-    g.add_argument("--out", type=Path, required=True, help="dataset folder (created, or resumed)")
+    g.add_argument("--out", type=path_arg, required=True, help="dataset folder (created, or resumed)")
     g.add_argument("--jobs", type=int, default=0, help="worker processes (default: usable cores)")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     g.set_defaults(handler=logs_generate)
@@ -144,8 +145,13 @@ def register(sub: Any) -> None:
         description="Compute a dataset card: how it was made, sizes, return distribution, "
         "per-recipe MDRP metrics, action entropy and coverage.",
     )
-    cd.add_argument("folder", type=Path, help="dataset folder")
+    cd.add_argument("folder", type=path_arg, help="dataset folder")
     cd.set_defaults(handler=logs_card)
+
+
+# Days logged per instance: each is seconds to minutes of simulation, so more is a typo, not a dataset (the days
+# are planned up front, and 10^8 of them took minutes before anything was written or said).
+MAX_LOG_DAYS = 10_000
 
 
 def _policies(values: list[str]) -> list[str] | str:
@@ -269,6 +275,9 @@ def logs_generate(args: argparse.Namespace) -> int:
         if getattr(args, flag) < 1:
             print(f"dispatch logs generate: --{flag} must be at least 1, got {getattr(args, flag)}", file=sys.stderr)
             return 2
+    if args.days > MAX_LOG_DAYS:
+        print(f"dispatch logs generate: --days must be at most {MAX_LOG_DAYS}, got {args.days}", file=sys.stderr)
+        return 2
     if problem := _common_problem(args, own="manifest.json"):
         print(f"dispatch logs generate: {problem}", file=sys.stderr)
         return 2
@@ -332,15 +341,25 @@ def logs_card(args: argparse.Namespace) -> int:
 def _common_problem(args: argparse.Namespace, own: str | None = None) -> str | None:
     """What is wrong with ``--jobs``, or why ``--json`` or ``--out`` (where the command has them) cannot be
     written: checked before any work. ``own`` is the command's marker file in --out (see writable.foreign_output)."""
-    from simulator.writable import file_problem, folder_problem, foreign_output
+    from simulator.writable import folder_problem, foreign_output, replace_problem
 
     if args.jobs < 0:
         return f"--jobs must be >= 0 (0: usable cores), got {args.jobs}"
-    if getattr(args, "json", None) and (problem := file_problem(args.json)):
+    if getattr(args, "json", None) and (problem := replace_problem(args.json, _metrics_json, "a metrics file")):
         return f"--json {args.json}: {problem}"
     if getattr(args, "out", None) and (problem := folder_problem(args.out) or foreign_output(args.out, own)):
         return f"--out {args.out}: {problem}"
     return None
+
+
+def _metrics_json(data: bytes) -> bool:
+    """Whether ``data`` is what ``--json`` writes (one record per simulated day), so a rerun may replace it."""
+    try:
+        records = json.loads(data)
+    except ValueError:
+        return False
+    keys = {"instance", "policy", "metrics"}
+    return isinstance(records, list) and all(isinstance(r, dict) and keys <= r.keys() for r in records)
 
 
 def _write_json(path: Path, payload: object, command: str) -> int:
@@ -370,6 +389,14 @@ def _write_json(path: Path, payload: object, command: str) -> int:
     return 0
 
 
+def _labels(models: list[str], heuristics: list[str]) -> list[str]:
+    """Row labels: a model's file name without its suffix, or its path as given where two models (or a model
+    and a heuristic) would share one, so no two rows carry the same label."""
+    stems = [Path(m).stem for m in models]
+    clash = {s for s in stems if stems.count(s) > 1 or s in heuristics}
+    return [m if s in clash else s for m, s in zip(models, stems, strict=True)] + heuristics
+
+
 def evaluate(args: argparse.Namespace) -> int:
     """Models and heuristics over the same instances, metrics side by side."""
     from dispatch.model import ModelError
@@ -380,6 +407,13 @@ def evaluate(args: argparse.Namespace) -> int:
     from simulator.report import FLEET_COLUMNS, mean_metrics, text_table
     from simulator.sources import expand
 
+    given = [str(m) for m in args.model]
+    if twice := next((m for i, m in enumerate(given) if m in given[:i]), None):
+        print(f"dispatch evaluate: --model {twice}: given twice", file=sys.stderr)
+        return 2
+    if named := next((m for m in given if m in HEURISTICS), None):
+        print(f"dispatch evaluate: --model {named}: is a heuristic's name; give the file as ./{named}", file=sys.stderr)
+        return 2
     for m in args.model:
         try:
             OnnxPolicy(m)  # the manifest, and whether ONNX Runtime can load the model with the contract's inputs
@@ -404,15 +438,14 @@ def evaluate(args: argparse.Namespace) -> int:
         print(f"dispatch evaluate: {exc}", file=sys.stderr)
         return 2
     opts = (("sample", 1),) if args.sample else ()
-    tasks = [
-        Task(i, p, seed=args.seed, options=opts if p.endswith(".onnx") else ()) for i in instances for p in policies
-    ]
+    models = [str(m) for m in args.model]
+    tasks = [Task(i, p, seed=args.seed, options=opts if p in models else ()) for i in instances for p in policies]
     try:
         results = run_many(tasks, jobs=args.jobs or None, progress=not args.no_progress)
     except (ModelError, InstanceError) as exc:
         print(f"dispatch evaluate: {exc}", file=sys.stderr)
         return 2
-    labels = [Path(p).stem if p.endswith(".onnx") else p for p in policies]
+    labels = _labels(models, heuristics)
     print(f"mean over {len(instances)} instances")
     print(text_table(labels, [mean_metrics([r.metrics for r in results if r.task.policy == p]) for p in policies]))
     if args.fleet:

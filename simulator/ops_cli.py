@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 from typing import Any
 
+from simulator.cli_paths import path_arg
 from simulator.epochs import add_interval_option
 
 POLICY_HELP = (
@@ -86,7 +86,7 @@ def register(sub: Any) -> None:
     add_interval_option(p)
     p.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate for Holm (default 0.05)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
-    p.add_argument("--out", type=Path, required=True, help="report folder (created, or resumed)")
+    p.add_argument("--out", type=path_arg, required=True, help="report folder (created, or resumed)")
     p.add_argument("--jobs", type=int, default=0, help="worker processes (default: usable cores)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(handler=ab)
@@ -103,7 +103,7 @@ def register(sub: Any) -> None:
             "OUT/report.md and OUT/report.json once every part is done; a stopped run resumes when rerun."
         ),
     )
-    r.add_argument("logs", nargs="?", type=Path, help="log dataset folder (from `dispatch logs generate`)")
+    r.add_argument("logs", nargs="?", type=path_arg, help="log dataset folder (from `dispatch logs generate`)")
     r.add_argument(
         "--instance",
         action="append",
@@ -138,7 +138,7 @@ def register(sub: Any) -> None:
         help="also measure the OPE estimand's ground truth in the simulator with N samples per state (default off)",
     )
     add_interval_option(r, "for instance days; log days replay at the interval their log records")
-    r.add_argument("--out", type=Path, required=True, help="report folder (created, or resumed)")
+    r.add_argument("--out", type=path_arg, required=True, help="report folder (created, or resumed)")
     r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     r.set_defaults(handler=replay)
 

@@ -76,6 +76,16 @@ def resolve(spec: str, threads: int = 0, candidates: CandidateConfig | None = No
     raise PolicySpecError(f"policy {spec!r} is not known; expected {describe()}")
 
 
+def port_problem(address: str) -> str | None:
+    """Why the port of ``host:port`` is not a TCP port, or None (also for targets without a numeric port, such
+    as ``unix:`` paths, which gRPC resolves itself). gRPC would wrap 99999 round to another port and name that
+    one in its error."""
+    _, sep, port = address.rpartition(":")
+    if sep and port.isdigit() and not 1 <= int(port) <= 65535:
+        return f"port {port} is not 1 to 65535"
+    return None
+
+
 def parse_grpc(spec: str) -> tuple[str, str | None]:
     """``grpc://host:port[/model]`` as (``host:port``, model or None)."""
     if not spec.startswith(GRPC_PREFIX):
@@ -85,6 +95,8 @@ def parse_grpc(spec: str) -> tuple[str, str | None]:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise PolicySpecError(f"policy {spec!r}: expected {GRPC_PREFIX}host:port[/model]")
+    if problem := port_problem(address):
+        raise PolicySpecError(f"policy {spec!r}: {problem}")
     return address, (model or None)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from simulator.batch import Task, run_many
+from simulator.cli_paths import path_arg
 from simulator.engine import SimConfig
 from simulator.epochs import add_interval_option
 from simulator.heuristics import NAMES
@@ -191,8 +192,8 @@ def render(
 def main(argv: list[str] | None = None) -> int:
     """Run (or resume) the all-instance comparison and write the Markdown report."""
     ap = argparse.ArgumentParser(prog="python -m simulator.results", description=__doc__)
-    ap.add_argument("--out", type=Path, default=Path("docs/results.md"), help="Markdown report path")
-    ap.add_argument("--cache", type=Path, help="per-instance metrics JSON (default: beside --out)")
+    ap.add_argument("--out", type=path_arg, default=Path("docs/results.md"), help="Markdown report path")
+    ap.add_argument("--cache", type=path_arg, help="per-instance metrics JSON (default: beside --out)")
     ap.add_argument("--policies", default=",".join(NAMES), help="comma-separated heuristics")
     ap.add_argument("--instances", default="*", help="glob over public instance names (default all)")
     ap.add_argument("--jobs", type=int, default=0, help="worker processes (default: usable cores)")

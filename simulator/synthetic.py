@@ -10,11 +10,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from dispatch.snapshot import FloatArray, IntArray, ServiceParams
+from simulator.cli_paths import path_arg
 from simulator.instance import Instance, list_instances, load, save
 from simulator.seeds import seed_arg
 
@@ -412,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--write",
         metavar="DIR",
-        type=Path,
+        type=path_arg,
         help="write the day of --seed in the MDRP text format to DIR/synthetic-SEED",
     )
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of the day to --write (default 0)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -51,6 +52,26 @@ def file_problem(path: Path) -> str | None:
     parent = path.absolute().parent
     problem = folder_problem(parent)
     return f"{parent} is a file, not a folder" if problem == "exists and is not a folder" else problem
+
+
+# Larger than any output a command here replaces in place; a bigger file is not read to find out whether it is one.
+REPLACEABLE_BYTES = 64 * 2**20
+
+
+def replace_problem(path: Path, earlier: Callable[[bytes], bool], what: str) -> str | None:
+    """Why the file ``path`` cannot take a new output, or None: ``file_problem``, and an existing file must be
+    an earlier output of the same kind (``earlier(its bytes)``), so that a mistyped name never replaces a
+    model's manifest, a dataset's or anything else. ``what`` names the kind, for the message."""
+    if problem := file_problem(path):
+        return problem
+    if os.path.lexists(path):
+        try:
+            ours = path.stat().st_size <= REPLACEABLE_BYTES and earlier(path.read_bytes())
+        except OSError:
+            ours = False
+        if not ours:
+            return f"exists and is not {what}; remove it or give another name"
+    return None
 
 
 # The file each command keeps at the top of its --out folder, and what it marks the folder as.

@@ -79,6 +79,12 @@ def test_unwritable_outputs_are_refused_before_any_work(args: list[str], flag: s
     assert a_file.read_text() == "not a folder"
 
 
+def test_logs_generate_refuses_a_number_of_days_that_is_a_typo(tmp_path: Path) -> None:
+    proc = dispatch("logs", "generate", "--instances", SMALL, "--days", "100000000", "--out", tmp_path / "logs")
+    assert proc.returncode == 2 and "--days must be at most 10000, got 100000000" in proc.stderr
+    assert not (tmp_path / "logs").exists()
+
+
 def test_logs_generate_names_the_flag_below_one() -> None:
     proc = dispatch("logs", "generate", "--instances", SMALL, "--k", "0", "--out", "/tmp/never-made")
     assert proc.returncode == 2

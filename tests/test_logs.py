@@ -286,3 +286,23 @@ def test_dataset_written_before_a_reward_field_existed_still_resumes(tmp_path: P
     # A real difference is still refused.
     with pytest.raises(LogError, match=r"other arguments \(reward\.undelivered: -3\.0 then, -10\.0 now\)"):
         generate(out, "random", [INSTANCE], days=1, seed=3, reward=RewardConfig(undelivered=-10.0), progress=False)
+
+
+def test_training_and_replay_say_when_a_dataset_is_unfinished(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from simulator.logs.view import load
+    from simulator.replay.days import log_days
+
+    load(dataset, cache=False)
+    log_days(dataset)
+    assert capsys.readouterr().err == ""  # a finished dataset: nothing to say
+    cut = tmp_path / "cut"
+    shutil.copytree(dataset, cut)
+    man = json.loads((cut / MANIFEST).read_text())
+    (cut / MANIFEST).write_text(json.dumps({**man, "complete": False}))  # as a stopped `logs generate` leaves it
+    for read in (lambda: load(cut, cache=False), lambda: log_days(cut)):
+        read()
+        err = capsys.readouterr().err
+        assert f"warning: {cut}: its generation did not finish (4 day(s) logged)" in err
+        assert "rerun `dispatch logs generate` with the same arguments" in err

@@ -10,6 +10,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from simulator.cli_paths import path_text
 from simulator.seeds import seed_arg
 from training.defaults import DISPATCH_BATCH, GAME_BATCH
 
@@ -125,7 +126,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--eval-every", type=int, default=500, help="evaluate every N steps (default: 500)")
     p.add_argument("--ckpt-every", type=int, default=500, help="checkpoint every N steps (default: 500)")
-    p.add_argument("--out", default="runs/default", help="output directory (default: runs/default)")
+    p.add_argument("--out", default="runs/default", type=path_text, help="output directory (default: runs/default)")
     p.add_argument(
         "--resume",
         action="store_true",
@@ -164,6 +165,10 @@ def run_train(args: argparse.Namespace) -> int:
     if problem:
         print(f"dispatch train: {problem}", file=sys.stderr)
         return 2
+    if args.resume and not (Path(args.out) / "config.json").is_file():
+        # Not refused (a script may pass --resume on every start), but never silent: a mistyped --out would
+        # otherwise train from scratch without a word.
+        print(f"dispatch train: --resume: {args.out} holds no run yet; starting a new one", file=sys.stderr)
     try:
         params = parse_settings(args.algo, args.set)
     except ValueError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -447,6 +448,16 @@ class LogDataset:
                 if verify and sha256_file(path) != info["sha256"]:
                     raise LogError(f"{path}: content does not match the manifest hash (truncated or modified)")
                 del table
+
+    def warn_if_unfinished(self) -> None:
+        """Say on stderr when the dataset's generation did not finish (a run that was stopped: the manifest's
+        ``complete`` is false), so that training or replay on fewer days than asked for is never silent."""
+        if self.manifest.get("complete") is False and self.episodes:  # none at all is refused by the readers
+            print(
+                f"warning: {self.folder}: its generation did not finish ({len(self.episodes)} day(s) logged); "
+                "rerun `dispatch logs generate` with the same arguments to complete it",
+                file=sys.stderr,
+            )
 
     @property
     def dispatch_interval(self) -> int | None:

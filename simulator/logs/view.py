@@ -156,6 +156,7 @@ def build(ds: LogDataset, progress: bool = False, on_day: Callable[[int], None] 
 def load(folder: str | Path, cache: bool = True, progress: bool = False) -> TrainingView:
     """The training view of a dataset; the first call encodes and caches, later calls read the cache."""
     ds = LogDataset(folder)
+    ds.warn_if_unfinished()
     path = Path(folder) / CACHE_DIR / f"view-{_cache_key(ds)}.npz"
     if cache and path.is_file():
         try:

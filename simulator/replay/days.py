@@ -85,6 +85,7 @@ def log_days(folder: str | Path) -> list[ReplayDay]:
     that) is read off its epochs' times instead, since a default has changed before (2 minutes, then 1).
     """
     ds = LogDataset(folder)
+    ds.warn_if_unfinished()
     recorded = ds.dispatch_interval
     out = []
     for ep in ds.episodes:

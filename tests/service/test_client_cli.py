@@ -149,3 +149,11 @@ def test_serve_checks_credential_files_before_starting(
     for workers in ("1", "2"):
         assert main([*args, "--workers", workers]) == 2
         assert capsys.readouterr().err == f"dispatch serve: {flag} {path}: {message}\n"
+
+
+@pytest.mark.parametrize("target", ["127.0.0.1:99999", "localhost:0"])
+def test_call_refuses_a_port_that_is_not_one(target: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from dispatch_cli.main import main
+
+    assert main(["call", "--target", target]) == 2
+    assert f"--target {target}: port {target.rsplit(':', 1)[1]} is not 1 to 65535" in capsys.readouterr().err

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from simulator.cli_paths import path_arg
+
 
 def register(sub: Any) -> None:
     """Add ``export`` to the ``dispatch`` parser."""
@@ -18,8 +20,8 @@ def register(sub: Any) -> None:
         description="Write RUN's policy as MODEL.onnx plus MODEL.json (feature schema, candidate and conflict "
         "rules, training data hash, config, metrics at export, checksum), and check torch/ONNX parity.",
     )
-    p.add_argument("run", type=Path, help="training run folder (holds checkpoint.pt and config.json)")
-    p.add_argument("--out", type=Path, required=True, help="MODEL.onnx to write (manifest goes beside it)")
+    p.add_argument("run", type=path_arg, help="training run folder (holds checkpoint.pt and config.json)")
+    p.add_argument("--out", type=path_arg, required=True, help="MODEL.onnx to write (manifest goes beside it)")
     p.add_argument("--name", default="", help="model name (default: the run folder's name)")
     p.add_argument("--version", default="1", help="model version (default 1)")
     p.add_argument(
@@ -49,7 +51,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--metrics",
-        type=Path,
+        type=path_arg,
         metavar="FILE",
         help="JSON file holding an object of metric name → number, recorded in the manifest",
     )
@@ -140,6 +142,7 @@ def run_export(args: argparse.Namespace) -> int:
     """Handler of ``dispatch export``: every argument is checked before the model is built or anything written."""
     from dispatch.assemble import PLAN_RULE, RULES
     from dispatch.candidates import MAX_LOOKAHEAD
+    from dispatch.model import MAX_TEXT
     from simulator.logs.dataset import LogError
     from training.dispatch.export import PARITY_MEASURE, PARITY_TOLERANCE, export_run
 
@@ -155,6 +158,12 @@ def run_export(args: argparse.Namespace) -> int:
             return 2
         if value and args.conflict_rule == PLAN_RULE:
             print(f"dispatch export: {flag} does not apply to --conflict-rule {PLAN_RULE}", file=sys.stderr)
+            return 2
+    # The manifest's name and version are refused at load when blank or over MAX_TEXT: refuse them here, before
+    # a model that nothing would load is written (an empty --name means the run folder's name).
+    for flag, value, blank_ok in (("--name", args.name, True), ("--version", args.version, False)):
+        if (not value.strip() and not (blank_ok and value == "")) or len(value) > MAX_TEXT:
+            print(f"dispatch export: {flag} {value!r}: must be 1 to {MAX_TEXT} characters, not blank", file=sys.stderr)
             return 2
     problem = check_model_target(args.out)
     if problem:

@@ -30,6 +30,7 @@ from scipy import stats
 
 from dispatch.assemble import MASS_THRESHOLD, PLAN_RULE
 from dispatch.model import manifest_path, sha256_bytes
+from simulator.cli_paths import path_arg
 from simulator.engine import SimConfig
 from simulator.epochs import DEFAULT_INTERVAL
 from simulator.instance import list_instances
@@ -284,8 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     from simulator.batch import default_jobs
 
     ap = argparse.ArgumentParser(prog="python -m training.dispatch.results", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("docs/results-dispatch.md"), help="Markdown report")
-    ap.add_argument("--work", type=Path, default=Path("runs/results-dispatch"), help="logs, runs and models")
+    ap.add_argument("--out", type=path_arg, default=Path("docs/results-dispatch.md"), help="Markdown report")
+    ap.add_argument("--work", type=path_arg, default=Path("runs/results-dispatch"), help="logs, runs and models")
     ap.add_argument("--seeds", type=int, default=Protocol.seeds, help="training seeds per algorithm (default 3)")
     ap.add_argument("--steps", type=int, default=Protocol.steps, help="training steps (default 3000)")
     ap.add_argument(
@@ -296,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         "held-out seeds 6-9 are refused",
     )
     ap.add_argument("--instances", default="*", help="glob of the instances evaluated (default all 240)")
-    ap.add_argument("--heuristic-cache", type=Path, default=Path("docs/results.json"), help="make results' cache")
+    ap.add_argument("--heuristic-cache", type=path_arg, default=Path("docs/results.json"), help="make results' cache")
     ap.add_argument("--jobs", type=int, default=0, help="worker processes (default: usable cores)")
     ap.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = ap.parse_args(argv)
