@@ -115,3 +115,14 @@ def test_resume_in_a_folder_without_a_run_says_so(tmp_path: Path) -> None:
     again = dispatch("train", "--data", "xor:ab_ba", "--steps", "10", "--resume", "--out", tmp_path / "typo")
     assert again.returncode == 0, again.stderr
     assert "holds no run yet" not in again.stderr
+
+
+def test_a_batch_that_does_not_fit_in_memory_is_named_and_blocks_no_rerun(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    huge = dispatch("train", "--data", "xor:ab_ba", "--steps", "2", "--batch-size", str(10**12), "--out", out)
+    assert huge.returncode == 1, huge.stderr
+    no_traceback(huge)
+    assert f"out of memory at --batch-size {10**12}" in huge.stderr and "smaller --batch-size" in huge.stderr
+    assert not (out / "config.json").exists()  # nothing trained, nothing to resume: the folder takes a new run
+    again = dispatch("train", "--data", "xor:ab_ba", "--steps", "5", "--no-tensorboard", "--out", out)
+    assert again.returncode == 0, again.stderr

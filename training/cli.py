@@ -207,6 +207,19 @@ def run_train(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a run in --out, a checkpoint that does not fit: named by the message
         print(f"dispatch train: {exc}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as exc:
+        # torch reports a failed CPU allocation as a RuntimeError ("can't allocate memory"), a CUDA one as
+        # OutOfMemoryError (a RuntimeError too); anything else is a bug and keeps its traceback.
+        text = str(exc)
+        if not isinstance(exc, MemoryError) and "allocate" not in text and "out of memory" not in text:
+            raise
+        batch = cfg.batch_size if args.batch_size is not None else "the default"
+        detail = text.splitlines()[0][:200] if text else "no detail"
+        print(
+            f"dispatch train: out of memory at --batch-size {batch} ({detail}); give a smaller --batch-size",
+            file=sys.stderr,
+        )
+        return 1
     if "final" in result:
         print(json.dumps(result["final"], indent=2))
     else:

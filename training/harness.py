@@ -349,19 +349,26 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         desc=cfg.algo,
         dynamic_ncols=True,
     )
-    for step in bar:
-        idx = torch.randint(n, (cfg.batch_size,), generator=generator)
-        batch = {k: (v[idx] if v is not None else None) for k, v in data.items()}
-        metrics = algo.update(batch, step)
-        done = step + 1
-        if done % 100 == 0:
-            log.scalars(done, metrics, "train")
-        if done % cfg.eval_every == 0 or done == cfg.steps:
-            result = source.evaluate(policy, cfg.eval_seed)
-            log.eval_row(done, result)
-            bar.set_postfix({k: round(v, 3) for k, v in list(result.items())[:2]})
-        if done % cfg.ckpt_every == 0 or done == cfg.steps or done == end:
-            save_checkpoint(ckpt_path, algo, done, cfg, generator)
+    try:
+        for step in bar:
+            idx = torch.randint(n, (cfg.batch_size,), generator=generator)
+            batch = {k: (v[idx] if v is not None else None) for k, v in data.items()}
+            metrics = algo.update(batch, step)
+            done = step + 1
+            if done % 100 == 0:
+                log.scalars(done, metrics, "train")
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                result = source.evaluate(policy, cfg.eval_seed)
+                log.eval_row(done, result)
+                bar.set_postfix({k: round(v, 3) for k, v in list(result.items())[:2]})
+            if done % cfg.ckpt_every == 0 or done == cfg.steps or done == end:
+                save_checkpoint(ckpt_path, algo, done, cfg, generator)
+    except BaseException:
+        if not ckpt_path.exists():
+            # Failed (out of memory, interrupted) before its first checkpoint: nothing to resume. Its config alone
+            # would make the next start refuse the folder, or resume with the settings that just failed.
+            (out / CONFIG_NAME).unlink(missing_ok=True)
+        raise
     bar.close()
     log.close()
     if end < cfg.steps:
