@@ -37,10 +37,11 @@ def _model_spec(text: str) -> tuple[str, Path]:
     """``NAME=PATH`` or ``PATH`` (slot named after the file stem)."""
     name, sep, path = text.partition("=")
     if not sep:
-        return path_arg(text).stem, path_arg(text)
-    if not name or not path.strip():
+        whole = path_arg(text)
+        return whole.stem, whole
+    if not name:
         raise argparse.ArgumentTypeError(f"expected NAME=PATH or PATH, got {text!r}")
-    return name, Path(path)
+    return name, path_arg(path)
 
 
 def _weight(text: str) -> tuple[str, float]:
@@ -297,7 +298,7 @@ def _token(path: Path | None) -> str | None:
 def _port_file_problem(path: Path) -> str | None:
     """Why the server could not write ``path`` (through a temporary file beside it), or None; an existing file
     is replaced only when it is an earlier port file (a server that did not stop cleanly leaves one)."""
-    from service.server import is_port_file
+    from service.portfile import is_port_file
     from simulator.writable import replace_problem
 
     folder = path.absolute().parent

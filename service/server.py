@@ -28,6 +28,7 @@ from dispatch.candidates import CandidateConfig
 from dispatch.model import ModelError
 from dispatch.snapshot import FloatArray, JointAction, Snapshot
 from dispatch.workers import spawn_pool
+from service import portfile
 from service.adminlog import AdminLog, AdminLogError
 from service.auth import TokenAuth, server_credentials
 from service.batcher import BatcherClosed, ModelRunError, QueueFull
@@ -48,12 +49,6 @@ from service.validation import Limits, ValidationError, check_triples, orders_fi
 from service.worker import WorkerRole
 
 log = logging.getLogger(__name__)
-
-
-def is_port_file(data: bytes) -> bool:
-    """Whether ``data`` is an empty file or what a server writes to ``--port-file`` (two port numbers)."""
-    parts = data.split()
-    return not parts or (len(parts) == 2 and all(p.isdigit() for p in parts))
 
 
 DISPATCH_SERVICE = pb.DESCRIPTOR.services_by_name["DispatchService"].full_name
@@ -612,27 +607,13 @@ class DispatchServer:
         if self.config.watch_s > 0:
             self._watch = asyncio.get_running_loop().create_task(self.registry.watch(self.config.watch_s))
         if self.config.port_file:
-            tmp = self.config.port_file.with_suffix(".tmp")
             try:
-                tmp.write_text(self._port_text())
-                tmp.replace(self.config.port_file)
+                portfile.write(self.config.port_file, self._port_line())
             except OSError as exc:
                 raise ValueError(f"--port-file {self.config.port_file}: cannot write: {exc.strerror or exc}") from None
 
-    def _port_text(self) -> str:
-        """What the port file holds: the gRPC port and the metrics port."""
-        return f"{self.port} {self.metrics_port}\n"
-
-    def _remove_port_file(self) -> None:
-        """Remove the port file of a lone server that stops, if it still holds this server's ports, so that a
-        script waiting for the next server's file does not read stale ports. A worker leaves it: the others
-        still serve on them."""
-        path = self.config.port_file
-        if path is None or self.config.worker is not None:
-            return
-        with contextlib.suppress(OSError):
-            if path.read_text() == self._port_text():
-                path.unlink()
+    def _port_line(self) -> str:
+        return portfile.port_line(self.port, self.metrics_port)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Graceful shutdown: NOT_SERVING, refuse new calls, let in-flight calls finish (up to the grace)."""
@@ -656,7 +637,8 @@ class DispatchServer:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
-        self._remove_port_file()
+        if self.config.worker is None:  # a worker's file is its ready signal to the supervisor, which removes its own
+            portfile.remove(self.config.port_file, self._port_line())
         gc.unfreeze()  # the startup heap is ordinary garbage again (a process may outlive its server)
         self._stopped.set()
         log.info("server stopped")

@@ -22,7 +22,6 @@ It imports neither grpc nor the decision path (it is small, and it never has gRP
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fcntl
 import logging
 import multiprocessing
@@ -39,6 +38,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from service import portfile
 from service.metrics import MULTIPROC_ENV, serve_aggregated
 from service.worker import WorkerSpec, run_worker
 
@@ -123,20 +123,6 @@ def remove_stale_folders() -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def _remove_port_file(path: Path | None, line: str) -> None:
-    """Remove ``--port-file`` once the workers are stopped, if it still holds ``line`` (as a lone server does)."""
-    if path is not None:
-        with contextlib.suppress(OSError):
-            if path.read_text() == line:
-                path.unlink()
-
-
 class Supervisor:
     """Runs ``--workers`` server processes for the parsed ``dispatch serve`` flags; :meth:`run` until a signal."""
 
@@ -208,11 +194,11 @@ class Supervisor:
             try:
                 for w in self.workers:
                     self._spawn(w)
-                line = f"{self.port} {metrics_port}\n"
+                line = portfile.port_line(self.port, metrics_port)
                 try:
                     return self._supervise(line)
                 finally:
-                    _remove_port_file(self.args.port_file, line)
+                    portfile.remove(self.args.port_file, line)
             finally:
                 if http is not None:
                     http.shutdown()
@@ -259,7 +245,7 @@ class Supervisor:
                 started = True
                 if self.args.port_file:
                     try:
-                        _write_atomically(self.args.port_file, port_line)
+                        portfile.write(self.args.port_file, port_line)
                     except OSError as exc:
                         log.error("cannot start: --port-file %s: %s", self.args.port_file, exc)
                         self._stop()

@@ -407,11 +407,11 @@ def evaluate(args: argparse.Namespace) -> int:
     from simulator.report import FLEET_COLUMNS, mean_metrics, text_table
     from simulator.sources import expand
 
-    given = [str(m) for m in args.model]
-    if twice := next((m for i, m in enumerate(given) if m in given[:i]), None):
+    models = [str(m) for m in args.model]
+    if twice := next((m for i, m in enumerate(models) if m in models[:i]), None):
         print(f"dispatch evaluate: --model {twice}: given twice", file=sys.stderr)
         return 2
-    if named := next((m for m in given if m in HEURISTICS), None):
+    if named := next((m for m in models if m in HEURISTICS), None):
         print(f"dispatch evaluate: --model {named}: is a heuristic's name; give the file as ./{named}", file=sys.stderr)
         return 2
     for m in args.model:
@@ -428,7 +428,7 @@ def evaluate(args: argparse.Namespace) -> int:
     if problem := _common_problem(args):
         print(f"dispatch evaluate: {problem}", file=sys.stderr)
         return 2
-    policies = [str(m) for m in args.model] + heuristics
+    policies = models + heuristics
     if not policies:
         print("dispatch evaluate: nothing to evaluate (give --model or --heuristics)", file=sys.stderr)
         return 2
@@ -438,7 +438,6 @@ def evaluate(args: argparse.Namespace) -> int:
         print(f"dispatch evaluate: {exc}", file=sys.stderr)
         return 2
     opts = (("sample", 1),) if args.sample else ()
-    models = [str(m) for m in args.model]
     tasks = [Task(i, p, seed=args.seed, options=opts if p in models else ()) for i in instances for p in policies]
     try:
         results = run_many(tasks, jobs=args.jobs or None, progress=not args.no_progress)

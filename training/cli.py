@@ -151,7 +151,7 @@ def register(subparsers: Any) -> None:
 def run_train(args: argparse.Namespace) -> int:
     """Handler of ``dispatch train``."""
     from simulator.writable import folder_problem, foreign_output
-    from training.harness import TrainConfig, train
+    from training.harness import CONFIG_NAME, TrainConfig, train
 
     for dest in POSITIVE_FLAGS:
         value = getattr(args, dest)
@@ -165,7 +165,7 @@ def run_train(args: argparse.Namespace) -> int:
     if problem:
         print(f"dispatch train: {problem}", file=sys.stderr)
         return 2
-    if args.resume and not (Path(args.out) / "config.json").is_file():
+    if args.resume and not (Path(args.out) / CONFIG_NAME).is_file():
         # Not refused (a script may pass --resume on every start), but never silent: a mistyped --out would
         # otherwise train from scratch without a word.
         print(f"dispatch train: --resume: {args.out} holds no run yet; starting a new one", file=sys.stderr)
