@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -188,3 +193,23 @@ def test_inspo_critic_on_logged_returns(logs: Path, tmp_path: Path) -> None:
     assert not torch.equal(runs["td"]["q.head.0.weight"], runs["mc"]["q.head.0.weight"])
     with pytest.raises(ValueError, match="critic_target"):
         train(DispatchTrainConfig(data=str(logs), steps=1, out=str(tmp_path / "x"), params={"critic_target": "x"}))
+
+
+def test_an_interrupt_before_the_first_checkpoint_leaves_no_run_behind(logs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["train", "--algo", "bc", "--data", str(logs), "--batch-size", "8", "--out", str(out), "--no-progress"]
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    cmd = [sys.executable, "-m", "dispatch_cli", *args, "--steps", "10000000", "--ckpt-every", "10000000"]
+    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not (out / "train.csv").exists():
+        time.sleep(0.02)
+    time.sleep(0.3)  # inside the training loop, long before step 10,000,000's checkpoint
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0, err.decode()
+    assert not (out / CHECKPOINT).exists()
+    assert not (out / "config.json").exists()  # nothing to resume: the same --out takes the next run as it is
+    assert dispatch([*args, "--steps", "4"]) == 0
+    assert torch.load(out / CHECKPOINT, weights_only=True)["step"] == 4

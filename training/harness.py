@@ -13,6 +13,8 @@ import os
 import random
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,6 +204,21 @@ def check_out(out: Path, resume: bool) -> None:
         )
 
 
+@contextmanager
+def config_kept_once_checkpointed(out: Path, checkpoint: Path) -> Iterator[None]:
+    """Remove ``out``'s config.json if the block fails (out of memory, interrupted) before ``checkpoint`` exists.
+
+    A config without a checkpoint holds nothing to resume, and alone it would make the next start refuse the
+    folder (or, with ``--resume``, continue with the settings that just failed).
+    """
+    try:
+        yield
+    except BaseException:
+        if not checkpoint.exists():
+            (out / CONFIG_NAME).unlink(missing_ok=True)
+        raise
+
+
 def _same_setting(key: str, was: Any, now: Any) -> bool:
     if was == now:
         return True
@@ -349,7 +366,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         desc=cfg.algo,
         dynamic_ncols=True,
     )
-    try:
+    with config_kept_once_checkpointed(out, ckpt_path):
         for step in bar:
             idx = torch.randint(n, (cfg.batch_size,), generator=generator)
             batch = {k: (v[idx] if v is not None else None) for k, v in data.items()}
@@ -363,12 +380,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 bar.set_postfix({k: round(v, 3) for k, v in list(result.items())[:2]})
             if done % cfg.ckpt_every == 0 or done == cfg.steps or done == end:
                 save_checkpoint(ckpt_path, algo, done, cfg, generator)
-    except BaseException:
-        if not ckpt_path.exists():
-            # Failed (out of memory, interrupted) before its first checkpoint: nothing to resume. Its config alone
-            # would make the next start refuse the folder, or resume with the settings that just failed.
-            (out / CONFIG_NAME).unlink(missing_ok=True)
-        raise
     bar.close()
     log.close()
     if end < cfg.steps:

@@ -37,6 +37,7 @@ from training.harness import (
     check_out,
     check_resume,
     code_version,
+    config_kept_once_checkpointed,
     first_line,
     load_checkpoint,
     restore,
@@ -162,7 +163,8 @@ def train(cfg: DispatchTrainConfig) -> dict[str, Any]:
         csv.writer(buf).writerows(kept)
         atomic_write_bytes(log_path, buf.getvalue().encode())
     rows, started = 0, time.perf_counter()
-    with open(log_path, "w" if fresh else "a", newline="") as fh:
+    checkpointed = config_kept_once_checkpointed(out, out / CHECKPOINT)
+    with checkpointed, open(log_path, "w" if fresh else "a", newline="") as fh:
         writer = csv.writer(fh)
         if fresh:
             writer.writerow(["step", "metric", "value"])
