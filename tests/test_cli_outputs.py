@@ -142,7 +142,11 @@ def test_card_of_a_read_only_dataset_is_printed_not_lost(
     folder = tmp_path / "logs"
     assert dispatch("logs", "generate", "--instances", SMALL, "--out", folder, "--no-progress").returncode == 0
 
-    def refuse(*_: object) -> None:
+    replace = card.os.replace
+
+    def refuse(src: Path, dst: Path) -> None:
+        if Path(dst).name != "CARD.md":
+            return replace(src, dst)
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(card.os, "replace", refuse)  # the card's final rename, as on a read-only folder
@@ -209,3 +213,15 @@ def test_no_command_writes_into_another_commands_output(command: str, marker: st
     no_traceback(proc)
     assert f"--out {out}: holds " in proc.stderr and f"({marker})" in proc.stderr, proc.stderr
     assert [p.name for p in out.iterdir()] == [marker] and (out / marker).read_text() == '{"theirs": true}'
+
+
+def test_card_names_the_file_it_could_not_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "logs"
+    assert dispatch("logs", "generate", "--instances", SMALL, "--out", folder, "--no-progress").returncode == 0
+    (folder / "returns.png").mkdir()  # where the histogram goes: a folder cannot be replaced by a file
+    assert sim_cli.logs_card(argparse.Namespace(folder=str(folder))) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith("# ") and "wait share" in out
+    assert f"{folder}: cannot write returns.png (" in err
+    assert not (folder / "CARD.md").exists()
+    assert sorted(p.name for p in folder.iterdir() if "tmp" in p.name) == []  # no temporary file left behind

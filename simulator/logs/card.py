@@ -38,9 +38,13 @@ def _histogram(returns: np.ndarray, recipes: list[str], path: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # left only where the rename failed
 
 
 def make_card(folder: str | Path) -> str:
@@ -104,16 +108,18 @@ def make_card(folder: str | Path) -> str:
     text = "\n".join(lines) + "\n"
     out = Path(folder)
     tmp = out / (CARD + ".tmp")
+    writing = HISTOGRAM  # named in the error: the file that could not be written
     try:
         if returns.size:
             _histogram(returns, recipes, out / HISTOGRAM)
+        writing = CARD
         tmp.write_text(text)
         os.replace(tmp, out / CARD)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         # A read-only dataset still gets its card, printed instead of written.
-        raise CardNotWritten(text, f"{out}: cannot write {CARD} ({exc.strerror or exc})") from None
+        raise CardNotWritten(text, f"{out}: cannot write {writing} ({exc.strerror or exc})") from None
     return text
 
 
