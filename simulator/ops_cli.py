@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from typing import Any
 
@@ -19,6 +18,9 @@ POLICY_HELP = (
 # Upper bounds on work-sizing flags: far past any useful value, low enough that a typo fails at once
 # instead of filling memory or running for days.
 MAX_SEEDS = 1000  # replicate days per instance in an A/B
+# Scale of the replicate perturbation: at 10 a preparation time's log-normal σ is 1.5 (a 3σ day multiplies it by
+# 90), well past any plausible day; beyond it the perturbation overflows float64.
+MAX_NOISE = 10.0
 MAX_BOOTSTRAP = 100_000  # resamples; a 95% percentile interval is stable to 0.01 well before this
 MAX_SAMPLES = 10_000  # target actions per logged state (DR, ground truth)
 MIN_SPEEDUP = 1e-3  # simulated minutes per real minute; below it a day's pacing overflows clock arithmetic
@@ -81,7 +83,7 @@ def register(sub: Any) -> None:
         "--noise",
         type=float,
         default=1.0,
-        help="scale of the replicate perturbation (default 1: preparation σ=0.15, speed σ=0.05; 0: off)",
+        help="scale of the replicate perturbation, 0 to 10 (default 1: preparation σ=0.15, speed σ=0.05; 0: off)",
     )
     add_interval_option(p)
     p.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate for Holm (default 0.05)")
@@ -156,7 +158,7 @@ def ab(args: argparse.Namespace) -> int:
     problem = _first_problem(
         (1 <= args.seeds <= MAX_SEEDS, f"--seeds must be 1 to {MAX_SEEDS}, got {args.seeds}"),
         (args.interval >= 1, f"--interval must be >= 1, got {args.interval}"),
-        (math.isfinite(args.noise) and args.noise >= 0, f"--noise must be a finite number >= 0, got {args.noise}"),
+        (0 <= args.noise <= MAX_NOISE, f"--noise must be 0 to {MAX_NOISE:g}, got {args.noise}"),
         (0 < args.alpha < 1, f"--alpha must be between 0 and 1 (exclusive), got {args.alpha}"),
         (100 <= args.bootstrap <= MAX_BOOTSTRAP, f"--bootstrap must be 100 to {MAX_BOOTSTRAP}, got {args.bootstrap}"),
         (args.jobs >= 0, f"--jobs must be >= 0 (0: usable cores), got {args.jobs}"),

@@ -28,6 +28,7 @@ def _run(capsys: pytest.CaptureFixture[str], args: list[str]) -> tuple[int, str]
         ("--noise", "nan", "--noise must be"),
         ("--noise", "inf", "--noise must be"),
         ("--noise", "-1", "--noise must be"),
+        ("--noise", "1e308", "--noise must be 0 to 10, got 1e+308"),  # overflowed the perturbation
         ("--alpha", "nan", "--alpha must be"),
         ("--jobs", "-1", "--jobs must be"),
         # Work sizes past their bound used to run out of memory after simulating (a 7 TiB bootstrap) or hang.
