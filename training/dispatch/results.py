@@ -154,6 +154,17 @@ def _value(metrics: dict[str, float], key: str, max_ctd: int) -> float:
     return charged_ctd(metrics, max_ctd) if key == "charged_ctd" else metrics[key]
 
 
+def seed_matrix(
+    data: dict[str, dict[str, dict[str, float]]],
+    members: list[str],
+    instances: list[str],
+    key: str,
+    max_ctd: dict[str, int],
+) -> np.ndarray:
+    """A policy's values of ``key``, one row per member (training seed, or the heuristic itself) and instance."""
+    return np.array([[_value(data[m][i], key, max_ctd[i]) for i in instances] for m in members], dtype=np.float64)
+
+
 def per_instance(
     data: dict[str, dict[str, dict[str, float]]],
     members: list[str],
@@ -162,9 +173,7 @@ def per_instance(
     max_ctd: dict[str, int],
 ) -> np.ndarray:
     """A policy's per-instance value of ``key``: the mean over its members (training seeds, or itself)."""
-    return np.array(
-        [np.nanmean([_value(data[m][i], key, max_ctd[i]) for m in members]) for i in instances], dtype=np.float64
-    )
+    return np.nanmean(seed_matrix(data, members, instances, key, max_ctd), axis=0)
 
 
 def paired_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
@@ -176,17 +185,6 @@ def paired_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float,
     half = float(stats.t.ppf(0.5 + level / 2, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
     mean = float(d.mean())
     return mean, mean - half, mean + half
-
-
-def seed_matrix(
-    data: dict[str, dict[str, dict[str, float]]],
-    members: list[str],
-    instances: list[str],
-    key: str,
-    max_ctd: dict[str, int],
-) -> np.ndarray:
-    """A policy's values of ``key``, one row per member (training seed, or the heuristic itself) and instance."""
-    return np.array([[_value(data[m][i], key, max_ctd[i]) for i in instances] for m in members], dtype=np.float64)
 
 
 def two_level_ci(
