@@ -1,6 +1,6 @@
 """The shared decision path: snapshot types, candidates, features, joint-action assembly.
 
-numpy only (plus scipy for the min-cost assignment), so the simulator, the service and the
+numpy, numba-compiled loops and scipy (the min-cost assignment), so the simulator, the service and the
 training code all import the same code without pulling torch or grpc.
 """
 

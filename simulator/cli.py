@@ -77,6 +77,7 @@ def register(sub: Any) -> None:
     ev.add_argument("--heuristics", default="nearest,assignment,reyes", help="heuristics to compare with ('' for none)")
     ev.add_argument("--sample", action="store_true", help="sample each courier's action instead of the conflict rule")
     ev.add_argument("--seed", type=seed_arg, default=0, help="seed of sampled policies (default 0)")
+    add_interval_option(ev, "every policy decides at this cadence")
     ev.add_argument("--jobs", type=int, default=0, help="worker processes (default: usable cores)")
     ev.add_argument(
         "--fleet",
@@ -177,9 +178,6 @@ def simulate(args: argparse.Namespace) -> int:
     from simulator.report import mean_metrics, text_table
     from simulator.sources import expand
 
-    if args.interval < 1:
-        print("dispatch simulate: --interval must be at least 1", file=sys.stderr)
-        return 2
     if problem := _common_problem(args):
         print(f"dispatch simulate: {problem}", file=sys.stderr)
         return 2
@@ -345,6 +343,8 @@ def _common_problem(args: argparse.Namespace, own: str | None = None) -> str | N
 
     if args.jobs < 0:
         return f"--jobs must be >= 0 (0: usable cores), got {args.jobs}"
+    if getattr(args, "interval", 1) < 1:
+        return f"--interval must be at least 1, got {args.interval}"
     if getattr(args, "json", None) and (problem := replace_problem(args.json, _metrics_json, "a metrics file")):
         return f"--json {args.json}: {problem}"
     if getattr(args, "out", None) and (problem := folder_problem(args.out) or foreign_output(args.out, own)):
@@ -437,8 +437,13 @@ def evaluate(args: argparse.Namespace) -> int:
     except InstanceError as exc:
         print(f"dispatch evaluate: {exc}", file=sys.stderr)
         return 2
+    from simulator.engine import SimConfig
+
     opts = (("sample", 1),) if args.sample else ()
-    tasks = [Task(i, p, seed=args.seed, options=opts if p in models else ()) for i in instances for p in policies]
+    cfg = SimConfig(dispatch_interval=args.interval)
+    tasks = [
+        Task(i, p, seed=args.seed, options=opts if p in models else (), config=cfg) for i in instances for p in policies
+    ]
     try:
         results = run_many(tasks, jobs=args.jobs or None, progress=not args.no_progress)
     except (ModelError, InstanceError) as exc:

@@ -78,6 +78,7 @@ def test_evaluate_names_a_broken_model(tmp_path: Path, capsys: pytest.CaptureFix
     [
         (["--heuristics", "nearest,bogus"], "--heuristics 'bogus'"),
         (["--jobs", "-2"], "--jobs"),
+        (["--interval", "0"], "--interval must be at least 1, got 0"),
         (["--json", "{tmp}"], "is a folder"),
         (["--json", "/proc/runs.json"], "cannot write in /proc"),
         (["--instances", "nosuch"], "'nosuch'"),
@@ -93,3 +94,17 @@ def test_evaluate_refuses_bad_flags(
     assert code == 2
     assert message in err and "Traceback" not in err
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_evaluate_decides_at_the_interval_it_is_given(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def ctd(*command: str) -> float:
+        out = tmp_path / f"{len(list(tmp_path.iterdir()))}.json"
+        assert main([*command, "--jobs", "1", "--no-progress", "--json", str(out)]) == 0
+        (record,) = json.loads(out.read_text())
+        return float(record["metrics"]["ctd_mean"])
+
+    every_minute = ctd("evaluate", "--instances", DAY, "--heuristics", "reyes")
+    every_three = ctd("evaluate", "--instances", DAY, "--heuristics", "reyes", "--interval", "3")
+    assert every_three != every_minute  # the flag reaches the engine
+    assert every_three == ctd("simulate", "--instance", DAY, "--policy", "reyes", "--interval", "3")
+    capsys.readouterr()

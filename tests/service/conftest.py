@@ -23,7 +23,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Run the service tests after every other test of the session.
 
     Once gRPC has run in a process, a child forked from it can hang (gRPC's threads and locks do not
-    survive fork), and other suites fork process pools (``simulator.logs.generate``, ``simulator.batch``).
+    survive fork). Every pool of the project spawns (``dispatch.workers.spawn_pool``); the order is a
+    safeguard should a test or a library fork after all.
     """
     mine = [i for i in items if HERE in i.path.resolve().parents]
     if mine:
