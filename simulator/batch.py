@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,9 +66,21 @@ def run_task(task: Task) -> TaskResult:
     return TaskResult(task, inst.name, result.metrics, time.perf_counter() - start, fleet_time(result.records))
 
 
-def worker_pool(jobs: int) -> ProcessPoolExecutor:
-    """``jobs`` spawned worker processes that go with this one (:func:`dispatch.workers.spawn_pool`)."""
-    return spawn_pool(jobs)
+@contextmanager
+def worker_pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
+    """``jobs`` spawned worker processes that go with this one (:func:`dispatch.workers.spawn_pool`).
+
+    Leaving the block normally waits for every task. Leaving it by an exception (Ctrl-C, a failed task)
+    cancels the tasks not yet started and waits only for those running: a plain executor's exit would run
+    the whole queue first, so a Ctrl-C on hours of work would take hours to stop.
+    """
+    pool = spawn_pool(jobs)
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def default_jobs() -> int:

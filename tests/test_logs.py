@@ -155,6 +155,30 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
         assert LogDataset(full).table(table).equals(LogDataset(cut).table(table))
 
 
+def test_ctrl_c_stops_a_parallel_run_without_running_its_queue(tmp_path: Path) -> None:
+    days = 60
+    out = tmp_path / "logs"
+    args = ["--instances", INSTANCE, "--days", str(days), "--jobs", "2", "--no-progress", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # A session of its own, so the Ctrl-C below reaches the workers too, as a terminal's does.
+    proc = subprocess.Popen(_cli(*args), env=env, cwd=ROOT, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if json.loads((out / MANIFEST).read_text())["episodes"]:
+                break
+        except (OSError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()
+    # The days queued behind the running ones were dropped, not simulated first (the executor's exit waits for
+    # its whole queue): only the days already running when Ctrl-C came were still finished.
+    assert len(list((out / "epochs").glob("part-*.parquet"))) < days // 2
+    assert not json.loads((out / MANIFEST).read_text())["complete"]
+
+
 def test_resume_with_other_arguments_is_refused(dataset: Path) -> None:
     with pytest.raises(LogError, match=r"other arguments \(recipe: 'mixed' then, 'random' now\)"):
         generate(dataset, "random", [INSTANCE], days=4, seed=3, progress=False)
