@@ -213,3 +213,34 @@ def test_an_interrupt_before_the_first_checkpoint_leaves_no_run_behind(logs: Pat
     assert not (out / "config.json").exists()  # nothing to resume: the same --out takes the next run as it is
     assert dispatch([*args, "--steps", "4"]) == 0
     assert torch.load(out / CHECKPOINT, weights_only=True)["step"] == 4
+
+
+def test_a_kill_after_a_checkpoint_keeps_the_log_it_vouches_for(logs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["train", "--algo", "bc", "--data", str(logs), "--batch-size", "8", "--out", str(out), "--no-progress"]
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    cmd = [sys.executable, "-m", "dispatch_cli", *args, "--steps", "10000000", "--ckpt-every", "200"]
+    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / CHECKPOINT).exists():
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    step = torch.load(out / CHECKPOINT, weights_only=True)["step"]
+    lines = (out / "train.csv").read_text().splitlines()
+    assert lines[0] == "step,metric,value"
+    logged = {int(line.split(",")[0]) for line in lines[1:]}
+    assert set(range(100, step + 1, 100)) <= logged  # every row up to the checkpoint is on disk
+    assert dispatch([*args, "--steps", str(step + 200), "--resume"]) == 0
+    lines = (out / "train.csv").read_text().splitlines()
+    assert lines.count("step,metric,value") == 1 and lines[0] == "step,metric,value"
+    rows = [line.split(",")[:2] for line in lines[1:]]
+    assert len(rows) == len({tuple(r) for r in rows})  # nothing logged twice
+    assert {int(r[0]) for r in rows} == set(range(100, step + 201, 100))
+    stats = json.loads((out / "stats.json").read_text())
+    assert (stats["first_step"], stats["steps_run"]) == (step, 200)
+    assert dispatch([*args, "--steps", str(step + 200), "--resume"]) == 0  # already finished: nothing to do
+    assert json.loads((out / "stats.json").read_text()) == stats  # its figures are kept

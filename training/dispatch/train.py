@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ from training.harness import (
 )
 
 CHECKPOINT = "checkpoint.pt"
+LOG_HEADER = ["step", "metric", "value"]
 CHECKPOINT_VERSION = 1
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -158,7 +160,7 @@ def train(cfg: DispatchTrainConfig) -> dict[str, Any]:
     if not fresh:
         # Rows logged after the checkpoint we resume from (a kill between checkpoints) are logged again.
         with open(log_path, newline="") as fh:
-            kept = [r for i, r in enumerate(csv.reader(fh)) if i == 0 or (r and r[0].isdigit() and int(r[0]) <= start)]
+            kept = [LOG_HEADER] + [r for r in csv.reader(fh) if r and r[0].isdigit() and int(r[0]) <= start]
         buf = io.StringIO()
         csv.writer(buf).writerows(kept)
         atomic_write_bytes(log_path, buf.getvalue().encode())
@@ -167,7 +169,7 @@ def train(cfg: DispatchTrainConfig) -> dict[str, Any]:
     with checkpointed, open(log_path, "w" if fresh else "a", newline="") as fh:
         writer = csv.writer(fh)
         if fresh:
-            writer.writerow(["step", "metric", "value"])
+            writer.writerow(LOG_HEADER)
         for step in tqdm(range(start, end), initial=start, total=cfg.steps, disable=not cfg.progress, desc=cfg.algo):
             idx = np_rng.choice(live, size=min(cfg.batch_size, live.size), replace=False)
             batch = to_device(minibatch(view, idx, returns), device)
@@ -177,8 +179,18 @@ def train(cfg: DispatchTrainConfig) -> dict[str, Any]:
             if done % 100 == 0:
                 writer.writerows([done, k, f"{v:.6g}"] for k, v in metrics.items())
             if done % cfg.ckpt_every == 0 or done == end:
+                # The log reaches the disk before the checkpoint that vouches for it: a kill after the
+                # checkpoint must not take rows that a resume from it will not log again.
+                fh.flush()
+                os.fsync(fh.fileno())
                 _save(out / CHECKPOINT, algo, done, cfg, gen, np_rng)
     secs = time.perf_counter() - started
-    stats = {"steps_run": end - start, "seconds": secs, "courier_decisions_per_s": rows / max(secs, 1e-9)}
-    atomic_write_bytes(out / "stats.json", json.dumps(stats, indent=1).encode())
+    stats = {
+        "first_step": start,  # a resumed run's figures are its own steps'
+        "steps_run": end - start,
+        "seconds": secs,
+        "courier_decisions_per_s": rows / max(secs, 1e-9),
+    }
+    if end > start or not (out / "stats.json").exists():  # resuming a finished run keeps its figures
+        atomic_write_bytes(out / "stats.json", json.dumps(stats, indent=1).encode())
     return {"config": resolved, "stats": stats, "algo": algo}
