@@ -259,6 +259,7 @@ def logs_generate(args: argparse.Namespace) -> int:
     from simulator.batch import default_jobs
     from simulator.behaviour import RECIPE_NAMES
     from simulator.engine import SimConfig, reward_config
+    from simulator.folder_lock import FolderBusy
     from simulator.instance import InstanceError
     from simulator.logs.dataset import LogError
     from simulator.logs.generate import generate
@@ -312,7 +313,7 @@ def logs_generate(args: argparse.Namespace) -> int:
             jobs=args.jobs or default_jobs(),
             progress=not args.no_progress,
         )
-    except (InstanceError, LogError) as exc:
+    except (InstanceError, LogError, FolderBusy) as exc:
         print(f"dispatch logs generate: {exc}", file=sys.stderr)
         return 2
     print(f"{len(man['episodes'])} day(s) logged in {args.out}")

@@ -244,3 +244,25 @@ def test_a_kill_after_a_checkpoint_keeps_the_log_it_vouches_for(logs: Path, tmp_
     assert (stats["first_step"], stats["steps_run"]) == (step, 200)
     assert dispatch([*args, "--steps", str(step + 200), "--resume"]) == 0  # already finished: nothing to do
     assert json.loads((out / "stats.json").read_text()) == stats  # its figures are kept
+
+
+@pytest.mark.parametrize("data", ["logs", "xor:ab_ba"])
+def test_a_second_training_run_on_a_folder_in_use_is_refused(data: str, logs: Path, tmp_path: Path) -> None:
+    from simulator.folder_lock import exclusive
+
+    out = tmp_path / "run"
+    args = ["train", "--algo", "bc", "--data", str(logs) if data == "logs" else data, "--steps", "2", "--out", str(out)]
+    with exclusive(out, "--out"):  # as a run in another process holds it
+        proc = subprocess.run(
+            [sys.executable, "-m", "dispatch_cli", *args, "--no-progress"],
+            cwd=Path(__file__).resolve().parents[1],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert f"--out {out}: in use by another run (process {os.getpid()})" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing of a run was written
+    assert dispatch([*args, "--no-progress"]) == 0  # once it is free, the folder takes the run

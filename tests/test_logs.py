@@ -179,6 +179,37 @@ def test_ctrl_c_stops_a_parallel_run_without_running_its_queue(tmp_path: Path) -
     assert not json.loads((out / MANIFEST).read_text())["complete"]
 
 
+def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path: Path) -> None:
+    from simulator.folder_lock import FolderBusy, exclusive
+
+    out = tmp_path / "logs"
+    with exclusive(out, "--out"):  # as a run in another process holds it
+        with pytest.raises(FolderBusy, match=rf"--out {out}: in use by another run \(process {os.getpid()}\)"):
+            generate(out, "mixed", [INSTANCE], days=1, seed=3, progress=False)
+        assert not (out / MANIFEST).exists()  # refused before anything was written
+    generate(out, "mixed", [INSTANCE], days=1, seed=3, progress=False)  # the lock goes with its holder
+    assert json.loads((out / MANIFEST).read_text())["complete"]
+
+
+def test_resuming_drops_a_card_written_before_the_new_days(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from simulator.logs.card import CARD, HISTOGRAM, make_card
+
+    out = tmp_path / "logs"
+    generate(out, "mixed", [INSTANCE], days=2, seed=3, progress=False)
+    man = json.loads((out / MANIFEST).read_text())
+    del man["episodes"]["1"]  # as if the run had been stopped after its first day
+    man["complete"] = False
+    (out / MANIFEST).write_text(json.dumps(man))
+    assert "days: 1;" in make_card(out)
+    generate(out, "mixed", [INSTANCE], days=2, seed=3, progress=False)
+    assert not (out / CARD).exists() and not (out / HISTOGRAM).exists()  # it described one day of two
+    assert f"removed {CARD}" in capsys.readouterr().err
+    generate(out, "mixed", [INSTANCE], days=2, seed=3, progress=False)  # nothing to add: a card stays
+    make_card(out)
+    generate(out, "mixed", [INSTANCE], days=2, seed=3, progress=False)
+    assert (out / CARD).exists()
+
+
 def test_resume_with_other_arguments_is_refused(dataset: Path) -> None:
     with pytest.raises(LogError, match=r"other arguments \(recipe: 'mixed' then, 'random' now\)"):
         generate(dataset, "random", [INSTANCE], days=4, seed=3, progress=False)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from simulator.folder_lock import exclusive
 from training.algos import make_algorithm
 from training.algos.base import Algorithm, DataInfo
 from training.data import DataSource, resolve_data, reward_scale
@@ -351,43 +352,45 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 raise ValueError(f"{ckpt_path}: unreadable RNG state ({first_line(exc)})") from None
             if start > cfg.steps:
                 raise ValueError(f"--steps {cfg.steps} is below the {start} steps {out} has already trained")
-    # Only now, with every input checked, does the run folder appear.
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / CONFIG_NAME, json.dumps(resolved, indent=2).encode())
-    log = RunLog(out, cfg, resolved, start)
-    n = int(data["rewards"].shape[0])
-    policy = Policy(algo)
-    end = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
-    bar = tqdm(
-        range(start, end),
-        initial=start,
-        total=cfg.steps,
-        disable=not cfg.progress,
-        desc=cfg.algo,
-        dynamic_ncols=True,
-    )
-    with config_kept_once_checkpointed(out, ckpt_path):
-        for step in bar:
-            idx = torch.randint(n, (cfg.batch_size,), generator=generator)
-            batch = {k: (v[idx] if v is not None else None) for k, v in data.items()}
-            metrics = algo.update(batch, step)
-            done = step + 1
-            if done % 100 == 0:
-                log.scalars(done, metrics, "train")
-            if done % cfg.eval_every == 0 or done == cfg.steps:
-                result = source.evaluate(policy, cfg.eval_seed)
-                log.eval_row(done, result)
-                bar.set_postfix({k: round(v, 3) for k, v in list(result.items())[:2]})
-            if done % cfg.ckpt_every == 0 or done == cfg.steps or done == end:
-                save_checkpoint(ckpt_path, algo, done, cfg, generator)
-    bar.close()
-    log.close()
-    if end < cfg.steps:
-        return {"stopped_at": end, "config": resolved}
-    final = source.evaluate(policy, cfg.eval_seed)
-    summary = {"final": final, "config": resolved, "steps": cfg.steps}
-    atomic_write_bytes(out / "final.json", json.dumps(summary, indent=2).encode())
-    return summary
+    # Only now, with every input checked, does the run folder appear, locked: one run per folder. The folder is
+    # checked again under the lock, since another run may have started here meanwhile.
+    with exclusive(out, "--out"):
+        check_out(out, cfg.resume)
+        atomic_write_bytes(out / CONFIG_NAME, json.dumps(resolved, indent=2).encode())
+        log = RunLog(out, cfg, resolved, start)
+        n = int(data["rewards"].shape[0])
+        policy = Policy(algo)
+        end = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
+        bar = tqdm(
+            range(start, end),
+            initial=start,
+            total=cfg.steps,
+            disable=not cfg.progress,
+            desc=cfg.algo,
+            dynamic_ncols=True,
+        )
+        with config_kept_once_checkpointed(out, ckpt_path):
+            for step in bar:
+                idx = torch.randint(n, (cfg.batch_size,), generator=generator)
+                batch = {k: (v[idx] if v is not None else None) for k, v in data.items()}
+                metrics = algo.update(batch, step)
+                done = step + 1
+                if done % 100 == 0:
+                    log.scalars(done, metrics, "train")
+                if done % cfg.eval_every == 0 or done == cfg.steps:
+                    result = source.evaluate(policy, cfg.eval_seed)
+                    log.eval_row(done, result)
+                    bar.set_postfix({k: round(v, 3) for k, v in list(result.items())[:2]})
+                if done % cfg.ckpt_every == 0 or done == cfg.steps or done == end:
+                    save_checkpoint(ckpt_path, algo, done, cfg, generator)
+        bar.close()
+        log.close()
+        if end < cfg.steps:
+            return {"stopped_at": end, "config": resolved}
+        final = source.evaluate(policy, cfg.eval_seed)
+        summary = {"final": final, "config": resolved, "steps": cfg.steps}
+        atomic_write_bytes(out / "final.json", json.dumps(summary, indent=2).encode())
+        return summary
 
 
 def final_parameters(out: str | Path) -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from simulator import SIMULATOR_VERSION
 from simulator.batch import worker_pool
 from simulator.behaviour import recipe_for_day
 from simulator.engine import RewardConfig, SimConfig
+from simulator.folder_lock import exclusive
+from simulator.logs.card import CARD, HISTOGRAM
 from simulator.logs.dataset import MANIFEST, LogError, read_manifest
 from simulator.logs.schema import FORMAT, SCHEMA_VERSION
 from simulator.logs.writer import EpisodeRecorder, sha256_file
@@ -103,6 +106,17 @@ def _write_manifest(folder: Path, man: dict[str, Any]) -> None:
     os.replace(tmp, folder / MANIFEST)
 
 
+def _drop_stale_card(out: Path) -> None:
+    """Remove a dataset card written before the days about to be added (it would describe fewer days)."""
+    stale = [out / name for name in (CARD, HISTOGRAM) if (out / name).is_file()]
+    for path in stale:
+        path.unlink()
+    if stale:
+        print(
+            f"{out}: removed {CARD} (written before these days); run 'dispatch logs card {out}' again", file=sys.stderr
+        )
+
+
 def _with_defaults(args: Any) -> Any:
     """A manifest's arguments with reward fields added since it was written set to their defaults.
 
@@ -126,9 +140,27 @@ def generate(
     jobs: int = 1,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Create or resume the dataset in ``folder``; returns its manifest."""
+    """Create or resume the dataset in ``folder``; returns its manifest.
+
+    One run at a time per folder: a second is refused (FolderBusy) while the first holds it.
+    """
     out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
+    with exclusive(out, "--out"):
+        return _generate(out, recipe, instances, days, seed, sim, cands, reward, jobs, progress)
+
+
+def _generate(
+    out: Path,
+    recipe: str,
+    instances: list[str],
+    days: int,
+    seed: int,
+    sim: SimConfig | None,
+    cands: CandidateConfig | None,
+    reward: RewardConfig | None,
+    jobs: int,
+    progress: bool,
+) -> dict[str, Any]:
     sim, cands, reward = sim or SimConfig(), cands or CandidateConfig(), reward or RewardConfig()
     args = {
         "recipe": recipe,
@@ -170,6 +202,8 @@ def generate(
     for tmp in out.glob("*/*.tmp*"):
         tmp.unlink()
     todo = [s for s in specs if s.episode not in done]
+    if todo and done:
+        _drop_stale_card(out)
     man["complete"] = not todo
     _write_manifest(out, man)
     bar = tqdm(total=len(specs), initial=len(done), disable=not progress, unit="day", desc=f"logs {recipe}")

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from simulator.folder_lock import exclusive
 from simulator.logs.dataset import MANIFEST, LogError
 from simulator.logs.view import STATE_FEATURES
 from simulator.logs.view import load as load_view
@@ -151,46 +152,50 @@ def train(cfg: DispatchTrainConfig) -> dict[str, Any]:
         "data_epochs": view.n_epochs,
         "data_courier_decisions": view.n_agent_rows,
     }
-    # Only now, with every input checked, does the run folder appear.
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / CONFIG_NAME, json.dumps(resolved, indent=1).encode())
-    end = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
-    log_path = out / "train.csv"
-    fresh = not (cfg.resume and log_path.exists())
-    if not fresh:
-        # Rows logged after the checkpoint we resume from (a kill between checkpoints) are logged again.
-        with open(log_path, newline="") as fh:
-            kept = [LOG_HEADER] + [r for r in csv.reader(fh) if r and r[0].isdigit() and int(r[0]) <= start]
-        buf = io.StringIO()
-        csv.writer(buf).writerows(kept)
-        atomic_write_bytes(log_path, buf.getvalue().encode())
-    rows, started = 0, time.perf_counter()
-    checkpointed = config_kept_once_checkpointed(out, out / CHECKPOINT)
-    with checkpointed, open(log_path, "w" if fresh else "a", newline="") as fh:
-        writer = csv.writer(fh)
-        if fresh:
-            writer.writerow(LOG_HEADER)
-        for step in tqdm(range(start, end), initial=start, total=cfg.steps, disable=not cfg.progress, desc=cfg.algo):
-            idx = np_rng.choice(live, size=min(cfg.batch_size, live.size), replace=False)
-            batch = to_device(minibatch(view, idx, returns), device)
-            metrics = algo.update(batch, step)
-            rows += int(batch["agent_mask"].sum())  # type: ignore[attr-defined]
-            done = step + 1
-            if done % 100 == 0:
-                writer.writerows([done, k, f"{v:.6g}"] for k, v in metrics.items())
-            if done % cfg.ckpt_every == 0 or done == end:
-                # The log reaches the disk before the checkpoint that vouches for it: a kill after the
-                # checkpoint must not take rows that a resume from it will not log again.
-                fh.flush()
-                os.fsync(fh.fileno())
-                _save(out / CHECKPOINT, algo, done, cfg, gen, np_rng)
-    secs = time.perf_counter() - started
-    stats = {
-        "first_step": start,  # a resumed run's figures are its own steps'
-        "steps_run": end - start,
-        "seconds": secs,
-        "courier_decisions_per_s": rows / max(secs, 1e-9),
-    }
-    if end > start or not (out / "stats.json").exists():  # resuming a finished run keeps its figures
-        atomic_write_bytes(out / "stats.json", json.dumps(stats, indent=1).encode())
-    return {"config": resolved, "stats": stats, "algo": algo}
+    # Only now, with every input checked, does the run folder appear, locked: one run per folder. The folder is
+    # checked again under the lock, since another run may have started here meanwhile.
+    with exclusive(out, "--out"):
+        check_out(out, cfg.resume)
+        atomic_write_bytes(out / CONFIG_NAME, json.dumps(resolved, indent=1).encode())
+        end = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
+        log_path = out / "train.csv"
+        fresh = not (cfg.resume and log_path.exists())
+        if not fresh:
+            # Rows logged after the checkpoint we resume from (a kill between checkpoints) are logged again.
+            with open(log_path, newline="") as fh:
+                kept = [LOG_HEADER] + [r for r in csv.reader(fh) if r and r[0].isdigit() and int(r[0]) <= start]
+            buf = io.StringIO()
+            csv.writer(buf).writerows(kept)
+            atomic_write_bytes(log_path, buf.getvalue().encode())
+        rows, started = 0, time.perf_counter()
+        checkpointed = config_kept_once_checkpointed(out, out / CHECKPOINT)
+        with checkpointed, open(log_path, "w" if fresh else "a", newline="") as fh:
+            writer = csv.writer(fh)
+            if fresh:
+                writer.writerow(LOG_HEADER)
+            for step in tqdm(
+                range(start, end), initial=start, total=cfg.steps, disable=not cfg.progress, desc=cfg.algo
+            ):
+                idx = np_rng.choice(live, size=min(cfg.batch_size, live.size), replace=False)
+                batch = to_device(minibatch(view, idx, returns), device)
+                metrics = algo.update(batch, step)
+                rows += int(batch["agent_mask"].sum())  # type: ignore[attr-defined]
+                done = step + 1
+                if done % 100 == 0:
+                    writer.writerows([done, k, f"{v:.6g}"] for k, v in metrics.items())
+                if done % cfg.ckpt_every == 0 or done == end:
+                    # The log reaches the disk before the checkpoint that vouches for it: a kill after the
+                    # checkpoint must not take rows that a resume from it will not log again.
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                    _save(out / CHECKPOINT, algo, done, cfg, gen, np_rng)
+        secs = time.perf_counter() - started
+        stats = {
+            "first_step": start,  # a resumed run's figures are its own steps'
+            "steps_run": end - start,
+            "seconds": secs,
+            "courier_decisions_per_s": rows / max(secs, 1e-9),
+        }
+        if end > start or not (out / "stats.json").exists():  # resuming a finished run keeps its figures
+            atomic_write_bytes(out / "stats.json", json.dumps(stats, indent=1).encode())
+        return {"config": resolved, "stats": stats, "algo": algo}
