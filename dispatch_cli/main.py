@@ -7,6 +7,7 @@ Registration modules must not import heavy dependencies (torch, grpc) at import 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -18,6 +19,20 @@ COMMAND_MODULES = (
     "training.dispatch.cli",
     "service.cli",
 )
+
+
+# A full, capped or read-only disk can fail any write of a long run; it is reported in one line, not a traceback.
+# Libraries that wrap the error (pyarrow) keep only the words, so those are matched as well.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+STORAGE_WORDS = ("No space left on device", "Disk quota exceeded", "File too large", "Read-only file system")
+
+
+def storage_problem(exc: OSError, args: argparse.Namespace) -> str | None:
+    """The one-line report of a storage failure (naming the file, else the command's --out), or None."""
+    if exc.errno not in STORAGE_ERRNOS and not any(word in str(exc) for word in STORAGE_WORDS):
+        return None
+    where = exc.filename or getattr(args, "out", None)
+    return f"cannot write{f' {where}' if where else ''}: {exc.strerror or exc}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if (problem := storage_problem(exc, args)) is None:
+            raise
+        command = " ".join(filter(None, (args.command, getattr(args, "logs_command", None))))
+        print(f"dispatch {command}: {problem}", file=sys.stderr)
+        return 1
     return int(rc or 0)
 
 

@@ -210,6 +210,28 @@ def test_resuming_drops_a_card_written_before_the_new_days(tmp_path: Path, capsy
     assert (out / CARD).exists()
 
 
+def _small_disk() -> None:
+    """In the child: files may grow to 30 kB only, and writing past that fails (EFBIG) instead of killing it."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def test_a_disk_that_fills_up_is_one_line_and_the_run_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "logs"
+    args = ["--instances", INSTANCE, "--days", "3", "--jobs", "1", "--no-progress", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(_cli(*args), env=env, cwd=ROOT, capture_output=True, text=True, preexec_fn=_small_disk)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith(f"dispatch logs generate: cannot write {out}") and "File too large" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert not list(out.glob("**/*.tmp*"))  # no half-written file left behind
+    again = subprocess.run(_cli(*args), env=env, cwd=ROOT, capture_output=True, text=True)  # space freed
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / MANIFEST).read_text())["complete"]
+
+
 def test_resume_with_other_arguments_is_refused(dataset: Path) -> None:
     with pytest.raises(LogError, match=r"other arguments \(recipe: 'mixed' then, 'random' now\)"):
         generate(dataset, "random", [INSTANCE], days=4, seed=3, progress=False)

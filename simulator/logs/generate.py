@@ -100,10 +100,14 @@ def _run(
 
 def _write_manifest(folder: Path, man: dict[str, Any]) -> None:
     tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(man, indent=1, sort_keys=True))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, folder / MANIFEST)
+    try:
+        tmp.write_text(json.dumps(man, indent=1, sort_keys=True))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, folder / MANIFEST)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk must not also leave a half-written manifest beside the real one
+        raise
 
 
 def _drop_stale_card(out: Path) -> None:
