@@ -325,6 +325,10 @@ def serve(args: argparse.Namespace) -> int:
         # Otherwise found only once the models are loaded (with --workers: once every worker serves).
         print(f"dispatch serve: cannot start: --port-file {args.port_file}: {problem}", file=sys.stderr)
         return 2
+    if args.port_file is not None:
+        # An earlier server's file (one that was killed cannot remove its own) would give a script waiting for this
+        # server the ports of one that is gone until this one serves and writes its own.
+        args.port_file.unlink(missing_ok=True)
     if args.workers > 1:
         from service.supervisor import Supervisor
 

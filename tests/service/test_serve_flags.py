@@ -194,6 +194,17 @@ def test_a_port_file_that_is_not_one_is_never_replaced(tmp_path: Path):
     assert manifest.read_text() == '{"format": "dispatch-logs"}\n'
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_stale_port_file_goes_as_the_server_starts(tmp_path: Path, workers: str):
+    stale = tmp_path / "ports"
+    stale.write_text("40001 40002\n")  # left by a server that was killed
+    out = _serve(
+        "--model", str(tmp_path / "missing.onnx"), "--port", "0", "--workers", workers, "--port-file", str(stale)
+    )
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr  # this one never served either
+    assert not stale.exists()  # so a script waiting for its ports never read the dead server's
+
+
 def test_a_stopped_server_removes_its_port_file_and_a_stale_one_is_replaced(model_dir: Path, tmp_path: Path):
     import time
 
@@ -206,7 +217,10 @@ def test_a_stopped_server_removes_its_port_file_and_a_stale_one_is_replaced(mode
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
-        while port_file.read_text() == "1 2\n" and proc.poll() is None and time.monotonic() < deadline:
+        # The stale file goes at start; the server's own appears once it serves.
+        while proc.poll() is None and time.monotonic() < deadline:
+            if port_file.exists() and port_file.read_text() != "1 2\n":
+                break
             time.sleep(0.1)
         port, metrics = port_file.read_text().split()
         assert port != "1" and metrics == "0"
