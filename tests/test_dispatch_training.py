@@ -195,13 +195,18 @@ def test_inspo_critic_on_logged_returns(logs: Path, tmp_path: Path) -> None:
         train(DispatchTrainConfig(data=str(logs), steps=1, out=str(tmp_path / "x"), params={"critic_target": "x"}))
 
 
-def test_an_interrupt_before_the_first_checkpoint_leaves_no_run_behind(logs: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
+def _endless_training(logs: Path, out: Path, ckpt_every: int) -> tuple[list[str], subprocess.Popen[bytes]]:
+    """The CLI arguments of a small BC run into ``out``, and a process running it for ten million steps."""
     args = ["train", "--algo", "bc", "--data", str(logs), "--batch-size", "8", "--out", str(out), "--no-progress"]
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo)}
-    cmd = [sys.executable, "-m", "dispatch_cli", *args, "--steps", "10000000", "--ckpt-every", "10000000"]
-    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cmd = [sys.executable, "-m", "dispatch_cli", *args, "--steps", "10000000", "--ckpt-every", str(ckpt_every)]
+    return args, subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_an_interrupt_before_the_first_checkpoint_leaves_no_run_behind(logs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args, proc = _endless_training(logs, out, ckpt_every=10_000_000)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None and not (out / "train.csv").exists():
         time.sleep(0.02)
@@ -217,11 +222,7 @@ def test_an_interrupt_before_the_first_checkpoint_leaves_no_run_behind(logs: Pat
 
 def test_a_kill_after_a_checkpoint_keeps_the_log_it_vouches_for(logs: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = ["train", "--algo", "bc", "--data", str(logs), "--batch-size", "8", "--out", str(out), "--no-progress"]
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(repo)}
-    cmd = [sys.executable, "-m", "dispatch_cli", *args, "--steps", "10000000", "--ckpt-every", "200"]
-    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    args, proc = _endless_training(logs, out, ckpt_every=200)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if (out / CHECKPOINT).exists():
