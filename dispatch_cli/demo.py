@@ -17,6 +17,7 @@ from pathlib import Path
 
 from dispatch_cli.main import main as dispatch
 from simulator.cli_paths import path_arg
+from simulator.folder_lock import LOCK_NAME
 
 DEFAULT_INSTANCE = "0o100t100s1p100"
 
@@ -34,7 +35,8 @@ def clear(folder: Path, marker: str) -> None:
     """
     if not folder.exists():
         return
-    if folder.is_dir() and ((folder / marker).is_file() or not any(folder.iterdir())):
+    # A run's lock file (simulator.folder_lock) stays in its folder: alone, it is an empty folder.
+    if folder.is_dir() and ((folder / marker).is_file() or all(p.name == LOCK_NAME for p in folder.iterdir())):
         shutil.rmtree(folder)
         return
     raise SystemExit(f"demo: {folder} is not a folder an earlier demo made (no {marker}); move it or use another --out")

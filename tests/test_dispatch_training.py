@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from dispatch.onnx_policy import OnnxPolicy
+from dispatch_cli.demo import clear
 from dispatch_cli.main import main as dispatch
+from simulator.folder_lock import LOCK_NAME
 from simulator.instance import load
 from simulator.logs.generate import generate
 from simulator.run import run_episode
@@ -216,6 +218,9 @@ def test_an_interrupt_before_the_first_checkpoint_leaves_no_run_behind(logs: Pat
     assert proc.returncode != 0, err.decode()
     assert not (out / CHECKPOINT).exists()
     assert not (out / "config.json").exists()  # nothing to resume: the same --out takes the next run as it is
+    assert [p.name for p in out.iterdir()] == [LOCK_NAME]  # nor its log of those steps
+    clear(out, "config.json")  # so a demo stopped while it trained clears the folder on its next run
+    assert not out.exists()
     assert dispatch([*args, "--steps", "4"]) == 0
     assert torch.load(out / CHECKPOINT, weights_only=True)["step"] == 4
 

@@ -206,17 +206,20 @@ def check_out(out: Path, resume: bool) -> None:
 
 
 @contextmanager
-def config_kept_once_checkpointed(out: Path, checkpoint: Path) -> Iterator[None]:
-    """Remove ``out``'s config.json if the block fails (out of memory, interrupted) before ``checkpoint`` exists.
+def config_kept_once_checkpointed(out: Path, checkpoint: Path, logs: tuple[str, ...] = ()) -> Iterator[None]:
+    """Remove ``out``'s config.json and the run's ``logs`` if the block fails (out of memory, interrupted) before
+    ``checkpoint`` exists.
 
     A config without a checkpoint holds nothing to resume, and alone it would make the next start refuse the
-    folder (or, with ``--resume``, continue with the settings that just failed).
+    folder (or, with ``--resume``, continue with the settings that just failed); the logs of those steps would
+    be logged again by the next run.
     """
     try:
         yield
     except BaseException:
         if not checkpoint.exists():
-            (out / CONFIG_NAME).unlink(missing_ok=True)
+            for name in (CONFIG_NAME, *logs):
+                (out / name).unlink(missing_ok=True)
         raise
 
 
@@ -369,7 +372,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             desc=cfg.algo,
             dynamic_ncols=True,
         )
-        with config_kept_once_checkpointed(out, ckpt_path):
+        with config_kept_once_checkpointed(out, ckpt_path, logs=(log.csv_path.name,)):
             for step in bar:
                 idx = torch.randint(n, (cfg.batch_size,), generator=generator)
                 batch = {k: (v[idx] if v is not None else None) for k, v in data.items()}

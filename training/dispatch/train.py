@@ -168,7 +168,7 @@ def train(cfg: DispatchTrainConfig) -> dict[str, Any]:
             csv.writer(buf).writerows(kept)
             atomic_write_bytes(log_path, buf.getvalue().encode())
         rows, started = 0, time.perf_counter()
-        checkpointed = config_kept_once_checkpointed(out, out / CHECKPOINT)
+        checkpointed = config_kept_once_checkpointed(out, out / CHECKPOINT, logs=(log_path.name,))
         with checkpointed, open(log_path, "w" if fresh else "a", newline="") as fh:
             writer = csv.writer(fh)
             if fresh:
