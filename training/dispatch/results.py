@@ -19,7 +19,6 @@ One command, every step cached under ``--work`` so a killed run resumes where it
 from __future__ import annotations
 
 import argparse
-import ast
 import hashlib
 import json
 import sys
@@ -72,32 +71,19 @@ class Protocol:
         return SimConfig(dispatch_interval=self.interval)
 
 
-def _code_only(source: str) -> str:
-    """The syntax tree of ``source`` without its docstrings (comments never reach the tree)."""
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-            first = node.body[0] if node.body else None
-            if (
-                isinstance(first, ast.Expr)
-                and isinstance(first.value, ast.Constant)
-                and isinstance(first.value.value, str)
-            ):
-                node.body = node.body[1:] or [ast.Pass()]
-    return ast.dump(tree, include_attributes=False)
-
-
 def decision_code_digest(root: Path | None = None) -> str:
-    """SHA-256 over the code of the decision path's sources (``dispatch/*.py``): candidates, features, assembly.
+    """SHA-256 over the decision path's sources (``dispatch/*.py``): candidates, features, assembly.
 
     A learned policy's metrics depend on this code as much as on its model file (a conflict rule's
     change keeps every model byte-identical), so cached metrics measured under other code are dropped.
-    Only the code counts: a fixed comment or docstring keeps the metrics measured under it.
+    The files' bytes count, comments included: a digest of the syntax tree would ignore those but changes
+    with the Python version (``ast.dump`` differs between 3.11, 3.12 and 3.13), which would drop every
+    cached metric on a machine with another Python.
     """
     root = root or Path(__file__).resolve().parents[2] / "dispatch"
     h = hashlib.sha256()
     for path in sorted(root.glob("*.py")):
-        h.update(path.name.encode() + b"\0" + _code_only(path.read_text(encoding="utf-8")).encode() + b"\0")
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
 
