@@ -27,24 +27,42 @@ def test_paired_ci_matches_the_paired_t_test() -> None:
     assert np.isfinite(results.paired_ci(a, b)[1])
 
 
-def test_two_level_interval_adds_the_training_seeds_noise() -> None:
+def test_seed_aware_interval_is_the_paired_one_without_training_noise() -> None:
     rng = np.random.default_rng(5)
     base = rng.normal(31, 3, size=64)
-    heuristic = (base + rng.normal(0.2, 0.3, size=64))[None, :]
-    # Without training noise (one member each) it is the paired interval, up to the bootstrap's own error.
-    mean, lo, hi = results.two_level_ci(base[None, :], heuristic)
-    t_mean, t_lo, t_hi = results.paired_ci(base, heuristic[0])
-    assert mean == pytest.approx(t_mean) and lo == pytest.approx(t_lo, abs=0.03) and hi == pytest.approx(t_hi, abs=0.03)
-    # Three seeds that differ by a whole-model offset: the seed means hide it, the two-level interval does not.
-    seeds = base[None, :] + np.array([[-0.15], [0.0], [0.15]]) + rng.normal(0, 0.01, size=(3, 64))
-    other = base[None, :] + np.array([[0.05], [-0.1], [0.2]]) + rng.normal(0, 0.01, size=(3, 64))
-    mean, lo, hi = results.two_level_ci(seeds, other)
-    _, t_lo, t_hi = results.paired_ci(seeds.mean(axis=0), other.mean(axis=0))
-    assert mean == pytest.approx(float((seeds.mean(axis=0) - other.mean(axis=0)).mean()))
-    assert hi - lo > 5 * (t_hi - t_lo) and lo < mean < hi
-    assert results.two_level_ci(seeds, other) == (mean, lo, hi)  # seeded: a report renders the same twice
-    seeds[1, 7] = np.nan  # an instance a seed could not score is dropped for both policies
-    assert np.isfinite(results.two_level_ci(seeds, other)[1])
+    heuristic = base + rng.normal(0.2, 0.3, size=64)
+    assert results.seed_aware_ci(base[None, :], heuristic[None, :]) == pytest.approx(results.paired_ci(base, heuristic))
+
+
+def test_seed_aware_interval_covers_the_algorithms_difference_despite_three_seeds() -> None:
+    """Three training seeds whose whole-model offsets dominate: the interval must still hold the true difference
+    (zero) about 95% of the time, where the paired interval over seed means covers it far less often."""
+    rng = np.random.default_rng(11)
+    covered = paired_covered = 0
+    trials = 400
+    for _ in range(trials):
+        day = rng.normal(31, 3, size=64)  # what every policy shares on an instance
+        inspo = day + rng.normal(0, 0.3, size=(3, 1)) + rng.normal(0, 0.05, size=(3, 64))
+        bc = day + rng.normal(0, 0.3, size=(3, 1)) + rng.normal(0, 0.05, size=(3, 64))
+        _, lo, hi = results.seed_aware_ci(inspo, bc)
+        covered += lo <= 0 <= hi
+        _, lo, hi = results.paired_ci(inspo.mean(axis=0), bc.mean(axis=0))
+        paired_covered += lo <= 0 <= hi
+    assert covered / trials >= 0.93
+    assert paired_covered / trials < 0.5  # the case the column is for: the seed means hide the training noise
+
+
+def test_seed_aware_interval_skips_missing_values_as_the_paired_columns_do() -> None:
+    rng = np.random.default_rng(2)
+    seeds = rng.normal(31, 1, size=(3, 20))
+    other = rng.normal(31, 1, size=(1, 20))
+    seeds[1, 4] = np.nan  # one seed delivered nothing there: the other two still count
+    seeds[:, 7] = np.nan  # no seed did: the instance is dropped
+    mean, lo, hi = results.seed_aware_ci(seeds, other)
+    with pytest.warns(RuntimeWarning):
+        paired = results.paired_ci(np.nanmean(seeds, axis=0), other[0])
+    assert mean == pytest.approx(paired[0]) and lo < mean < hi
+    assert hi - lo > paired[2] - paired[1]  # the seed spread is counted on top
 
 
 def test_decision_code_digest_follows_every_byte_of_the_decision_path(tmp_path: Path) -> None:
