@@ -326,9 +326,12 @@ def serve(args: argparse.Namespace) -> int:
         print(f"dispatch serve: cannot start: --port-file {args.port_file}: {problem}", file=sys.stderr)
         return 2
     if args.port_file is not None:
-        # An earlier server's file (one that was killed cannot remove its own) would give a script waiting for this
-        # server the ports of one that is gone until this one serves and writes its own.
-        args.port_file.unlink(missing_ok=True)
+        from service.portfile import names_live_server
+
+        # A killed server's file would give a script waiting for this server the ports of one that is gone until
+        # this one serves and writes its own. A live server's file stays: this one replaces it only once it serves.
+        if not names_live_server(args.port_file, args.host):
+            args.port_file.unlink(missing_ok=True)
     if args.workers > 1:
         from service.supervisor import Supervisor
 

@@ -4,6 +4,7 @@ it serves, and removes when it stops. Shared by both, and light: the supervisor 
 from __future__ import annotations
 
 import contextlib
+import socket
 from pathlib import Path
 
 
@@ -32,3 +33,18 @@ def remove(path: Path | None, line: str) -> None:
         with contextlib.suppress(OSError):
             if path.read_text() == line:
                 path.unlink()
+
+
+def names_live_server(path: Path, host: str) -> bool:
+    """Whether the gRPC port that the port file ``path`` names accepts a connection on ``host``: a server that
+    still runs there (one that was killed left the file behind, and nothing listens on its port)."""
+    try:
+        port = int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    target = "127.0.0.1" if host in ("", "0.0.0.0", "::", "[::]") else host.strip("[]")
+    try:
+        with socket.create_connection((target, port), timeout=0.5):
+            return True
+    except (OSError, OverflowError, ValueError):
+        return False

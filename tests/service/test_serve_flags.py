@@ -205,7 +205,32 @@ def test_a_stale_port_file_goes_as_the_server_starts(tmp_path: Path, workers: st
     assert not stale.exists()  # so a script waiting for its ports never read the dead server's
 
 
-def test_a_stopped_server_removes_its_port_file_and_a_stale_one_is_replaced(model_dir: Path, tmp_path: Path):
+def test_a_live_servers_port_file_outlives_a_second_server_that_fails(model_dir: Path, tmp_path: Path):
+    import time
+
+    port_file = tmp_path / "ports"
+    live = subprocess.Popen(
+        [*SERVE, "--model", str(model_dir / "lin.onnx"), "--port", "0", "--metrics-port", "-1",
+         "--port-file", str(port_file)],
+        env=env(), cwd=ROOT, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists() and live.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ports = port_file.read_text()
+        # A second server on the same file (a blue/green restart, say) that never serves: the live one's file stays.
+        out = _serve("--model", str(tmp_path / "missing.onnx"), "--port", "0", "--port-file", str(port_file))
+        assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+        assert port_file.read_text() == ports
+    finally:
+        live.terminate()
+        _, err = live.communicate(timeout=60)
+    assert live.returncode == 0, err
+    assert not port_file.exists()  # the live one removes its own file as it stops
+
+
+def test_a_stopped_server_removes_its_port_file_and_a_stale_one_is_not_read(model_dir: Path, tmp_path: Path):
     import time
 
     port_file = tmp_path / "ports"
