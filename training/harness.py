@@ -205,6 +205,24 @@ def check_out(out: Path, resume: bool) -> None:
         )
 
 
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    """(modification time in ns, size) of ``path``, None when absent: whether a file changed since it was read."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def check_still_free(out: Path, resume: bool, checkpoint: Path, seen: tuple[int, int] | None) -> None:
+    """Under ``out``'s lock: what was checked before it still holds. No run appeared there meanwhile and, on
+    ``--resume``, the checkpoint is still the one read (``seen``: its :func:`file_stamp` then); another run that
+    ended in between must not be overwritten from its older state."""
+    check_out(out, resume)
+    if resume and file_stamp(checkpoint) != seen:
+        raise ValueError(f"--out {out}: another run wrote its checkpoint while this one started; run again to resume")
+
+
 @contextmanager
 def config_kept_once_checkpointed(out: Path, checkpoint: Path, logs: tuple[str, ...] = ()) -> Iterator[None]:
     """Remove ``out``'s config.json and the run's ``logs`` if the block fails (out of memory, interrupted) before
@@ -333,8 +351,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     out = Path(cfg.out)
     check_out(out, cfg.resume)
-    source, data, algo, generator = build(cfg)
     ckpt_path = out / CHECKPOINT_NAME
+    seen = file_stamp(ckpt_path)
+    source, data, algo, generator = build(cfg)
     resolved = {
         "train": asdict(cfg),
         "algo": algo.config_dict(),
@@ -358,7 +377,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # Only now, with every input checked, does the run folder appear, locked: one run per folder. The folder is
     # checked again under the lock, since another run may have started here meanwhile.
     with exclusive(out, "--out"):
-        check_out(out, cfg.resume)
+        check_still_free(out, cfg.resume, ckpt_path, seen)
         atomic_write_bytes(out / CONFIG_NAME, json.dumps(resolved, indent=2).encode())
         log = RunLog(out, cfg, resolved, start)
         n = int(data["rewards"].shape[0])

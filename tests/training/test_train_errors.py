@@ -272,3 +272,20 @@ def test_a_checkpoint_of_other_shapes_is_one_line_naming_the_likely_cause(
     (out / "config.json").write_text(json.dumps(config))
     err = _refused(capsys, [*_train("xor:ab_ba", out), "--resume", "--steps", "3"], "does not fit the networks")
     assert "observation size may have changed" in err
+
+
+def test_a_resume_refuses_a_checkpoint_that_changed_while_it_started(tmp_path: Path) -> None:
+    from training.harness import check_still_free, file_stamp
+
+    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint.write_bytes(b"step 250")
+    (tmp_path / "config.json").write_text("{}")
+    seen = file_stamp(checkpoint)  # what this run read before it waited for the folder's lock
+    check_still_free(tmp_path, True, checkpoint, seen)  # unchanged: it resumes
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"step 3000, written by a run that finished meanwhile")
+    other.replace(checkpoint)  # as save_checkpoint writes: a new file renamed over the old one
+    with pytest.raises(ValueError, match="another run wrote its checkpoint while this one started"):
+        check_still_free(tmp_path, True, checkpoint, seen)
+    with pytest.raises(ValueError, match="already holds a training run"):  # a fresh start finds the run
+        check_still_free(tmp_path, False, checkpoint, None)

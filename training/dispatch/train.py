@@ -38,8 +38,10 @@ from training.harness import (
     atomic_write_bytes,
     check_out,
     check_resume,
+    check_still_free,
     code_version,
     config_kept_once_checkpointed,
+    file_stamp,
     first_line,
     load_checkpoint,
     restore,
@@ -115,6 +117,7 @@ def train(cfg: DispatchTrainConfig) -> dict[str, Any]:
     np_rng = np.random.default_rng(cfg.seed)
     out = Path(cfg.out)
     check_out(out, cfg.resume)
+    seen = file_stamp(out / CHECKPOINT)
     view = load_view(cfg.data, progress=cfg.progress)
     live = np.flatnonzero(np.diff(view.agent_offset) > 0)
     if live.size == 0:  # no finished day, or days where no courier was ever free to decide
@@ -155,7 +158,7 @@ def train(cfg: DispatchTrainConfig) -> dict[str, Any]:
     # Only now, with every input checked, does the run folder appear, locked: one run per folder. The folder is
     # checked again under the lock, since another run may have started here meanwhile.
     with exclusive(out, "--out"):
-        check_out(out, cfg.resume)
+        check_still_free(out, cfg.resume, out / CHECKPOINT, seen)
         atomic_write_bytes(out / CONFIG_NAME, json.dumps(resolved, indent=1).encode())
         end = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
         log_path = out / "train.csv"
