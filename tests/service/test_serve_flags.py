@@ -6,10 +6,12 @@ be bound and an unwritable --port-file make the command exit 2 with a ``cannot s
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -205,52 +207,40 @@ def test_a_stale_port_file_goes_as_the_server_starts(tmp_path: Path, workers: st
     assert not stale.exists()  # so a script waiting for its ports never read the dead server's
 
 
-def test_a_live_servers_port_file_outlives_a_second_server_that_fails(model_dir: Path, tmp_path: Path):
-    import time
-
-    port_file = tmp_path / "ports"
-    live = subprocess.Popen(
-        [*SERVE, "--model", str(model_dir / "lin.onnx"), "--port", "0", "--metrics-port", "-1",
-         "--port-file", str(port_file)],
-        env=env(), cwd=ROOT, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while not port_file.exists() and live.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        ports = port_file.read_text()
-        # A second server on the same file (a blue/green restart, say) that never serves: the live one's file stays.
-        out = _serve("--model", str(tmp_path / "missing.onnx"), "--port", "0", "--port-file", str(port_file))
-        assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
-        assert port_file.read_text() == ports
-    finally:
-        live.terminate()
-        _, err = live.communicate(timeout=60)
-    assert live.returncode == 0, err
-    assert not port_file.exists()  # the live one removes its own file as it stops
-
-
-def test_a_stopped_server_removes_its_port_file_and_a_stale_one_is_not_read(model_dir: Path, tmp_path: Path):
-    import time
-
-    port_file = tmp_path / "ports"
-    port_file.write_text("1 2\n")  # left by a server that did not stop cleanly
+@contextlib.contextmanager
+def _serving(model: Path, port_file: Path, stale: str = "") -> Iterator[str]:
+    """A server of ``model`` writing ``port_file``; yields the file's line once it is the server's own (not
+    ``stale``), then stops the server and checks it exited cleanly and removed the file."""
     proc = subprocess.Popen(
-        [*SERVE, "--model", str(model_dir / "lin.onnx"), "--port", "0", "--metrics-port", "-1",
-         "--port-file", str(port_file)],
+        [*SERVE, "--model", str(model), "--port", "0", "--metrics-port", "-1", "--port-file", str(port_file)],
         env=env(), cwd=ROOT, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
-        # The stale file goes at start; the server's own appears once it serves.
         while proc.poll() is None and time.monotonic() < deadline:
-            if port_file.exists() and port_file.read_text() != "1 2\n":
+            if port_file.exists() and (line := port_file.read_text()) and line != stale:
                 break
             time.sleep(0.1)
-        port, metrics = port_file.read_text().split()
-        assert port != "1" and metrics == "0"
+        yield port_file.read_text()
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert not port_file.exists()
+    assert not port_file.exists()  # a server removes its own file as it stops
+
+
+def test_a_live_servers_port_file_outlives_a_second_server_that_fails(model_dir: Path, tmp_path: Path):
+    port_file = tmp_path / "ports"
+    with _serving(model_dir / "lin.onnx", port_file) as ports:
+        # A second server on the same file (a blue/green restart, say) that never serves: the live one's file stays.
+        out = _serve("--model", str(tmp_path / "missing.onnx"), "--port", "0", "--port-file", str(port_file))
+        assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+        assert port_file.read_text() == ports
+
+
+def test_a_stopped_server_removes_its_port_file_and_a_stale_one_is_not_read(model_dir: Path, tmp_path: Path):
+    port_file = tmp_path / "ports"
+    port_file.write_text("1 2\n")  # left by a server that did not stop cleanly
+    with _serving(model_dir / "lin.onnx", port_file, stale="1 2\n") as line:
+        port, metrics = line.split()
+        assert port != "1" and metrics == "0"
