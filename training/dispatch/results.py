@@ -169,17 +169,6 @@ def seed_matrix(
     return np.array([[_value(data[m][i], key, max_ctd[i]) for i in instances] for m in members], dtype=np.float64)
 
 
-def per_instance(
-    data: dict[str, dict[str, dict[str, float]]],
-    members: list[str],
-    instances: list[str],
-    key: str,
-    max_ctd: dict[str, int],
-) -> np.ndarray:
-    """A policy's per-instance value of ``key``: the mean over its members (training seeds, or itself)."""
-    return np.nanmean(seed_matrix(data, members, instances, key, max_ctd), axis=0)
-
-
 def paired_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
     """Mean of a − b over instances and its Student-t confidence interval (instances with NaN dropped)."""
     d = a - b
@@ -201,7 +190,7 @@ def seed_aware_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[fl
     variance of its per-seed means over k, with Satterthwaite's degrees of freedom (with 3 seeds a seed term
     has 2, so a seed spread widens the interval as it should). The per-seed means also hold some instance
     noise already counted, so the interval is conservative. With one member each it is :func:`paired_ci`.
-    Instances are kept and averaged over seeds as :func:`per_instance` and :func:`paired_ci` do (NaN seeds
+    Instances are kept and averaged over seeds as :func:`paired_ci` and the report do (NaN seeds
     skipped, NaN instances dropped), so the point estimate is theirs.
     """
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
@@ -238,7 +227,10 @@ def _section(
         seed_mean = [{k: float(np.nanmean([data[m][i][k] for m in groups[lab]])) for k in KEEP} for i in instances]
         rows.append(mean_metrics(seed_mean))
     lines = [f"## {title} ({len(instances)} instances)", "", markdown_table(labels, rows), ""]
-    charged = {lab: per_instance(data, groups[lab], instances, "charged_ctd", max_ctd).mean() for lab in labels}
+    charged = {
+        lab: np.nanmean(seed_matrix(data, groups[lab], instances, "charged_ctd", max_ctd), axis=0).mean()
+        for lab in labels
+    }
     lines += [
         "Click-to-door with every undelivered order counted at the maximum (90 min): "
         + ", ".join(f"{lab} {v:.2f}" for lab, v in charged.items())
@@ -272,18 +264,17 @@ def _section(
         for lab in labels:
             if lab == "inspo":
                 continue
-            cells, better = [], True
+            cells, better, both = [], True, ""
             for key in COMPARED:
-                a = per_instance(data, groups["inspo"], instances, key, max_ctd)
-                b = per_instance(data, groups[lab], instances, key, max_ctd)
-                mean, lo, hi = paired_ci(a, b)
+                a = seed_matrix(data, groups["inspo"], instances, key, max_ctd)
+                b = seed_matrix(data, groups[lab], instances, key, max_ctd)
+                # A policy's value on an instance is the mean over its seeds.
+                mean, lo, hi = paired_ci(np.nanmean(a, axis=0), np.nanmean(b, axis=0))
                 cells.append(f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]")
                 better = better and (hi < 0 or key == "charged_ctd")
-            mean, lo, hi = seed_aware_ci(
-                seed_matrix(data, groups["inspo"], instances, "ctd_mean", max_ctd),
-                seed_matrix(data, groups[lab], instances, "ctd_mean", max_ctd),
-            )
-            both = f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+                if key == "ctd_mean":
+                    mean, lo, hi = seed_aware_ci(a, b)
+                    both = f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]"
             lines.append(f"| {lab} | " + " | ".join(cells) + f" | {'yes' if better else 'no'} | {both} |")
         lines.append("")
     return lines
